@@ -1,0 +1,67 @@
+"""The ``intvit`` command line: one console script, one subcommand per job.
+
+Each subcommand lives in ``sim/commands/<name>.py`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``run=callable(args) -> int``. Modules are imported only
+when the command line is built, and commands that need ``rtl`` import it inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from quant.errors import IntVitError
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS = ("accuracy", "quantize", "simulate", "sweep", "topology", "verilog", "synth")
+
+# Errors that come from what the user gave us, not from a bug in intvit.
+USER_ERRORS = (IntVitError, FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="intvit",
+        description="Integer-only ViT: quantise, run bit-exact, simulate the accelerator, emit Verilog.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"sim.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"sim.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"intvit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("intvit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return " ".join(str(exc).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
