@@ -1,0 +1,43 @@
+"""Integer-only GELU: ``x * (1 + erf(x / sqrt 2)) / 2`` with I-BERT's second-order erf.
+
+Input: INT32 in Q.10, already saturated by the requantiser to 17 bits (|x| < 64).
+Output: INT32 in Q.21 (scale 2**-21: the product of two Q.10 terms and the 1/2).
+
+``erf(x/sqrt 2) ~ sign(x) * (1 - A * (CLIP - min(|x|, CLIP))**2)`` with I-BERT's
+``a = -0.2888, b = -1.769`` folded for the ``1/sqrt 2``: ``A = 0.2888 / 2``,
+``CLIP = 1.769 * sqrt 2``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "GELU_INPUT_FRAC_BITS", "GELU_INPUT_BITS", "GELU_OUTPUT_FRAC_BITS",
+    "ERF_CLIP", "ERF_POLY_A", "ERF_POLY_A_SHIFT", "int_erf", "int_gelu",
+]
+
+GELU_INPUT_FRAC_BITS = 10
+GELU_INPUT_BITS = 17                          # |x| < 64.0 in Q.10: GELU(x) = x beyond a handful
+GELU_OUTPUT_FRAC_BITS = 2 * GELU_INPUT_FRAC_BITS + 1
+ONE = 1 << GELU_INPUT_FRAC_BITS
+ERF_CLIP = round(1.769 * math.sqrt(2) * ONE)  # 2562
+ERF_POLY_A_SHIFT = 14
+ERF_POLY_A = round(0.2888 / 2 * (1 << ERF_POLY_A_SHIFT))
+
+
+def int_erf(x: np.ndarray) -> np.ndarray:
+    """``erf(x / sqrt 2)`` in Q.10 for Q.10 input; int32 in [-1024, 1024]."""
+    x = np.asarray(x, dtype=np.int64)
+    gap = ERF_CLIP - np.minimum(np.abs(x), ERF_CLIP)
+    square = (gap * gap) >> GELU_INPUT_FRAC_BITS
+    magnitude = ONE - ((square * ERF_POLY_A) >> ERF_POLY_A_SHIFT)
+    return (np.sign(x) * magnitude).astype(np.int32)
+
+
+def int_gelu(x: np.ndarray) -> np.ndarray:
+    """GELU of Q.10 INT32 input (17-bit range); INT32 result in Q.21."""
+    x = np.asarray(x, dtype=np.int64)
+    return (x * (ONE + int_erf(x).astype(np.int64))).astype(np.int32)

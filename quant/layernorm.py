@@ -1,0 +1,90 @@
+"""Integer-only LayerNorm over the last axis of INT8 tokens, in the manner of I-BERT.
+
+Per row of D INT8 values ``x`` (the residual stream):
+  1. ``mean = requant(sum(x), 1/D)``                    dyadic multiply, no divider
+  2. ``c = x - mean``                                   |c| <= 255
+  3. ``var = requant(sum(c*c), 2**14 / D)``             variance in Q.14
+  4. ``std = max(int_sqrt(var), 1)``                    standard deviation in Q.7 (Newton)
+  5. ``recip = 2**30 // std``                           the one division per row
+  6. ``y = requant(c, recip, 2**-13)``                  c / std in Q.10
+  7. ``z = y * gamma + beta``                           INT8 gamma, INT32 beta, per channel
+  8. ``out = requant(z, out_multiplier, out_shift)``    per channel, to INT8
+
+``int_sqrt`` is Newton's iteration ``x <- (x + n // x) // 2`` from ``2**ceil(bits/2)``
+(>= sqrt n, so it falls monotonically onto floor(sqrt n)), a fixed
+``ISQRT_ITERATIONS`` times so hardware can unroll or sequence it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quant.errors import IntVitError
+from quant.requant import INT32_MAX, dyadic, requantize
+
+__all__ = [
+    "LN_STD_FRAC_BITS", "LN_NORM_FRAC_BITS", "LN_RECIP_BITS", "ISQRT_INPUT_BITS", "ISQRT_ITERATIONS",
+    "int_sqrt", "layernorm_divisors", "int_layernorm",
+]
+
+LN_STD_FRAC_BITS = 7        # std carried in Q.7 so small spreads keep precision
+LN_NORM_FRAC_BITS = 10      # normalised values in Q.10
+LN_RECIP_BITS = 30
+LN_NORM_SHIFT = LN_RECIP_BITS - LN_STD_FRAC_BITS - LN_NORM_FRAC_BITS
+ISQRT_INPUT_BITS = 31
+ISQRT_ITERATIONS = 5        # enough from a start within 2x of the root for 31-bit inputs (tested exhaustively)
+MAX_CENTRED = 255           # |x - mean| for INT8 x
+
+
+def _bit_length(n: np.ndarray) -> np.ndarray:
+    bits = np.zeros(n.shape, dtype=np.int64)
+    for k in range(ISQRT_INPUT_BITS):
+        bits += (n >> k) > 0
+    return bits
+
+
+def int_sqrt(n: np.ndarray) -> np.ndarray:
+    """``floor(sqrt(n))`` for integer ``0 <= n < 2**31``, by fixed-count Newton iteration."""
+    n = np.asarray(n, dtype=np.int64)
+    x = np.int64(1) << ((_bit_length(n) + 1) >> 1)
+    for _ in range(ISQRT_ITERATIONS):
+        x = np.minimum(x, (x + n // np.maximum(x, 1)) >> 1)
+    return x
+
+
+def layernorm_divisors(width: int) -> tuple[int, int, int, int]:
+    """Dyadic ``(mean_multiplier, mean_shift, var_multiplier, var_shift)`` for a row of ``width``.
+
+    Computed once at quantisation time; they turn the two divisions by D into multiplies.
+    """
+    if width * MAX_CENTRED**2 > INT32_MAX:
+        raise IntVitError(f"LayerNorm width {width} is too large for an INT32 sum of squares")
+    mean_m, mean_s = dyadic(1.0 / width)
+    var_m, var_s = dyadic(2.0 ** (2 * LN_STD_FRAC_BITS) / width)
+    return int(mean_m), int(mean_s), int(var_m), int(var_s)
+
+
+def int_layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                  out_multiplier: np.ndarray, out_shift: np.ndarray,
+                  divisors: tuple[int, int, int, int]) -> np.ndarray:
+    """LayerNorm of INT8 rows (last axis) to INT8.
+
+    Parameters
+    ----------
+    x : int8 array (..., D)
+    gamma : int8 (D,), beta : int32 (D,)
+        Affine weight and bias on the scales ``s_gamma`` and ``s_gamma * 2**-10``.
+    out_multiplier, out_shift : integer arrays (D,)
+        Dyadic form of ``s_gamma * 2**-10 / s_out`` per channel.
+    divisors : from ``layernorm_divisors(D)``
+    """
+    mean_m, mean_s, var_m, var_s = divisors
+    x = np.asarray(x, dtype=np.int64)
+    mean = requantize(x.sum(axis=-1, keepdims=True), mean_m, mean_s, bits=32).astype(np.int64)
+    centred = x - mean
+    var = requantize((centred * centred).sum(axis=-1, keepdims=True), var_m, var_s, bits=32)
+    std = np.maximum(int_sqrt(var), 1)
+    recip = (np.int64(1) << LN_RECIP_BITS) // std
+    y = requantize(centred, recip, LN_NORM_SHIFT, bits=32).astype(np.int64)
+    z = y * gamma.astype(np.int64) + beta.astype(np.int64)
+    return requantize(z, out_multiplier, out_shift, bits=8)

@@ -1,0 +1,65 @@
+"""Integer-only softmax: I-BERT's polynomial exp with ln2 range reduction, in fixed point.
+
+Input: INT32 scores in Q.12 (the requantiser brings Q.K^T accumulators there), one row
+per query along the last axis. Output: INT8 probabilities in Q.7 (scale 2**-7).
+
+Per row:
+  1. ``d = x - max(x)``                        (<= 0)
+  2. ``e = int_exp(d)``                        Q.12, 0 <= e <= 4097
+  3. ``total = sum(e)``;  ``recip = 2**30 // total``   (one division per row)
+  4. ``p = sat8(round(e * recip / 2**23))``    Q.7
+
+``int_exp`` writes ``-d = q*LN2 + rem`` (q by a multiply-shift that equals floor
+division on the clamped range), evaluates ``exp(-rem)`` by the second-order polynomial
+``A*(r + B)**2 + C`` on ``r in (-ln2, 0]`` and shifts right by ``q``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from quant.requant import rounding_shift, saturate
+
+__all__ = [
+    "SOFTMAX_INPUT_FRAC_BITS", "SOFTMAX_OUTPUT_FRAC_BITS", "EXP_LN2", "EXP_POLY_A", "EXP_POLY_A_SHIFT",
+    "EXP_POLY_B", "EXP_POLY_C", "EXP_N_MAX", "EXP_DIV_MULT", "EXP_DIV_SHIFT", "SOFTMAX_RECIP_BITS",
+    "int_exp", "int_softmax",
+]
+
+SOFTMAX_INPUT_FRAC_BITS = 12                   # Q.12 scores: 1/4096 resolution, +-2**19 range
+SOFTMAX_OUTPUT_FRAC_BITS = 7                   # INT8 probabilities, 1.0 saturates to 127/128
+ONE = 1 << SOFTMAX_INPUT_FRAC_BITS
+EXP_LN2 = round(math.log(2) * ONE)             # 2839
+# exp(r) ~ 0.3585 * (r + 1.353)**2 + 0.344 on (-ln2, 0] (I-BERT, Kim et al. 2021)
+EXP_POLY_A_SHIFT = 14
+EXP_POLY_A = round(0.3585 * (1 << EXP_POLY_A_SHIFT))
+EXP_POLY_B = round(1.353 * ONE)
+EXP_POLY_C = round(0.344 * ONE)
+# exp(x) < 2**-13 for x < -16 ln2: every such input gives 0, so clamp -d to 16*LN2 - 1
+EXP_N_MAX = 16 * EXP_LN2 - 1
+# q = floor(n / LN2) for 0 <= n <= EXP_N_MAX as (n * EXP_DIV_MULT) >> EXP_DIV_SHIFT
+EXP_DIV_SHIFT = 28
+EXP_DIV_MULT = -(-(1 << EXP_DIV_SHIFT) // EXP_LN2)
+SOFTMAX_RECIP_BITS = 30
+
+
+def int_exp(d: np.ndarray) -> np.ndarray:
+    """``exp(d / 2**12)`` in Q.12 for integer ``d <= 0``; int32 result in [0, 4097]."""
+    n = np.minimum(-np.asarray(d, dtype=np.int64), EXP_N_MAX)
+    q = (n * EXP_DIV_MULT) >> EXP_DIV_SHIFT
+    r = q * EXP_LN2 - n                                  # in (-LN2, 0]
+    s = r + EXP_POLY_B
+    poly = (((s * s) >> SOFTMAX_INPUT_FRAC_BITS) * EXP_POLY_A >> EXP_POLY_A_SHIFT) + EXP_POLY_C
+    return (poly >> q).astype(np.int32)
+
+
+def int_softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis of Q.12 INT32 scores; INT8 Q.7 probabilities."""
+    x = np.asarray(x, dtype=np.int64)
+    e = int_exp(x - x.max(axis=-1, keepdims=True)).astype(np.int64)
+    total = e.sum(axis=-1, keepdims=True)                # >= 4096: the max element contributes exp(0)
+    recip = (1 << SOFTMAX_RECIP_BITS) // total
+    p = rounding_shift(e * recip, SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS)
+    return saturate(p, 8)
