@@ -1,16 +1,19 @@
 """Integer-only LayerNorm over the last axis of INT8 tokens, in the manner of I-BERT.
 
 Per row of D INT8 values ``x`` (the residual stream):
-  1. ``mean = requant(sum(x), 1/D)``                    dyadic multiply, no divider
-  2. ``c = x - mean``                                   |c| <= 255
-  3. ``var = requant(sum(c*c), 2**14 / D)``             variance in Q.14
-  4. ``std = max(int_sqrt(var), 1)``                    standard deviation in Q.7 (Newton)
+  1. ``mean = requant(sum(x), 2**6 / D)``               Q.6, a dyadic multiply, no divider
+  2. ``c = x * 2**6 - mean``                            Q.6, |c| <= 255 * 64
+  3. ``var = requant(sum((c*c + 128) >> 8), 2**12 / D)`` variance in Q.16; squares kept in Q.4
+                                                        so a row of 2064 fits the INT32 sum
+  4. ``std = max(int_sqrt(var), 1)``                    standard deviation in Q.8 (Newton)
   5. ``recip = 2**30 // std``                           the one division per row
-  6. ``y = requant(c, recip, 2**-13)``                  c / std in Q.10
+  6. ``y = requant(c, recip, 2**-18)``                  c / std in Q.10
   7. ``z = y * gamma + beta``                           INT8 gamma, INT32 beta, per channel
   8. ``out = requant(z, out_multiplier, out_shift)``    per channel, to INT8
 
-``int_sqrt`` is Newton's iteration ``x <- (x + n // x) // 2`` from ``2**ceil(bits/2)``
+The mean keeps 6 fraction bits because the residual stream is INT8: a token whose values
+spread over a few LSBs would otherwise be shifted by up to half an LSB, a large part of
+its standard deviation. ``int_sqrt`` is Newton's iteration ``x <- (x + n // x) // 2`` from ``2**ceil(bits/2)``
 (>= sqrt n, so it falls monotonically onto floor(sqrt n)), a fixed
 ``ISQRT_ITERATIONS`` times so hardware can unroll or sequence it.
 """
@@ -20,20 +23,23 @@ from __future__ import annotations
 import numpy as np
 
 from quant.errors import IntVitError
-from quant.requant import INT32_MAX, dyadic, requantize
+from quant.requant import INT32_MAX, dyadic, requantize, rounding_shift
 
 __all__ = [
-    "LN_STD_FRAC_BITS", "LN_NORM_FRAC_BITS", "LN_RECIP_BITS", "ISQRT_INPUT_BITS", "ISQRT_ITERATIONS",
+    "LN_MEAN_FRAC_BITS", "LN_SQUARE_SHIFT", "LN_STD_FRAC_BITS", "LN_NORM_FRAC_BITS", "LN_RECIP_BITS", "ISQRT_INPUT_BITS", "ISQRT_ITERATIONS",
     "int_sqrt", "layernorm_divisors", "int_layernorm",
 ]
 
-LN_STD_FRAC_BITS = 7        # std carried in Q.7 so small spreads keep precision
+LN_MEAN_FRAC_BITS = 6       # mean and centred values in Q.6
+LN_SQUARE_SHIFT = 8         # squares summed in Q.4 (from Q.12), rounded
+LN_STD_FRAC_BITS = 8        # std in Q.8: small spreads keep precision, var in Q.16 still fits 31 bits
 LN_NORM_FRAC_BITS = 10      # normalised values in Q.10
 LN_RECIP_BITS = 30
-LN_NORM_SHIFT = LN_RECIP_BITS - LN_STD_FRAC_BITS - LN_NORM_FRAC_BITS
+LN_NORM_SHIFT = LN_RECIP_BITS - LN_STD_FRAC_BITS - LN_NORM_FRAC_BITS + LN_MEAN_FRAC_BITS
 ISQRT_INPUT_BITS = 31
 ISQRT_ITERATIONS = 5        # enough from a start within 2x of the root for 31-bit inputs (tested exhaustively)
-MAX_CENTRED = 255           # |x - mean| for INT8 x
+MAX_CENTRED = 255 << LN_MEAN_FRAC_BITS
+MAX_SQUARE = (MAX_CENTRED**2 + (1 << (LN_SQUARE_SHIFT - 1))) >> LN_SQUARE_SHIFT
 
 
 def _bit_length(n: np.ndarray) -> np.ndarray:
@@ -57,10 +63,10 @@ def layernorm_divisors(width: int) -> tuple[int, int, int, int]:
 
     Computed once at quantisation time; they turn the two divisions by D into multiplies.
     """
-    if width * MAX_CENTRED**2 > INT32_MAX:
+    if width * MAX_SQUARE > INT32_MAX:
         raise IntVitError(f"LayerNorm width {width} is too large for an INT32 sum of squares")
-    mean_m, mean_s = dyadic(1.0 / width)
-    var_m, var_s = dyadic(2.0 ** (2 * LN_STD_FRAC_BITS) / width)
+    mean_m, mean_s = dyadic(2.0**LN_MEAN_FRAC_BITS / width)
+    var_m, var_s = dyadic(2.0 ** (2 * LN_STD_FRAC_BITS + LN_SQUARE_SHIFT - 2 * LN_MEAN_FRAC_BITS) / width)
     return int(mean_m), int(mean_s), int(var_m), int(var_s)
 
 
@@ -81,8 +87,9 @@ def int_layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     mean_m, mean_s, var_m, var_s = divisors
     x = np.asarray(x, dtype=np.int64)
     mean = requantize(x.sum(axis=-1, keepdims=True), mean_m, mean_s, bits=32).astype(np.int64)
-    centred = x - mean
-    var = requantize((centred * centred).sum(axis=-1, keepdims=True), var_m, var_s, bits=32)
+    centred = (x << LN_MEAN_FRAC_BITS) - mean
+    squares = rounding_shift(centred * centred, LN_SQUARE_SHIFT)
+    var = requantize(squares.sum(axis=-1, keepdims=True), var_m, var_s, bits=32)
     std = np.maximum(int_sqrt(var), 1)
     recip = (np.int64(1) << LN_RECIP_BITS) // std
     y = requantize(centred, recip, LN_NORM_SHIFT, bits=32).astype(np.int64)
