@@ -1,0 +1,265 @@
+"""Accelerator configuration: one frozen record per unit, loaded from TOML with defaults.
+
+A config file names only what it changes::
+
+    clock_mhz = 400
+    [matmul]
+    rows = 32
+    cols = 32
+    dataflow = "ws"
+    [buffers]
+    weight_bytes = 131072
+
+Every field is checked when the record is built; a file's mistakes come back as one line
+that names the file and the dotted field (``accel.toml: matmul.rows must be a positive
+integer, not 0``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quant.errors import IntVitError
+
+__all__ = [
+    "DATAFLOWS",
+    "MatMulConfig",
+    "UnitConfig",
+    "BufferConfig",
+    "MemoryConfig",
+    "AcceleratorConfig",
+    "load_config",
+    "config_from_dict",
+    "dump_config",
+]
+
+DATAFLOWS = ("os", "ws", "is")
+KIB = 1024
+# Sections that hold a UnitConfig: the element-wise pipelines behind the MatMul unit.
+ELEMENTWISE_UNITS = ("requant", "softmax", "gelu", "layernorm")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not _is_int(value) or value <= 0:
+        raise IntVitError(f"{name} must be a positive integer, not {value!r}")
+
+
+def _check_nonnegative_int(name: str, value: Any) -> None:
+    if not _is_int(value) or value < 0:
+        raise IntVitError(f"{name} must be a non-negative integer, not {value!r}")
+
+
+def _check_positive_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise IntVitError(f"{name} must be a positive number, not {value!r}")
+
+
+@dataclass(frozen=True)
+class MatMulConfig:
+    """The systolic MatMul unit.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array height R and width C in processing elements.
+    dataflow : str
+        ``"os"`` (output stationary), ``"ws"`` (weight stationary) or ``"is"`` (input stationary).
+    latency : int
+        Pipeline register stages between the operand SRAMs and the array, paid once per fold.
+    """
+
+    rows: int = 16
+    cols: int = 16
+    dataflow: str = "os"
+    latency: int = 2
+
+    def __post_init__(self):
+        _check_positive_int("rows", self.rows)
+        _check_positive_int("cols", self.cols)
+        if self.dataflow not in DATAFLOWS:
+            raise IntVitError(f"dataflow must be one of {', '.join(DATAFLOWS)}, not {self.dataflow!r}")
+        _check_nonnegative_int("latency", self.latency)
+
+
+@dataclass(frozen=True)
+class UnitConfig:
+    """An element-wise pipeline (requantiser, softmax, GELU, LayerNorm).
+
+    Parameters
+    ----------
+    lanes : int
+        Elements accepted per cycle.
+    latency : int
+        Pipeline depth in cycles from the first element in to the first element out.
+    """
+
+    lanes: int = 8
+    latency: int = 4
+
+    def __post_init__(self):
+        _check_positive_int("lanes", self.lanes)
+        _check_nonnegative_int("latency", self.latency)
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """On-chip SRAM sizes in bytes, one per MatMul operand (SCALE-Sim's ifmap, filter, ofmap)."""
+
+    ifmap_bytes: int = 64 * KIB
+    weight_bytes: int = 64 * KIB
+    ofmap_bytes: int = 64 * KIB
+
+    def __post_init__(self):
+        for name in ("ifmap_bytes", "weight_bytes", "ofmap_bytes"):
+            _check_positive_int(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Off-chip interface: bytes moved per accelerator clock cycle."""
+
+    bandwidth_bytes_per_cycle: int | float = 16
+
+    def __post_init__(self):
+        _check_positive_number("bandwidth_bytes_per_cycle", self.bandwidth_bytes_per_cycle)
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """The whole accelerator: clock, MatMul array, element-wise units, SRAMs, memory interface.
+
+    Parameters
+    ----------
+    clock_mhz : float
+        Clock frequency, used only to turn cycles into time.
+    matmul : MatMulConfig
+    requant, softmax, gelu, layernorm : UnitConfig
+    buffers : BufferConfig
+    memory : MemoryConfig
+    """
+
+    clock_mhz: int | float = 500
+    matmul: MatMulConfig = field(default_factory=MatMulConfig)
+    requant: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=3))
+    softmax: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=8))
+    gelu: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=4))
+    layernorm: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=6))
+    buffers: BufferConfig = field(default_factory=BufferConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+    def __post_init__(self):
+        _check_positive_number("clock_mhz", self.clock_mhz)
+        for name, kind in SECTIONS.items():
+            if not isinstance(getattr(self, name), kind):
+                raise IntVitError(f"{name} must be a {kind.__name__}, not {getattr(self, name)!r}")
+
+    def with_(self, **changes: Any) -> AcceleratorConfig:
+        """A copy with some fields changed, for sweeps.
+
+        Keys are field names, with ``__`` between section and field for nested ones:
+        ``cfg.with_(matmul__rows=32, matmul__dataflow="ws", clock_mhz=800)``. Errors name
+        the field in dotted form (``matmul.rows must be a positive integer, not 0``).
+        """
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            section, _, name = key.partition("__")
+            if name:
+                nested.setdefault(section, {})[name] = value
+            else:
+                top[key] = value
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        data["clock_mhz"] = self.clock_mhz
+        for section, values in nested.items():
+            if section not in SECTIONS:
+                raise IntVitError(f"unknown section {section!r}; expected one of {', '.join(SECTIONS)}")
+            data[section].update(values)
+        data.update(top)
+        return config_from_dict(data)
+
+
+SECTIONS: dict[str, type] = {
+    "matmul": MatMulConfig,
+    **{name: UnitConfig for name in ELEMENTWISE_UNITS},
+    "buffers": BufferConfig,
+    "memory": MemoryConfig,
+}
+
+
+def _build_section(section: str, kind: type, values: Any, default: Any) -> Any:
+    if not isinstance(values, dict):
+        raise IntVitError(f"[{section}] must be a table, not {values!r}")
+    known = [f.name for f in dataclasses.fields(kind)]
+    for key in values:
+        if key not in known:
+            raise IntVitError(f"unknown key {section}.{key}; expected one of {', '.join(known)}")
+    try:
+        return dataclasses.replace(default, **values)
+    except IntVitError as exc:
+        raise IntVitError(f"{section}.{exc}") from None
+
+
+def config_from_dict(data: dict[str, Any], source: str | None = None) -> AcceleratorConfig:
+    """Build an AcceleratorConfig from nested dicts (as TOML gives), defaults for what is missing.
+
+    Parameters
+    ----------
+    data : dict
+        ``{"clock_mhz": ..., "matmul": {...}, "buffers": {...}, ...}``.
+    source : str, optional
+        File name put in front of error messages.
+    """
+    try:
+        defaults = AcceleratorConfig()
+        known = ("clock_mhz", *SECTIONS)
+        for key in data:
+            if key not in known:
+                raise IntVitError(f"unknown key {key}; expected one of {', '.join(known)}")
+        sections = {
+            name: _build_section(name, kind, data[name], getattr(defaults, name))
+            for name, kind in SECTIONS.items()
+            if name in data
+        }
+        if "clock_mhz" in data:
+            sections["clock_mhz"] = data["clock_mhz"]
+        return dataclasses.replace(defaults, **sections)
+    except IntVitError as exc:
+        if source is None:
+            raise
+        raise IntVitError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path | None = None) -> AcceleratorConfig:
+    """Read an accelerator TOML file; ``None`` gives the built-in defaults.
+
+    Raises
+    ------
+    IntVitError
+        For malformed TOML, unknown keys or invalid values, naming the file and field.
+    """
+    if path is None:
+        return AcceleratorConfig()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise IntVitError(f"{path.name}: invalid TOML: {exc}") from None
+    return config_from_dict(data, source=path.name)
+
+
+def dump_config(config: AcceleratorConfig) -> str:
+    """The config as TOML text that ``load_config`` reads back to an equal record."""
+    lines = [f"clock_mhz = {config.clock_mhz!r}"]
+    for name in SECTIONS:
+        lines.append(f"\n[{name}]")
+        for key, value in dataclasses.asdict(getattr(config, name)).items():
+            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value!r}")
+    return "\n".join(lines) + "\n"
