@@ -1,0 +1,32 @@
+"""``intvit topology``: write a ViT as a SCALE-Sim GEMM topology CSV, one row per matmul."""
+
+from __future__ import annotations
+
+import argparse
+
+from quant.config import PRESETS, get_config
+from sim.scalesim import write_topology
+from sim.topology import vit_gemms
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "topology",
+        help="write a ViT as a SCALE-Sim GEMM topology (Layer, M, N, K)",
+        description="Write every matmul of a ViT forward pass (batch 1, attention heads expanded) "
+        "as a SCALE-Sim GEMM topology CSV, readable by `scalesim -i gemm` and `intvit simulate`.",
+    )
+    parser.add_argument("--model", default="deit-tiny", help=f"model preset: {', '.join(PRESETS)}")
+    parser.add_argument("--out", required=True, help="CSV file to write")
+    parser.add_argument("--blocks", type=int, default=None, help="keep only the first N encoder blocks")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    gemms = vit_gemms(get_config(args.model), blocks=args.blocks)
+    write_topology(args.out, gemms)
+    macs = sum(g.macs for g in gemms)
+    print(f"{args.out}: {len(gemms)} GEMMs, {macs / 1e9:.3f} GMAC ({args.model})")
+    return 0
