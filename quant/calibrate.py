@@ -1,0 +1,108 @@
+"""Float activations of the reference ViT, named after the integer tensors that stand for them.
+
+``record_activations`` runs the float model with forward hooks and hands each activation
+to a callback under the integer program's tensor name (``blocks.0.norm1``,
+``blocks.0.attn.q`` ...). Calibration (``ActivationRanges``) and the per-layer SQNR
+report both consume that one stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from quant.errors import IntVitError
+from quant.model import ViT
+
+__all__ = ["record_activations", "ActivationRanges", "batches", "CALIBRATION_METHODS"]
+
+CALIBRATION_METHODS = ("minmax", "percentile")
+PERCENTILE_SAMPLES = 1 << 16        # values kept per activation per batch for percentile calibration
+
+
+def batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(images), batch_size):
+        yield images[start:start + batch_size]
+
+
+def record_activations(model: ViT, images: np.ndarray, callback: Callable[[str, np.ndarray], None]) -> np.ndarray:
+    """Run ``model`` on one batch of normalised images; ``callback(name, array)`` per activation.
+
+    Returns the float logits.
+    """
+    handles = []
+
+    def emit(name, transform=lambda t: t):
+        def hook(module, args, output=None):
+            tensor = output if output is not None else args[0]
+            callback(name, transform(tensor.detach()).numpy())
+        return hook
+
+    def add(module, name, pre=False, transform=lambda t: t):
+        register = module.register_forward_pre_hook if pre else module.register_forward_hook
+        handles.append(register(emit(name, transform)))
+
+    cfg = model.config
+    heads = lambda t, i: t.reshape(*t.shape[:2], 3, cfg.num_heads, cfg.head_dim)[:, :, i].transpose(1, 2)
+    add(model.patch_embed, "patch_embed")
+    add(model.blocks[0], "embed", pre=True)
+    for i, block in enumerate(model.blocks):
+        p = f"blocks.{i}"
+        add(block.norm1, f"{p}.norm1")
+        for j, part in enumerate("qkv"):
+            add(block.attn.qkv, f"{p}.attn.{part}", transform=lambda t, j=j: heads(t, j))
+        add(block.attn.softmax, f"{p}.attn.scores", pre=True)
+        add(block.attn.softmax, f"{p}.attn.probs")
+        add(block.attn.proj, f"{p}.attn.context", pre=True)
+        add(block.attn.proj, f"{p}.attn.proj")
+        add(block.norm2, f"{p}.residual", pre=True)
+        add(block.norm2, f"{p}.norm2")
+        add(block.mlp.fc1, f"{p}.mlp.fc1")
+        add(block.mlp.fc2, f"{p}.mlp.act", pre=True)
+        add(block.mlp.fc2, f"{p}.mlp.fc2")
+        add(block, p)
+    add(model.norm, "norm", transform=lambda t: t[:, 0])
+    try:
+        callback("input", np.asarray(images, dtype=np.float32))
+        with torch.no_grad():
+            logits = model(torch.as_tensor(images, dtype=torch.float32))
+    finally:
+        for handle in handles:
+            handle.remove()
+    logits = logits.numpy()
+    callback("logits", logits)
+    return logits
+
+
+class ActivationRanges:
+    """Running calibration statistic (max |x| or a percentile of |x|) per activation name."""
+
+    def __init__(self, method: str = "minmax", percentile: float = 99.99, seed: int = 0):
+        if method not in CALIBRATION_METHODS:
+            raise IntVitError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, not {method!r}")
+        if not 0 < percentile <= 100:
+            raise IntVitError(f"percentile must be in (0, 100], not {percentile}")
+        self.method, self.percentile = method, percentile
+        self._max: dict[str, float] = {}
+        self._samples: dict[str, list[np.ndarray]] = {}
+        self._rng = np.random.default_rng(seed)
+
+    def __call__(self, name: str, value: np.ndarray) -> None:
+        magnitude = np.abs(value).ravel()
+        self._max[name] = max(self._max.get(name, 0.0), float(magnitude.max(initial=0.0)))
+        if self.method == "percentile":
+            if magnitude.size > PERCENTILE_SAMPLES:
+                magnitude = self._rng.choice(magnitude, PERCENTILE_SAMPLES, replace=False)
+            self._samples.setdefault(name, []).append(magnitude)
+
+    def range(self, name: str) -> float:
+        """The calibrated |x| bound of one activation (never zero)."""
+        if name not in self._max:
+            raise IntVitError(f"no calibration data for activation {name!r}")
+        if self.method == "percentile":
+            bound = float(np.percentile(np.concatenate(self._samples[name]), self.percentile))
+        else:
+            bound = self._max[name]
+        return bound if bound > 0 else 1.0

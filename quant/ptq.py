@@ -1,0 +1,218 @@
+"""Post-training quantisation: a float ViT plus calibration images -> an ``IntProgram``.
+
+SwiftTron-style scheme:
+
+* linear work (patch embedding, QKV, Q.K^T, attention.V, projections, MLP, head) in
+  INT8 x INT8 -> INT32 with INT32 bias; weights symmetric per output channel (the head
+  per tensor, so INT32 logits compare directly);
+* activations symmetric INT8 on scales calibrated from the calibration set;
+* softmax, GELU and LayerNorm in integer arithmetic on fixed-point formats (Q.12 scores,
+  Q.10 GELU input, Q.7 probabilities); the requantiser brings accumulators into them;
+* dyadic requantisation between ops and residual additions on aligned scales.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from quant.calibrate import ActivationRanges, batches, record_activations
+from quant.errors import IntVitError
+from quant.gelu import GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS, GELU_OUTPUT_FRAC_BITS
+from quant.layernorm import LN_NORM_FRAC_BITS, layernorm_divisors
+from quant.matmul import check_accumulator
+from quant.model import ViT
+from quant.program import IntProgram, Op, TensorInfo
+from quant.requant import INT32_MAX, add_multipliers, dyadic
+from quant.softmax import SOFTMAX_INPUT_FRAC_BITS, SOFTMAX_OUTPUT_FRAC_BITS
+
+__all__ = ["quantize_model", "quantize_weight"]
+
+INT8_LEVELS = 127
+
+
+def quantize_weight(weight: np.ndarray, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 of a (out, in) weight; returns (int8 weight, scale per output channel)."""
+    bound = np.abs(weight).max(axis=1) if per_channel else np.full(len(weight), np.abs(weight).max())
+    scale = np.where(bound > 0, bound, 1.0) / INT8_LEVELS
+    return np.clip(np.rint(weight / scale[:, None]), -INT8_LEVELS, INT8_LEVELS).astype(np.int8), scale
+
+
+class _Builder:
+    """Accumulates ops, constants and tensor scales in program order."""
+
+    def __init__(self):
+        self.ops: list[Op] = []
+        self.constants: dict[str, np.ndarray] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+
+    def const(self, name: str, value: np.ndarray, dtype) -> str:
+        self.constants[name] = np.ascontiguousarray(value, dtype=dtype)
+        return name
+
+    def op(self, kind, name, inputs, outputs, infos, **attrs) -> str:
+        self.ops.append(Op(kind, name, tuple(inputs), tuple(outputs), attrs))
+        for output, info in zip(outputs, infos):
+            self.tensors[output] = info
+        return outputs[0]
+
+    def requant(self, name: str, x: str, scale, out: str, info: TensorInfo) -> str:
+        m, s = dyadic(scale)
+        return self.op("requant", f"{name}.requant", [x, self.const(f"{name}.multiplier", m, np.int32),
+                                                      self.const(f"{name}.shift", s, np.int8)],
+                       [out], [info], bits=info.bits)
+
+    def linear(self, name: str, x: str, s_x: float, weight: np.ndarray, bias: np.ndarray,
+               out: str, s_out, per_channel: bool = True, bits: int = 8) -> str:
+        """INT8 linear layer; requantised to ``s_out`` (scalar or per channel) unless ``s_out`` is None."""
+        wq, s_w = quantize_weight(weight, per_channel)
+        acc_scale = s_x * s_w
+        bias_q = np.rint(bias / acc_scale)
+        if np.abs(bias_q).max(initial=0) > INT32_MAX:
+            raise IntVitError(f"{name}: bias does not fit INT32 at scale {acc_scale.min():.3g}")
+        bias_name = self.const(f"{name}.bias", bias_q, np.int32)
+        check_accumulator(wq.shape[1], self.constants[bias_name], name)
+        acc = out if s_out is None else f"{name}.acc"
+        acc_info = TensorInfo(float(acc_scale[0]) if not per_channel else None, 32,
+                              name if s_out is None else None)
+        self.op("matmul", name, [x, self.const(f"{name}.weight", wq.T, np.int8), bias_name], [acc], [acc_info])
+        if s_out is None:
+            return acc
+        return self.requant(name, acc, acc_scale / s_out, out, TensorInfo(_scalar(s_out), bits, out))
+
+    def layernorm(self, name: str, x: str, norm: torch.nn.LayerNorm, s_out: float, out: str) -> str:
+        gamma = norm.weight.detach().numpy().astype(np.float64)
+        beta = norm.bias.detach().numpy().astype(np.float64)
+        # Per-channel gamma scale, floored so that beta still fits the INT32 affine sum.
+        s_g = np.maximum(np.abs(gamma) / INT8_LEVELS, np.abs(beta) * 2.0**LN_NORM_FRAC_BITS / 2.0**30)
+        s_g = np.where(s_g > 0, s_g, 1.0)
+        norm_scale = s_g * 2.0**-LN_NORM_FRAC_BITS
+        m, s = dyadic(norm_scale / s_out)
+        mean_m, mean_s, var_m, var_s = layernorm_divisors(len(gamma))
+        inputs = [x,
+                  self.const(f"{name}.gamma", np.rint(gamma / s_g), np.int8),
+                  self.const(f"{name}.beta", np.rint(beta / norm_scale), np.int32),
+                  self.const(f"{name}.multiplier", m, np.int32),
+                  self.const(f"{name}.shift", s, np.int8)]
+        return self.op("layernorm", name, inputs, [out], [TensorInfo(s_out, 8, out)],
+                       mean_multiplier=mean_m, mean_shift=mean_s, var_multiplier=var_m, var_shift=var_s)
+
+    def add(self, name: str, a: str, s_a: float, b: str, s_b: float, s_out: float, out: str) -> str:
+        m_a, m_b, shift = add_multipliers(s_a, s_b, s_out)
+        return self.op("add", name, [a, b], [out], [TensorInfo(s_out, 8, out)], m_a=m_a, m_b=m_b, shift=shift)
+
+
+def _scalar(scale) -> float | None:
+    scale = np.asarray(scale)
+    return float(scale) if scale.ndim == 0 else None
+
+
+def _params(module: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    weight = module.weight.detach().numpy().astype(np.float64)
+    return weight.reshape(weight.shape[0], -1), module.bias.detach().numpy().astype(np.float64)
+
+
+def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = "minmax",
+                   percentile: float = 99.99, batch_size: int = 32, progress=None) -> IntProgram:
+    """Calibrate ``model`` on normalised images and build its integer program.
+
+    Parameters
+    ----------
+    model : ViT
+    calibration_images : float array (N, C, H, W), normalised with ``quant.data.normalize``
+    method : "minmax" or "percentile"
+        Activation range: max |x| over the set, or the given percentile of |x|.
+    progress : optional callable wrapping the batch iterator (e.g. tqdm)
+    """
+    cfg = model.config
+    images = np.asarray(calibration_images, dtype=np.float32)
+    if images.ndim != 4 or len(images) == 0:
+        raise IntVitError("the calibration set is empty" if len(images) == 0 or images.ndim != 4
+                          else "calibration images must be (N, C, H, W)")
+    if images.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size):
+        raise IntVitError(f"calibration images are {images.shape[1:]}, model {cfg.name!r} takes "
+                          f"{(cfg.in_chans, cfg.img_size, cfg.img_size)}")
+    ranges = ActivationRanges(method, percentile)
+    model.eval()
+    chunks = batches(images, batch_size)
+    for chunk in progress(chunks) if progress else chunks:
+        record_activations(model, chunk, ranges)
+    scale = lambda name: ranges.range(name) / INT8_LEVELS
+
+    b = _Builder()
+    s_in = scale("input")
+    b.tensors["input"] = TensorInfo(s_in, 8, "input")
+
+    # Patch embedding: the class token shares the patch scale, then the position embedding is added.
+    cls = model.cls_token.detach().numpy().reshape(-1).astype(np.float64)
+    s_patch = max(ranges.range("patch_embed"), float(np.abs(cls).max())) / INT8_LEVELS
+    b.op("patchify", "patch_embed.patchify", ["input"], ["patch_embed.patches"], [TensorInfo(s_in, 8)],
+         patch=cfg.patch_size)
+    w, bias = _params(model.patch_embed.proj)
+    b.linear("patch_embed.proj", "patch_embed.patches", s_in, w, bias, "patch_embed", s_patch)
+    b.op("concat_token", "cls_token", ["patch_embed", b.const("cls_token", np.rint(cls / s_patch), np.int8)],
+         ["tokens"], [TensorInfo(s_patch, 8)])
+    pos = model.pos_embed.detach().numpy()[0].astype(np.float64)
+    s_pos = max(float(np.abs(pos).max()), 1e-12) / INT8_LEVELS
+    b.const("pos_embed", np.rint(pos / s_pos), np.int8)
+    x, s_x = "embed", scale("embed")
+    b.add("pos_embed", "tokens", s_patch, "pos_embed", s_pos, s_x, x)
+
+    head_dim_scale = cfg.head_dim**-0.5
+    for i, block in enumerate(model.blocks):
+        p = f"blocks.{i}"
+        s_ln1 = scale(f"{p}.norm1")
+        b.layernorm(f"{p}.norm1", x, block.norm1, s_ln1, f"{p}.norm1")
+
+        # Attention: q|k|v leave one matmul on three per-segment scales.
+        s_q, s_k, s_v = (scale(f"{p}.attn.{part}") for part in "qkv")
+        w, bias = _params(block.attn.qkv)
+        qkv_scale = np.repeat([s_q, s_k, s_v], cfg.embed_dim)
+        b.linear(f"{p}.attn.qkv", f"{p}.norm1", s_ln1, w, bias, f"{p}.attn.qkv", qkv_scale)
+        b.op("split_heads", f"{p}.attn.split", [f"{p}.attn.qkv"], [f"{p}.attn.{t}" for t in "qkv"],
+             [TensorInfo(s, 8, f"{p}.attn.{t}") for s, t in zip((s_q, s_k, s_v), "qkv")], heads=cfg.num_heads)
+        b.op("matmul", f"{p}.attn.qk", [f"{p}.attn.q", f"{p}.attn.k"], [f"{p}.attn.qk.acc"],
+             [TensorInfo(s_q * s_k, 32)], transpose_b=1)
+        b.requant(f"{p}.attn.qk", f"{p}.attn.qk.acc", s_q * s_k * head_dim_scale * 2.0**SOFTMAX_INPUT_FRAC_BITS,
+                  f"{p}.attn.scores", TensorInfo(2.0**-SOFTMAX_INPUT_FRAC_BITS, 32, f"{p}.attn.scores"))
+        s_probs = 2.0**-SOFTMAX_OUTPUT_FRAC_BITS
+        b.op("softmax", f"{p}.attn.softmax", [f"{p}.attn.scores"], [f"{p}.attn.probs"],
+             [TensorInfo(s_probs, 8, f"{p}.attn.probs")])
+        s_ctx = scale(f"{p}.attn.context")
+        b.op("matmul", f"{p}.attn.av", [f"{p}.attn.probs", f"{p}.attn.v"], [f"{p}.attn.av.acc"],
+             [TensorInfo(s_probs * s_v, 32)])
+        b.requant(f"{p}.attn.av", f"{p}.attn.av.acc", s_probs * s_v / s_ctx, f"{p}.attn.av", TensorInfo(s_ctx, 8))
+        b.op("merge_heads", f"{p}.attn.merge", [f"{p}.attn.av"], [f"{p}.attn.context"],
+             [TensorInfo(s_ctx, 8, f"{p}.attn.context")])
+        s_proj = scale(f"{p}.attn.proj")
+        w, bias = _params(block.attn.proj)
+        b.linear(f"{p}.attn.proj", f"{p}.attn.context", s_ctx, w, bias, f"{p}.attn.proj", s_proj)
+        s_res = scale(f"{p}.residual")
+        b.add(f"{p}.residual", x, s_x, f"{p}.attn.proj", s_proj, s_res, f"{p}.residual")
+
+        # MLP: fc1 -> Q.10 -> GELU -> Q.21 -> INT8 -> fc2.
+        s_ln2 = scale(f"{p}.norm2")
+        b.layernorm(f"{p}.norm2", f"{p}.residual", block.norm2, s_ln2, f"{p}.norm2")
+        w, bias = _params(block.mlp.fc1)
+        b.linear(f"{p}.mlp.fc1", f"{p}.norm2", s_ln2, w, bias, f"{p}.mlp.fc1", 2.0**-GELU_INPUT_FRAC_BITS,
+                 bits=GELU_INPUT_BITS)
+        b.op("gelu", f"{p}.mlp.gelu", [f"{p}.mlp.fc1"], [f"{p}.mlp.gelu"],
+             [TensorInfo(2.0**-GELU_OUTPUT_FRAC_BITS, 32, f"{p}.mlp.act")])
+        s_act = scale(f"{p}.mlp.act")
+        b.requant(f"{p}.mlp.act", f"{p}.mlp.gelu", 2.0**-GELU_OUTPUT_FRAC_BITS / s_act, f"{p}.mlp.act",
+                  TensorInfo(s_act, 8, f"{p}.mlp.act"))
+        s_fc2 = scale(f"{p}.mlp.fc2")
+        w, bias = _params(block.mlp.fc2)
+        b.linear(f"{p}.mlp.fc2", f"{p}.mlp.act", s_act, w, bias, f"{p}.mlp.fc2", s_fc2)
+        s_out = scale(p)
+        x = b.add(p, f"{p}.residual", s_res, f"{p}.mlp.fc2", s_fc2, s_out, p)
+        s_x = s_out
+
+    b.op("select_token", "cls", [x], ["cls"], [TensorInfo(s_x, 8)], index=0)
+    s_norm = scale("norm")
+    b.layernorm("norm", "cls", model.norm, s_norm, "norm")
+    w, bias = _params(model.head)
+    b.linear("head", "norm", s_norm, w, bias, "logits", None, per_channel=False)
+    return IntProgram(cfg, b.ops, b.constants, b.tensors, input_scale=s_in, output="logits",
+                      calibration={"method": method, "images": int(len(images)),
+                                   **({"percentile": percentile} if method == "percentile" else {})})
