@@ -267,9 +267,8 @@ def _sram_windows(report: MatMulReport) -> tuple[tuple[int, int], ...]:
     r, t = plan.rows, plan.temporal
     first_rows, last_rows = plan.rows_used(0), plan.rows_used(plan.row_folds - 1)
     last_cols = plan.cols_used(plan.col_folds - 1)
-    skewed_stream = (0, t + last_rows - 2)
     if plan.dataflow == "os":
-        windows = (skewed_stream, (0, t + last_cols - 2), (t - 1 + r - first_rows, t + r + last_cols - 3))
+        windows = ((0, t + last_rows - 2), (0, t + last_cols - 2), (t - 1 + r - first_rows, t + r + last_cols - 3))
     else:
         stream = (r, r + t + last_rows - 2)
         stationary = (r - first_rows, r - 1)
