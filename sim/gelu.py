@@ -1,0 +1,42 @@
+"""Cycle model of the GELU unit (``rtl.gelu.Gelu``): a fully pipelined element-wise stream.
+
+``gelu_cycles = ceil(elements / lanes) + latency``
+
+One beat of ``lanes`` elements enters per cycle and each leaves ``latency`` cycles later
+(fill + stream, SCALE-Sim's fold length without the drain of a systolic array). The count
+runs from the first input handshake to the last output handshake, both included, which is
+what the cocotb bench measures (``tests/rtl/cycles/gelu.json``: for ``Gelu`` the pipeline
+depth is 4).
+"""
+
+from __future__ import annotations
+
+from quant.errors import IntVitError
+
+__all__ = ["gelu_cycles"]
+
+
+def _check(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "positive" if minimum > 0 else "non-negative"
+        raise IntVitError(f"gelu.{name} must be a {kind} integer, not {value!r}")
+
+
+def gelu_cycles(lanes: int, latency: int, elements: int) -> int:
+    """Cycles to stream ``elements`` values through a ``lanes``-wide, ``latency``-deep GELU pipeline.
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per cycle.
+    latency : int
+        Pipeline depth in cycles (``rtl.gelu.Gelu.latency`` is 4).
+    elements : int
+        Values to transform; 0 costs nothing.
+    """
+    _check("lanes", lanes, 1)
+    _check("latency", latency, 0)
+    _check("elements", elements, 0)
+    if elements == 0:
+        return 0
+    return -(-elements // lanes) + latency

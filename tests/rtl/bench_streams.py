@@ -1,0 +1,111 @@
+"""cocotb helpers shared by the non-linear unit benches: clock and reset, lane packing,
+and a cycle-accurate driver + monitor for Amaranth valid/ready streams.
+
+Inputs are driven on the falling edge and handshakes sampled in the read-only phase
+before the next rising edge, so a handshake recorded in loop cycle ``k`` happens on
+rising edge ``k``. Latencies are counted in those edges: from the first input handshake
+to the last output handshake, both included.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+
+__all__ = ["CLOCK_NS", "StreamRun", "pack", "unpack", "reset", "stream_through"]
+
+CLOCK_NS = 10
+RESET_CYCLES = 2
+
+
+def pack(values: Sequence[int], bits: int) -> int:
+    """Lanes (lane 0 in the low bits) as one integer, each two's complement in ``bits``."""
+    mask = (1 << bits) - 1
+    word = 0
+    for lane, value in enumerate(values):
+        word |= (int(value) & mask) << (lane * bits)
+    return word
+
+
+def unpack(word: int, bits: int, count: int, signed: bool = True) -> np.ndarray:
+    """Inverse of ``pack``: ``count`` lanes of ``bits`` each, as int64."""
+    mask = (1 << bits) - 1
+    lanes = [(word >> (lane * bits)) & mask for lane in range(count)]
+    if signed:
+        lanes = [v - (1 << bits) if v >> (bits - 1) else v for v in lanes]
+    return np.array(lanes, dtype=np.int64)
+
+
+async def reset(dut) -> None:
+    """Start the clock and hold the synchronous reset for a few cycles."""
+    Clock(dut.clk, CLOCK_NS, unit="ns").start()
+    dut.rst.value = 1
+    for _ in range(RESET_CYCLES):
+        await RisingEdge(dut.clk)
+    await FallingEdge(dut.clk)
+    dut.rst.value = 0
+
+
+@dataclass(frozen=True)
+class StreamRun:
+    """What came out of ``stream_through``: output words and the handshake edges."""
+
+    outputs: list[int]
+    first_input_cycle: int | None
+    last_output_cycle: int | None
+
+    @property
+    def cycles(self) -> int:
+        """Edges from the first input handshake to the last output handshake, both counted."""
+        return self.last_output_cycle - self.first_input_cycle + 1
+
+
+async def stream_through(dut, beats: Sequence[Mapping[str, int]], outputs: int, *, source: str = "i",
+                         sink: str = "o", rng: random.Random | None = None, idle: float = 0.0,
+                         stall: float = 0.0, timeout_cycles: int = 1_000_000) -> StreamRun:
+    """Drive ``beats`` into stream ``source`` and collect ``outputs`` payloads from ``sink``.
+
+    Each beat maps port names (``"i__payload"``, ``"length"``) to the values driven with it.
+    With ``rng``, the driver leaves ``valid`` low with probability ``idle`` between beats
+    (never withdrawing an offered beat) and the monitor lowers ``ready`` with probability
+    ``stall``. Call right after ``reset`` or a previous ``stream_through`` (on a falling edge).
+    """
+    in_valid, in_ready = getattr(dut, f"{source}__valid"), getattr(dut, f"{source}__ready")
+    out_valid, out_ready = getattr(dut, f"{sink}__valid"), getattr(dut, f"{sink}__ready")
+    out_payload = getattr(dut, f"{sink}__payload")
+    words: list[int] = []
+    sent = 0
+    offering = False
+    first_input = last_output = None
+    for cycle in range(timeout_cycles):
+        if sent == len(beats) and len(words) == outputs:
+            break
+        if cycle:
+            await FallingEdge(dut.clk)
+        offering = sent < len(beats) and (offering or rng is None or rng.random() >= idle)
+        if offering:
+            for name, value in beats[sent].items():
+                getattr(dut, name).value = value
+        in_valid.value = int(offering)
+        out_ready.value = int(rng is None or rng.random() >= stall)
+        await ReadOnly()
+        if offering and in_ready.value:
+            first_input = cycle if first_input is None else first_input
+            sent += 1
+            offering = False
+        if out_valid.value and out_ready.value:
+            if len(words) == outputs:
+                raise AssertionError(f"{sink}: more than the {outputs} expected output beats")
+            words.append(out_payload.value.to_unsigned())
+            last_output = cycle
+    else:
+        raise AssertionError(f"timeout after {timeout_cycles} cycles: {sent}/{len(beats)} beats in, "
+                             f"{len(words)}/{outputs} out")
+    await FallingEdge(dut.clk)
+    in_valid.value = 0
+    return StreamRun(words, first_input, last_output)

@@ -1,0 +1,35 @@
+"""Gelu: parameter checks, and the cocotb bench on Icarus against ``quant.gelu.int_gelu``."""
+
+from __future__ import annotations
+
+import pytest
+from runner import check_cycles
+
+from quant.errors import IntVitError
+from rtl.gelu import Gelu
+
+SEED = 2024
+CYCLE_ELEMENTS = [1, 7, 64, 197]
+
+
+@pytest.mark.parametrize("lanes", [0, -1, 2.0, True])
+def test_rejects_bad_lanes(lanes):
+    with pytest.raises(IntVitError, match=r"^Gelu lanes must be a positive integer, not "):
+        Gelu(lanes)
+
+
+def test_properties():
+    unit = Gelu(lanes=4)
+    assert (unit.lanes, unit.latency) == (4, 4)
+    with pytest.raises(AttributeError):
+        unit.lanes = 2
+
+
+@pytest.mark.parametrize("lanes, vectors", [(1, 600), (4, 4000), (8, 1200)])
+def test_bench_matches_int_gelu(bench, lanes, vectors):
+    unit = Gelu(lanes)
+    run = bench(unit, toplevel="gelu", test_module="bench_gelu",
+                params={"lanes": lanes, "latency": unit.latency, "seed": SEED + lanes, "vectors": vectors,
+                            "cycle_elements": CYCLE_ELEMENTS})
+    print(f"bench_gelu lanes={lanes} vectors={vectors}: {run.wall_s:.2f} s")
+    check_cycles("gelu", run["records"])
