@@ -126,6 +126,33 @@ class IntProgram:
     def matmuls(self) -> list[Op]:
         return [op for op in self.ops if op.kind == "matmul"]
 
+    def tensor_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
+        """Static shape of every tensor and constant for a batch of ``batch`` images, without running."""
+        c = self.config
+        shapes = {name: tuple(value.shape) for name, value in self.constants.items()}
+        shapes["input"] = (batch, c.in_chans, c.img_size, c.img_size)
+        for op in self.ops:
+            x = shapes[op.inputs[0]]
+            if op.kind == "patchify":
+                p = op.attrs["patch"]
+                out = [(x[0], (x[2] // p) * (x[3] // p), x[1] * p * p)]
+            elif op.kind == "matmul":
+                b = shapes[op.inputs[1]]
+                out = [(*x[:-1], b[-2] if op.attrs.get("transpose_b") else b[-1])]
+            elif op.kind == "concat_token":
+                out = [(x[0], x[1] + 1, x[2])]
+            elif op.kind == "split_heads":
+                h = op.attrs["heads"]
+                out = [(x[0], h, x[1], x[2] // (3 * h))] * 3
+            elif op.kind == "merge_heads":
+                out = [(x[0], x[2], x[1] * x[3])]
+            elif op.kind == "select_token":
+                out = [(x[0], x[2])]
+            else:                                   # element-wise: requant, softmax, gelu, layernorm, add
+                out = [x]
+            shapes.update(zip(op.outputs, out))
+        return shapes
+
     # ----------------------------------------------------------------- file format
     def manifest(self) -> dict:
         return {
