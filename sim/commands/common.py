@@ -1,0 +1,126 @@
+"""Options and loaders that several subcommands share: which model, which weights, which data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from quant.calibrate import CALIBRATION_METHODS
+from quant.config import PRESETS, ViTConfig, get_config
+from quant.errors import IntVitError
+from quant.model import ViT
+from quant.program import IntProgram, load_program
+
+__all__ = [
+    "add_model_arguments", "add_calibration_arguments", "load_model", "load_images", "build_program",
+    "progress", "positive_int", "write_json",
+]
+
+DEFAULT_MODEL = "mnist"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(PRESETS),
+                        help="model shape (default: %(default)s, the embedded MNIST ViT)")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="checkpoint: timm/DeiT .pth or .safetensors, Hugging Face ViT safetensors, or "
+                             "intvit's own .safetensors+.json (default: embedded weights for mnist, "
+                             "seeded random weights otherwise)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and sampling (default: 0)")
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--program", metavar="FILE", help="use this integer program instead of quantising")
+    parser.add_argument("--calib-size", type=positive_int, default=256, metavar="N",
+                        help="calibration images (default: %(default)s)")
+    parser.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="minmax",
+                        help="activation range: max |x| or a percentile of |x| (default: %(default)s)")
+    parser.add_argument("--percentile", type=float, default=99.99,
+                        help="percentile for --calib-method percentile (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
+                        help="images per batch (default: %(default)s)")
+
+
+def load_model(args: argparse.Namespace) -> ViT:
+    """The float model the options name, in eval mode."""
+    from quant.checkpoint import load_checkpoint, load_embedded, load_weights
+
+    config = get_config(args.model)
+    if args.weights:
+        path = Path(args.weights)
+        if not path.is_file():
+            raise IntVitError(f"{path}: no such checkpoint file")
+        if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
+            model = load_weights(path)
+            if args.model != DEFAULT_MODEL and model.config.name != config.name:
+                raise IntVitError(f"{path}: weights are for model {model.config.name!r}, not {config.name!r}")
+            return model.eval()
+        return load_checkpoint(path, config).eval()
+    if args.model == DEFAULT_MODEL:
+        return load_embedded().eval()
+    torch.manual_seed(args.seed)
+    return ViT(config).eval()
+
+
+def load_images(spec: str, config: ViTConfig, split: str, limit: int | None):
+    """Normalised float images, labels and class names from ``mnist``, ``digits`` or a directory."""
+    from quant.data import load_dataset, normalize
+
+    images, labels, classes = load_dataset(spec, config, split=split, limit=limit)
+    return normalize(images, config), labels, classes
+
+
+def build_program(args: argparse.Namespace, model: ViT, data: str) -> IntProgram:
+    """Load ``--program`` (checked against the model) or quantise the model on calibration images."""
+    from quant.ptq import quantize_model
+
+    if getattr(args, "program", None):
+        program = load_program(args.program)
+        if program.config != model.config:
+            raise IntVitError(f"{args.program}: program is for model {program.config.name!r} "
+                              f"({program.config.embed_dim}-wide, depth {program.config.depth}), "
+                              f"not the {model.config.name!r} model given")
+        return program
+    split = "all" if Path(data).is_dir() else "train"
+    images, _, _ = load_images(data, model.config, split, args.calib_size)
+    return quantize_model(model, images, method=args.calib_method, percentile=args.percentile,
+                          batch_size=args.batch_size,
+                          progress=lambda it: progress(it, "calibrate", -(-len(images) // args.batch_size)))
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    """A progress bar on stderr that stays out of the way of piped output."""
+    return tqdm(iterable, desc=desc, total=total, leave=False, disable=None, file=sys.stderr, unit="batch")
+
+
+def write_json(data: dict, path: str | None) -> None:
+    """JSON to ``path``, or to stdout for ``-``."""
+    text = json.dumps(data, indent=2, default=_jsonable)
+    if path in (None, "-"):
+        print(text)
+    else:
+        Path(path).write_text(text + "\n")
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
