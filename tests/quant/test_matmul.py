@@ -1,0 +1,126 @@
+"""INT8 x INT8 -> INT32 products: exact against an int64 reference, overflow guard, dtype errors."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quant.errors import IntVitError
+from quant.matmul import MAX_PRODUCT, check_accumulator, int_matmul
+from quant.requant import INT32_MAX
+
+# Deepest dot product of INT8 values whose worst case still fits INT32 with no bias.
+MAX_DEPTH = INT32_MAX // MAX_PRODUCT
+
+
+def reference(a, b, bias=None, transpose_b=False):
+    b = np.swapaxes(b, -1, -2) if transpose_b else b
+    out = np.matmul(a.astype(np.int64), b.astype(np.int64))
+    return out if bias is None else out + bias.astype(np.int64)
+
+
+def int8(rng, shape, low=-128, high=127):
+    return rng.integers(low, high, shape, endpoint=True, dtype=np.int8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 70), st.integers(1, 9), st.integers(0, 2**32 - 1),
+       st.booleans(), st.booleans())
+def test_random_shapes_exact(m, k, n, seed, transpose_b, with_bias):
+    rng = np.random.default_rng(seed)
+    a = int8(rng, (m, k))
+    b = int8(rng, (n, k) if transpose_b else (k, n))
+    bias = rng.integers(-(1 << 30), 1 << 30, n, dtype=np.int32) if with_bias else None
+    out = int_matmul(a, b, bias, transpose_b=transpose_b)
+    assert out.dtype == np.int32 and out.shape == (m, n)
+    assert np.array_equal(out, reference(a, b, bias, transpose_b))
+
+
+@pytest.mark.parametrize("transpose_b", [False, True])
+@pytest.mark.parametrize("lead", [(3,), (2, 3)])
+def test_batched_operands_exact(lead, transpose_b):
+    rng = np.random.default_rng(len(lead))
+    a = int8(rng, (*lead, 17, 24))
+    b = int8(rng, (*lead, 11, 24) if transpose_b else (*lead, 24, 11))
+    out = int_matmul(a, b, transpose_b=transpose_b)
+    assert out.shape == (*lead, 17, 11)
+    assert np.array_equal(out, reference(a, b, transpose_b=transpose_b))
+
+
+def test_batched_activations_with_shared_weight():
+    rng = np.random.default_rng(7)
+    a = int8(rng, (4, 197, 64))
+    w = int8(rng, (64, 48))
+    bias = rng.integers(-(1 << 20), 1 << 20, 48, dtype=np.int32)
+    assert np.array_equal(int_matmul(a, w, bias), reference(a, w, bias))
+
+
+def test_non_contiguous_operands():
+    rng = np.random.default_rng(8)
+    a = int8(rng, (20, 30))[::2, 1::2]               # (10, 15) strided view
+    b = np.asfortranarray(int8(rng, (15, 6)))
+    assert np.array_equal(int_matmul(a, b), reference(a, b))
+
+
+def test_deepest_all_minus_128_reaches_the_largest_sum():
+    a = np.full((2, MAX_DEPTH), -128, dtype=np.int8)
+    b = np.full((MAX_DEPTH, 3), -128, dtype=np.int8)
+    out = int_matmul(a, b)
+    assert np.all(out == MAX_DEPTH * MAX_PRODUCT)
+    # The remaining headroom filled by the bias lands exactly on INT32_MAX.
+    headroom = INT32_MAX - MAX_DEPTH * MAX_PRODUCT
+    out = int_matmul(a, b, np.full(3, headroom, dtype=np.int32))
+    assert np.all(out == INT32_MAX)
+
+
+def test_most_negative_sum():
+    a = np.full((1, MAX_DEPTH), -128, dtype=np.int8)
+    b = np.full((MAX_DEPTH, 1), 127, dtype=np.int8)
+    bias = np.array([-(INT32_MAX - MAX_DEPTH * MAX_PRODUCT)], dtype=np.int32)
+    assert int(int_matmul(a, b, bias)[0, 0]) == -MAX_DEPTH * 128 * 127 + int(bias[0])
+
+
+def test_edge_values_table():
+    values = np.array([-128, -127, -1, 0, 1, 126, 127], dtype=np.int8)
+    a = np.repeat(values[:, None], 5, axis=1)         # (7, 5)
+    b = np.repeat(values[None, :], 5, axis=0)         # (5, 7)
+    assert np.array_equal(int_matmul(a, b), reference(a, b))
+
+
+def test_overflow_is_detected_before_any_work():
+    depth = MAX_DEPTH + 1
+    a = np.zeros((1, depth), dtype=np.int8)
+    b = np.zeros((depth, 1), dtype=np.int8)
+    worst = depth * MAX_PRODUCT
+    with pytest.raises(IntVitError, match=rf"^blocks\.0\.mlp\.fc1: INT32 accumulator can overflow "
+                                          rf"\(K={depth}, worst-case \|sum\| {worst} > {INT32_MAX}\)$"):
+        int_matmul(a, b, name="blocks.0.mlp.fc1")
+
+
+def test_overflow_from_the_bias():
+    a = np.zeros((1, 1), dtype=np.int8)
+    bias = np.array([0, -INT32_MAX], dtype=np.int32)
+    with pytest.raises(IntVitError, match=rf"^matmul: INT32 accumulator can overflow \(K=1, worst-case "
+                                          rf"\|sum\| {INT32_MAX + MAX_PRODUCT} > {INT32_MAX}\)$"):
+        int_matmul(a, np.zeros((1, 2), dtype=np.int8), bias)
+    check_accumulator(MAX_DEPTH, None)
+    check_accumulator(1, np.array([INT32_MAX - MAX_PRODUCT]))
+
+
+@pytest.mark.parametrize("dtype_a, dtype_b", [(np.int16, np.int8), (np.int8, np.uint8), (np.float32, np.int8)])
+def test_operands_must_be_int8(dtype_a, dtype_b):
+    a = np.zeros((2, 3), dtype=dtype_a)
+    b = np.zeros((3, 4), dtype=dtype_b)
+    with pytest.raises(IntVitError, match=rf"^qk: operands must be int8, got {np.dtype(dtype_a)} "
+                                          rf"and {np.dtype(dtype_b)}$"):
+        int_matmul(a, b, name="qk")
+
+
+def test_shape_errors():
+    a = np.zeros((2, 3), dtype=np.int8)
+    with pytest.raises(IntVitError, match=r"^matmul: inner dimensions differ \(\(2, 3\) @ \(4, 5\)\)$"):
+        int_matmul(a, np.zeros((4, 5), dtype=np.int8))
+    with pytest.raises(IntVitError, match=r"^matmul: inner dimensions differ \(\(2, 3\) @ \(5, 4\)\)$"):
+        int_matmul(a, np.zeros((5, 4), dtype=np.int8), transpose_b=True)
+    with pytest.raises(IntVitError, match=r"^matmul: batch dimensions differ \(\(2, 2, 3\) @ \(3, 3, 4\)\)$"):
+        int_matmul(np.zeros((2, 2, 3), dtype=np.int8), np.zeros((3, 3, 4), dtype=np.int8))
