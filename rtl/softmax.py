@@ -1,0 +1,240 @@
+"""Softmax unit: rows of Q.12 INT32 scores to INT8 Q.7 probabilities, bit for bit ``quant.softmax.int_softmax``.
+
+A row is buffered once and read twice, in four phases per row:
+
+``LOAD``
+    one beat of ``lanes`` scores per cycle into the row buffer, keeping the running maximum;
+``EXP``
+    each beat is read back, ``int_exp(x - max)`` is computed in a 5-stage pipeline, written
+    back over the score and added to the row total;
+``DIVIDE``
+    ``recip = 2**30 // total`` on the shared sequential divider (31 cycles);
+``OUT``
+    each beat of exponentials is read again and ``sat8(round(e * recip / 2**23))`` streamed out.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from quant.errors import IntVitError
+from quant.requant import INT32_MIN
+from quant.softmax import (
+    EXP_DIV_MULT, EXP_DIV_SHIFT, EXP_LN2, EXP_N_MAX, EXP_POLY_A, EXP_POLY_A_SHIFT, EXP_POLY_B, EXP_POLY_C,
+    SOFTMAX_INPUT_FRAC_BITS, SOFTMAX_OUTPUT_FRAC_BITS, SOFTMAX_RECIP_BITS,
+)
+from rtl.divider import Divider, divider_cycles
+
+__all__ = ["Softmax", "SOFTMAX_ROW_OVERHEAD_CYCLES"]
+
+SCORE_BITS = 32
+PROB_BITS = 8
+EXP_MAX = 1 << SOFTMAX_INPUT_FRAC_BITS | 1          # int_exp never exceeds 4097
+DIVIDER_BITS = SOFTMAX_RECIP_BITS + 1               # holds the dividend 2**30
+OUT_SHIFT = SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS
+# EXP pass: buffer read, then s1 clamped gap, s2 range-reduced argument, s3 square, s4 exp.
+EXP_READ_CYCLES = 1
+EXP_PIPELINE_CYCLES = 4
+OUT_PIPELINE_CYCLES = 2                             # buffer read, then the output register
+# Per row beyond the three passes over its beats: the EXP pipeline drain, one cycle to start
+# the divider, the division, one cycle to latch the reciprocal and the OUT pipeline fill.
+SOFTMAX_ROW_OVERHEAD_CYCLES = (EXP_READ_CYCLES + EXP_PIPELINE_CYCLES + 1 + divider_cycles(DIVIDER_BITS)
+                               + OUT_PIPELINE_CYCLES)
+
+
+class Softmax(wiring.Component):
+    """Row softmax over ``lanes`` scores per beat, with an internal row buffer.
+
+    Parameters
+    ----------
+    lanes : int
+        Scores per input beat and probabilities per output beat.
+    max_length : int
+        Longest row the buffer holds (``ceil(max_length / lanes)`` words of ``lanes`` INT32).
+
+    Attributes
+    ----------
+    length : In(range(max_length + 1))
+        Row length, sampled with the first beat of each row; must be in ``1..max_length``.
+    i : In(stream.Signature(ArrayLayout(signed(32), lanes)))
+        Q.12 scores, ``ceil(length / lanes)`` beats per row; lanes past ``length`` in the
+        last beat are ignored. ``i.ready`` is high only while a row is being loaded.
+    o : Out(stream.Signature(StructLayout({"data": ArrayLayout(signed(8), lanes), "last": 1})))
+        Q.7 probabilities in the same order, ``last`` on the row's final beat; lanes past
+        ``length`` are 0.
+
+    Timing: rows are processed one at a time. With ``o.ready`` high and input offered
+    whenever asked for, a row of ``b = ceil(length / lanes)`` beats takes ``3 b + latency``
+    cycles, ``latency = SOFTMAX_ROW_OVERHEAD_CYCLES`` (40), from its first input edge to its
+    last output edge inclusive, and the next row's first beat is taken on the edge after
+    (``sim.softmax.softmax_cycles``).
+    """
+
+    def __init__(self, lanes: int = 8, max_length: int = 256):
+        if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes <= 0:
+            raise IntVitError(f"Softmax lanes must be a positive integer, not {lanes!r}")
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
+            raise IntVitError(f"Softmax max_length must be a positive integer, not {max_length!r}")
+        if max_length * EXP_MAX >= 1 << DIVIDER_BITS:
+            raise IntVitError(f"Softmax max_length {max_length} is too long for a {DIVIDER_BITS}-bit row total")
+        self._lanes = lanes
+        self._max_length = max_length
+        super().__init__({
+            "length": In(range(max_length + 1)),
+            "i": In(stream.Signature(data.ArrayLayout(signed(SCORE_BITS), lanes))),
+            "o": Out(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(signed(PROB_BITS), lanes), "last": 1}))),
+        })
+
+    @property
+    def lanes(self) -> int:
+        """Scores per beat."""
+        return self._lanes
+
+    @property
+    def max_length(self) -> int:
+        """Longest row the buffer holds."""
+        return self._max_length
+
+    @property
+    def latency(self) -> int:
+        """Cycles per row beyond three per beat (``SOFTMAX_ROW_OVERHEAD_CYCLES``)."""
+        return SOFTMAX_ROW_OVERHEAD_CYCLES
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = self._lanes
+        depth = -(-self._max_length // lanes)
+        m.submodules.divider = divider = Divider(DIVIDER_BITS)
+        m.submodules.buffer = buffer = Memory(shape=data.ArrayLayout(signed(SCORE_BITS), lanes), depth=depth,
+                                              init=[])
+        read = buffer.read_port()
+        write = buffer.write_port()
+
+        beats = Signal(range(depth + 1))            # beats of the current row, counted while loading
+        left = Signal(range(self._max_length + 1))  # scores of the row not yet loaded
+        last_lanes = Signal(range(lanes + 1))        # valid lanes in the row's last beat
+        first = Signal(init=1)
+        row_max = Signal(signed(SCORE_BITS))
+        total = Signal(range(self._max_length * EXP_MAX + 1))
+        recip = Signal(DIVIDER_BITS)
+        issue = Signal(range(depth + 1))
+
+        # LOAD: lanes past the row end become INT32_MIN, which leaves the maximum alone;
+        # EXP zeroes their exponentials, so they vanish from the total and the output.
+        left_now = Mux(first, self.length, left)
+        loaded = [Mux(lane < left_now, self.i.payload[lane], INT32_MIN) for lane in range(lanes)]
+        beat_max = loaded[0]
+        for value in loaded[1:]:
+            beat_max = Mux(value > beat_max, value, beat_max)
+
+        # EXP pipeline; valid and address travel beside the data.
+        s0_valid, s1_valid, s2_valid, s3_valid, s4_valid = (Signal(name=f"s{k}_valid") for k in range(5))
+        s0_addr, s1_addr, s2_addr, s3_addr, s4_addr = (Signal(range(depth), name=f"s{k}_addr") for k in range(5))
+        s0_last, s1_last, s2_last, s3_last, s4_last = (Signal(name=f"s{k}_last") for k in range(5))
+        m.d.sync += [
+            s1_valid.eq(s0_valid), s2_valid.eq(s1_valid), s3_valid.eq(s2_valid), s4_valid.eq(s3_valid),
+            s1_addr.eq(s0_addr), s2_addr.eq(s1_addr), s3_addr.eq(s2_addr), s4_addr.eq(s3_addr),
+            s1_last.eq(s0_last), s2_last.eq(s1_last), s3_last.eq(s2_last), s4_last.eq(s3_last),
+        ]
+        s4_e = []
+        for lane in range(lanes):
+            s1_gap = Signal(range(EXP_N_MAX + 1), name=f"s1_gap{lane}")
+            s2_q = Signal(4, name=f"s2_q{lane}")
+            s2_s = Signal(range(EXP_POLY_B + 1), name=f"s2_s{lane}")
+            s3_q = Signal(4, name=f"s3_q{lane}")
+            s3_square = Signal(range((EXP_POLY_B**2 >> SOFTMAX_INPUT_FRAC_BITS) + 1), name=f"s3_square{lane}")
+            e = Signal(range(EXP_MAX + 1), name=f"s4_e{lane}")
+            in_row = ~s3_last | (lane < last_lanes)
+            gap = row_max - read.data[lane]                         # >= 0, up to 2**32 - 1
+            q = (s1_gap * EXP_DIV_MULT) >> EXP_DIV_SHIFT            # floor(gap / LN2) on the clamped range
+            poly = ((s3_square * EXP_POLY_A) >> EXP_POLY_A_SHIFT) + EXP_POLY_C
+            m.d.sync += [
+                s1_gap.eq(Mux(gap < EXP_N_MAX, gap, EXP_N_MAX)),
+                s2_q.eq(q),
+                s2_s.eq(q * EXP_LN2 - s1_gap + EXP_POLY_B),         # (r + B) with r in (-LN2, 0]
+                s3_q.eq(s2_q),
+                s3_square.eq((s2_s * s2_s) >> SOFTMAX_INPUT_FRAC_BITS),
+                e.eq(Mux(in_row, poly >> s3_q, 0)),
+            ]
+            s4_e.append(e)
+        beat_total = s4_e[0]
+        for e in s4_e[1:]:
+            beat_total = beat_total + e
+
+        # OUT pipeline, held as a whole while the output is not taken.
+        advance = Signal()
+        s0_out_valid = Signal()
+        s0_out_last = Signal()
+        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+        for lane in range(lanes):
+            product = read.data[lane].as_unsigned()[:EXP_MAX.bit_length()] * recip
+            rounded = (product + (1 << (OUT_SHIFT - 1))) >> OUT_SHIFT
+            with m.If(advance):
+                m.d.sync += self.o.payload.data[lane].eq(Mux(rounded > 127, 127, rounded))
+
+        m.d.comb += [
+            divider.i.payload.dividend.eq(1 << SOFTMAX_RECIP_BITS),
+            divider.i.payload.divisor.eq(total),
+        ]
+        with m.FSM():
+            with m.State("LOAD"):
+                m.d.comb += [
+                    self.i.ready.eq(1),
+                    write.addr.eq(beats),
+                ]
+                for lane in range(lanes):
+                    m.d.comb += write.data[lane].eq(loaded[lane])
+                with m.If(self.i.valid):
+                    m.d.comb += write.en.eq(1)
+                    m.d.sync += [
+                        beats.eq(beats + 1),
+                        left.eq(left_now - lanes),
+                        first.eq(0),
+                        row_max.eq(Mux(first | (beat_max > row_max), beat_max, row_max)),
+                    ]
+                    with m.If(left_now <= lanes):
+                        m.d.sync += [issue.eq(0), total.eq(0), last_lanes.eq(left_now)]
+                        m.next = "EXP"
+            with m.State("EXP"):
+                m.d.comb += [read.addr.eq(issue), write.addr.eq(s4_addr)]
+                for lane in range(lanes):
+                    m.d.comb += write.data[lane].eq(s4_e[lane])
+                with m.If(issue < beats):
+                    m.d.sync += [
+                        issue.eq(issue + 1), s0_valid.eq(1), s0_addr.eq(issue), s0_last.eq(issue == beats - 1),
+                    ]
+                with m.Else():
+                    m.d.sync += s0_valid.eq(0)
+                with m.If(s4_valid):
+                    m.d.comb += write.en.eq(1)
+                    m.d.sync += total.eq(total + beat_total)
+                    with m.If(s4_last):
+                        m.next = "START_DIVIDE"
+            with m.State("START_DIVIDE"):
+                m.d.comb += divider.i.valid.eq(1)
+                with m.If(divider.i.ready):
+                    m.next = "DIVIDE"
+            with m.State("DIVIDE"):
+                m.d.comb += divider.o.ready.eq(1)
+                with m.If(divider.o.valid):
+                    m.d.sync += [recip.eq(divider.o.payload.quotient), issue.eq(0)]
+                    m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += [read.addr.eq(issue), read.en.eq(advance)]
+                with m.If(advance):
+                    m.d.sync += [
+                        s0_out_valid.eq(issue < beats),
+                        s0_out_last.eq(issue == beats - 1),
+                        self.o.valid.eq(s0_out_valid),
+                        self.o.payload.last.eq(s0_out_last),
+                    ]
+                    with m.If(issue < beats):
+                        m.d.sync += issue.eq(issue + 1)
+                with m.If(self.o.valid & self.o.ready & self.o.payload.last):
+                    m.d.sync += [beats.eq(0), first.eq(1), s0_out_valid.eq(0), self.o.valid.eq(0)]
+                    m.next = "LOAD"
+        return m
