@@ -74,7 +74,7 @@ class _Builder:
         check_accumulator(wq.shape[1], self.constants[bias_name], name)
         acc = out if s_out is None else f"{name}.acc"
         acc_info = TensorInfo(float(acc_scale[0]) if not per_channel else None, 32,
-                              name if s_out is None else None)
+                              out if s_out is None else None)
         self.op("matmul", name, [x, self.const(f"{name}.weight", wq.T, np.int8), bias_name], [acc], [acc_info])
         if s_out is None:
             return acc

@@ -45,8 +45,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights and sampling (default: 0)")
 
 
-def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--program", metavar="FILE", help="use this integer program instead of quantising")
+def add_calibration_arguments(parser: argparse.ArgumentParser, program_option: bool = True) -> None:
+    if program_option:
+        parser.add_argument("--program", metavar="FILE", help="use this integer program instead of quantising")
     parser.add_argument("--calib-size", type=positive_int, default=256, metavar="N",
                         help="calibration images (default: %(default)s)")
     parser.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="minmax",
