@@ -9,10 +9,16 @@ cocotb bench stays visible (also with ``-n 2``, where the properties travel to t
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
 
 import pytest
 
-from runner import iverilog_missing, run_bench
+# Under pytest's importlib mode nothing adds this folder to sys.path, yet the benches and
+# tests import `runner`, and cocotb imports the bench modules by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from runner import iverilog_missing, run_bench  # noqa: E402
 
 BENCH_WALL = "bench_wall_s"
 

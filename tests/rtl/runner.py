@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -33,6 +34,7 @@ __all__ = [
     "BENCH_DIR", "CYCLES_DIR", "PARAMS_ENV", "RESULT_ENV", "UPDATE_CYCLES_ENV",
     "BenchRun", "iverilog_missing", "write_verilog", "run_bench",
     "bench_params", "bench_result", "load_cycles", "check_cycles",
+    "pack_lanes", "unpack_lanes", "concat",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -43,6 +45,7 @@ RESULT_ENV = "INTVIT_BENCH_RESULT"
 UPDATE_CYCLES_ENV = "INTVIT_UPDATE_CYCLES"
 TIMESCALE = ("1ns", "1ps")
 LOG_TAIL_CHARS = 4000
+_AUTO_TRIGGER = re.compile(r"(?P<decl>reg (?P<name>\\\$auto\$verilog_backend\S*dump_module\$\d+ ) = 0;)")
 
 log = logging.getLogger("intvit.rtl.bench")
 
@@ -63,13 +66,20 @@ def iverilog_missing() -> str | None:
 
 
 def write_verilog(design, path: Path, *, name: str, ports=None) -> Path:
-    """Convert an Amaranth ``wiring.Component`` (or elaboratable + ``ports``) to ``path``."""
+    """Convert an Amaranth ``wiring.Component`` (or elaboratable + ``ports``) to ``path`` for simulation.
+
+    Yosys's Verilog makes every ``always @*`` block read a dummy register so that it runs
+    once at time zero, but Icarus never sees an event on that register, so a combinational
+    output that depends only on registers which keep their reset value (an FSM's ``valid``)
+    stays X (amaranth-lang/amaranth#1629). Toggling the dummy register in an ``initial``
+    block after time-zero setup gives each of those blocks its first evaluation.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     if ports is None:
         text = verilog.convert(design, name=name, emit_src=False)
     else:
         text = verilog.convert(design, name=name, ports=ports, emit_src=False)
-    path.write_text(text)
+    path.write_text(_AUTO_TRIGGER.sub(r"\g<decl>\n  initial #0 \g<name> = 1'h1;", text))
     return path
 
 
@@ -155,6 +165,33 @@ def bench_result(**values) -> None:
     path.write_text(json.dumps(merged))
 
 
+def pack_lanes(values: Iterable[int], width: int) -> int:
+    """Pack signed (or unsigned) integers into one word, lane 0 in the low bits (``ArrayLayout`` order)."""
+    mask = (1 << width) - 1
+    word = 0
+    for lane, value in enumerate(values):
+        word |= (int(value) & mask) << (lane * width)
+    return word
+
+
+def unpack_lanes(word: int, width: int, count: int, signed: bool = True) -> list[int]:
+    """Inverse of ``pack_lanes``: ``count`` lanes of ``width`` bits, sign-extended when ``signed``."""
+    mask, sign = (1 << width) - 1, 1 << (width - 1)
+    lanes = [(word >> (lane * width)) & mask for lane in range(count)]
+    if signed:
+        lanes = [lane - (1 << width) if lane & sign else lane for lane in lanes]
+    return lanes
+
+
+def concat(*fields: tuple[int, int]) -> int:
+    """One payload word from ``(value, width)`` fields, the first in the low bits (``StructLayout`` order)."""
+    word, offset = 0, 0
+    for value, width in fields:
+        word |= (int(value) & ((1 << width) - 1)) << offset
+        offset += width
+    return word
+
+
 def load_cycles(unit: str, cycles_dir: Path = CYCLES_DIR) -> list[dict]:
     """Committed latency records of ``unit``: dicts of parameters plus ``cycles``."""
     path = cycles_dir / f"{unit}.json"
@@ -171,12 +208,15 @@ def check_cycles(unit: str, records: Iterable[Mapping], cycles_dir: Path = CYCLE
     path = cycles_dir / f"{unit}.json"
     if os.environ.get(UPDATE_CYCLES_ENV) == "1":
         cycles_dir.mkdir(parents=True, exist_ok=True)
-        with open(cycles_dir / f".{unit}.lock", "w") as lock:
+        lock = os.open(cycles_dir, os.O_RDONLY)        # a directory lock leaves no file behind
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             merged = {_key(r): r for r in load_cycles(unit, cycles_dir)}
             merged.update({_key(r): r for r in records})
             ordered = sorted(merged.values(), key=lambda r: json.dumps(_params(r), sort_keys=True))
             path.write_text(json.dumps(ordered, indent=1) + "\n")
+        finally:
+            os.close(lock)
         return
     committed = {_key(r): r["cycles"] for r in load_cycles(unit, cycles_dir)}
     for record in records:
