@@ -1,0 +1,173 @@
+"""The MatMul unit: an output-stationary systolic array of ``rows x cols`` processing elements.
+
+Integer semantics are ``quant.matmul.int_matmul`` with bias: every output is the INT32 bias
+plus an exact sum of INT8 x INT8 products. One *fold* computes an ``R x K`` block of A times a
+``K x C`` block of B (``R = rows``, ``C = cols``); tiling a larger product into folds and
+padding partial blocks with zeros is the caller's job (the simulator's cycle model,
+``sim.matmul``, counts ``ceil(M/R) * ceil(N/C)`` folds).
+
+Timing of one fold, counting clock cycles from the one that accepts the first operand beat
+to the one that delivers the last result row, both included::
+
+    fold_cycles = K + (R - 1) + (C - 1) + R + LATENCY        with LATENCY = 1
+
+``K`` beats stream in (one per cycle when the producer keeps ``valid`` high), the skew and
+the array's forwarding registers make the last multiply-accumulate happen ``(R-1)+(C-1)``
+cycles after the last beat, then ``R`` result rows drain one per cycle; ``LATENCY`` is the
+input register stage. Folds do not overlap: ``operands.ready`` is low from the last beat
+until the last result row is taken, and high again the cycle after, so back-to-back folds
+take exactly ``fold_cycles`` each.
+"""
+
+from amaranth import Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from quant.errors import IntVitError
+from rtl.pe import ACCUMULATOR_SHAPE, OPERAND_SHAPE, ProcessingElement
+
+__all__ = ["MatMulArray", "operand_layout", "result_layout"]
+
+
+def operand_layout(rows: int, cols: int) -> data.StructLayout:
+    """Payload of one operand beat: column ``k`` of the A block, row ``k`` of the B block."""
+    return data.StructLayout({
+        "a": data.ArrayLayout(OPERAND_SHAPE, rows),       # A[0..R-1, k]
+        "b": data.ArrayLayout(OPERAND_SHAPE, cols),       # B[k, 0..C-1]
+        "bias": data.ArrayLayout(ACCUMULATOR_SHAPE, cols),  # read on a fold's first beat only
+        "last": 1,                                         # set on beat K-1
+    })
+
+
+def result_layout(cols: int) -> data.StructLayout:
+    """Payload of one result beat: one row of the ``R x C`` INT32 block."""
+    return data.StructLayout({
+        "data": data.ArrayLayout(ACCUMULATOR_SHAPE, cols),
+        "last": 1,                                         # set on row R-1
+    })
+
+
+class MatMulArray(wiring.Component):
+    """Output-stationary ``rows x cols`` systolic array, INT8 operands, INT32 results with bias.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array shape ``R x C``: rows of A and columns of B per fold.
+
+    Attributes
+    ----------
+    operands : In(stream.Signature(operand_layout(rows, cols)))
+        Beat ``k`` of a fold carries ``a = A[0..R-1, k]``, ``b = B[k, 0..C-1]`` and
+        ``last`` on ``k = K-1``; the fold's first beat also carries the INT32 ``bias`` row
+        (``bias[j]`` starts every accumulator of column ``j``; zero for no bias). ``K`` is
+        whatever the stream delivers (>= 1); ``valid`` may drop between beats.
+    results : Out(stream.Signature(result_layout(cols)))
+        ``R`` beats per fold, row ``i`` carrying ``bias + A[i, :] @ B``; ``last`` on row R-1.
+        Honours ``ready`` (the drain waits).
+
+    Timing: ``fold_cycles = K + (R-1) + (C-1) + R + LATENCY`` (see the module docstring).
+    """
+
+    LATENCY = 1
+
+    def __init__(self, rows: int, cols: int):
+        for name, value in (("rows", rows), ("cols", cols)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise IntVitError(f"{name} must be a positive integer, not {value!r}")
+        self._rows = rows
+        self._cols = cols
+        super().__init__({
+            "operands": In(stream.Signature(operand_layout(rows, cols))),
+            "results": Out(stream.Signature(result_layout(cols))),
+        })
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    @property
+    def cols(self) -> int:
+        return self._cols
+
+    @staticmethod
+    def fold_cycles(rows: int, cols: int, depth: int) -> int:
+        """Cycles of one fold of depth ``K``, first beat accepted to last row delivered, inclusive."""
+        return depth + (rows - 1) + (cols - 1) + rows + MatMulArray.LATENCY
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols = self._rows, self._cols
+        beat = self.operands.payload
+
+        # Input register stage (LATENCY): the operands of the accepted beat, its first-beat flag.
+        accepted = self.operands.valid & self.operands.ready
+        first_pending = Signal(init=1)          # no beat of the current fold accepted yet
+        s0_valid = Signal()
+        s0_first = Signal()
+        s0_a = Signal(data.ArrayLayout(OPERAND_SHAPE, rows))
+        s0_b = Signal(data.ArrayLayout(OPERAND_SHAPE, cols))
+        bias = Signal(data.ArrayLayout(ACCUMULATOR_SHAPE, cols))
+        m.d.sync += [s0_valid.eq(accepted), s0_first.eq(accepted & first_pending), s0_a.eq(beat.a), s0_b.eq(beat.b)]
+        with m.If(accepted):
+            m.d.sync += first_pending.eq(0)
+            with m.If(first_pending):
+                m.d.sync += bias.eq(beat.bias)
+
+        pes = [[ProcessingElement() for _ in range(cols)] for _ in range(rows)]
+        for i in range(rows):
+            for j in range(cols):
+                m.submodules[f"pe_{i}_{j}"] = pes[i][j]
+                m.d.comb += pes[i][j].init.eq(bias[j])
+
+        # Skew: row i of A (with valid and the clear flag) enters i cycles late, column j of B j cycles late.
+        for i in range(rows):
+            a, valid, clear = s0_a[i], s0_valid, s0_first
+            for stage in range(i):
+                a_next = Signal(OPERAND_SHAPE, name=f"skew_a{i}_{stage}")
+                valid_next = Signal(name=f"skew_valid{i}_{stage}")
+                clear_next = Signal(name=f"skew_clear{i}_{stage}")
+                m.d.sync += [a_next.eq(a), valid_next.eq(valid), clear_next.eq(clear)]
+                a, valid, clear = a_next, valid_next, clear_next
+            m.d.comb += [pes[i][0].a.eq(a), pes[i][0].valid.eq(valid), pes[i][0].clear.eq(clear)]
+            for j in range(1, cols):
+                m.d.comb += [pes[i][j].a.eq(pes[i][j - 1].a_out),
+                             pes[i][j].valid.eq(pes[i][j - 1].valid_out),
+                             pes[i][j].clear.eq(pes[i][j - 1].clear_out)]
+        for j in range(cols):
+            b = s0_b[j]
+            for stage in range(j):
+                b_next = Signal(OPERAND_SHAPE, name=f"skew_b{j}_{stage}")
+                m.d.sync += b_next.eq(b)
+                b = b_next
+            m.d.comb += pes[0][j].b.eq(b)
+            for i in range(1, rows):
+                m.d.comb += pes[i][j].b.eq(pes[i - 1][j].b_out)
+
+        # Control: accept beats until `last`, wait for the array to flush, drain R rows.
+        flush_cycles = rows + cols - 1          # input stage + skew/forwarding of PE (R-1, C-1)
+        flush_count = Signal(range(flush_cycles))
+        drain_row = Signal(range(rows))
+        with m.FSM():
+            with m.State("LOAD"):
+                m.d.comb += self.operands.ready.eq(1)
+                with m.If(accepted & beat.last):
+                    m.d.sync += flush_count.eq(flush_cycles - 1)
+                    m.next = "FLUSH"
+            with m.State("FLUSH"):
+                m.d.sync += flush_count.eq(flush_count - 1)
+                with m.If(flush_count == 0):
+                    m.d.sync += drain_row.eq(0)
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.comb += [self.results.valid.eq(1), self.results.payload.last.eq(drain_row == rows - 1)]
+                with m.Switch(drain_row):
+                    for i in range(rows):
+                        with m.Case(i):
+                            m.d.comb += [self.results.payload.data[j].eq(pes[i][j].acc) for j in range(cols)]
+                with m.If(self.results.ready):
+                    m.d.sync += drain_row.eq(drain_row + 1)
+                    with m.If(drain_row == rows - 1):
+                        m.d.sync += first_pending.eq(1)
+                        m.next = "LOAD"
+        return m
