@@ -1,0 +1,50 @@
+"""Cycle model of the LayerNorm unit (``rtl.layernorm.LayerNorm``): rows buffered, read three times.
+
+``layernorm_cycles = rows * (3 * ceil(width / lanes) + latency)``
+
+Each row passes over its ``b = ceil(width / lanes)`` beats three times, one beat per
+cycle: loading (with the sum), the variance pass and the output pass. ``latency`` is
+everything per row that does not scale with the row: the mean and variance requantisers,
+the pipeline drains and fills, and six 31-bit sequential divisions (``ISQRT_ITERATIONS``
+Newton steps and the reciprocal); ``rtl.layernorm.LAYERNORM_ROW_OVERHEAD_CYCLES`` = 208
+for the RTL. Rows do not overlap: the next row's first beat enters the edge after the
+previous row's last output. The count runs from the first input handshake to the last
+output handshake, both included, as the cocotb bench measures
+(``tests/rtl/cycles/layernorm.json``); loading the per-channel parameters, once per layer,
+is not included.
+"""
+
+from __future__ import annotations
+
+from quant.errors import IntVitError
+
+__all__ = ["layernorm_cycles"]
+
+ROW_PASSES = 3
+
+
+def _check(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "positive" if minimum > 0 else "non-negative"
+        raise IntVitError(f"layernorm.{name} must be a {kind} integer, not {value!r}")
+
+
+def layernorm_cycles(lanes: int, latency: int, rows: int, width: int) -> int:
+    """Cycles to normalise ``rows`` rows of ``width`` INT8 values on a ``lanes``-wide unit.
+
+    Parameters
+    ----------
+    lanes : int
+        Values per beat.
+    latency : int
+        Per-row cycles beyond the three passes (``rtl.layernorm.LayerNorm.latency`` is 208).
+    rows : int
+        Rows (tokens) to normalise; 0 costs nothing.
+    width : int
+        Values per row (the embedding width D).
+    """
+    _check("lanes", lanes, 1)
+    _check("latency", latency, 0)
+    _check("rows", rows, 0)
+    _check("width", width, 1)
+    return rows * (ROW_PASSES * -(-width // lanes) + latency)

@@ -1,0 +1,128 @@
+"""cocotb bench for ``rtl.layernorm.LayerNorm``: INT8 rows against ``int_layernorm``, and latency.
+
+Parameters (``bench_params``): ``lanes``, ``width``, ``latency``, ``seed``, ``rows`` (random
+rows besides the edge rows) and ``cycle_rows`` (row counts to time). Channel parameters
+are loaded through the ``params`` stream first. Hands back ``records``:
+``{"lanes", "latency", "rows", "width", "cycles"}`` for ``sim.layernorm.layernorm_cycles``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import cocotb
+import numpy as np
+from bench_streams import pack, reset, stream_through, unpack
+from runner import bench_params, bench_result
+
+from quant.layernorm import int_layernorm, layernorm_divisors
+from quant.requant import INT32_MAX, INT32_MIN, dyadic
+
+GAMMA_BITS, BETA_BITS, MULTIPLIER_BITS, SHIFT_BITS = 8, 32, 31, 6
+PARAM_BITS = GAMMA_BITS + BETA_BITS + MULTIPLIER_BITS + SHIFT_BITS
+OUT_BITS = 8
+
+
+def channel_params(width: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Seeded per-channel gamma, beta and output scales, with the INT8/INT32 extremes present."""
+    gamma = rng.integers(-128, 128, width)
+    beta = rng.integers(-(1 << 20), 1 << 20, width)
+    gamma[:2] = [-128, 127][:width]
+    beta[-2:] = [INT32_MIN, INT32_MAX][-min(width, 2):]
+    # s_gamma * 2**-10 / s_out over a wide span, so some channels saturate and some round to 0
+    multiplier, shift = dyadic(10.0 ** rng.uniform(-7, -2, width))
+    return {"gamma": gamma, "beta": beta, "multiplier": multiplier, "shift": shift}
+
+
+def edge_rows(width: int, rng: np.random.Generator) -> list[np.ndarray]:
+    one_hot = np.zeros(width, dtype=np.int64)
+    one_hot[width // 2] = 127
+    return [
+        np.full(width, -128), np.full(width, 127), np.zeros(width, dtype=np.int64), np.full(width, 5),
+        np.resize([-128, 127], width), one_hot, rng.integers(0, 2, width), rng.integers(-1, 1, width),
+        rng.integers(-128, 128, width),
+    ]
+
+
+def random_rows(count: int, width: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Residual-stream-like rows: an offset and a spread from one LSB to the full INT8 range."""
+    rows = []
+    for _ in range(count):
+        spread = int(rng.choice([1, 3, 10, 40, 128]))
+        offset = int(rng.integers(-60, 61))
+        rows.append(np.clip(offset + rng.integers(-spread, spread + 1, width), -128, 127))
+    return rows
+
+
+async def load_params(dut, params: dict[str, np.ndarray], lanes: int) -> None:
+    width = len(params["gamma"])
+    beats = -(-width // lanes)
+    addr_bits = (beats - 1).bit_length()
+    words = []
+    for beat in range(beats):
+        word = 0
+        for lane, channel in enumerate(range(beat * lanes, min((beat + 1) * lanes, width))):
+            fields = (int(params["gamma"][channel]) & 0xFF
+                      | (int(params["beta"][channel]) & 0xFFFFFFFF) << GAMMA_BITS
+                      | int(params["multiplier"][channel]) << (GAMMA_BITS + BETA_BITS)
+                      | int(params["shift"][channel]) << (GAMMA_BITS + BETA_BITS + MULTIPLIER_BITS))
+            word |= fields << (lane * PARAM_BITS)
+        words.append({"params__payload": beat | word << addr_bits})
+    await stream_through(dut, words, 0, source="params")
+
+
+async def run_rows(dut, rows: list[np.ndarray], params: dict[str, np.ndarray], lanes: int,
+                   rng: random.Random | None = None, **stalls):
+    """Stream ``rows`` through the unit and check every output beat; returns the run."""
+    width = len(params["gamma"])
+    beats_per_row = -(-width // lanes)
+    beats = []
+    for row in rows:
+        padded = np.concatenate([row, np.full(-width % lanes, -99)]).reshape(-1, lanes)
+        beats += [{"i__payload": pack(beat, 8)} for beat in padded]
+    run = await stream_through(dut, beats, len(beats), rng=rng, **stalls)
+    divisors = layernorm_divisors(width)
+    want = int_layernorm(np.array(rows), params["gamma"], params["beta"], params["multiplier"], params["shift"],
+                         divisors).astype(np.int64)
+    words = iter(run.outputs)
+    for index, row in enumerate(rows):
+        got = []
+        for beat in range(beats_per_row):
+            word = next(words)
+            last = word >> (lanes * OUT_BITS)
+            assert last == (beat == beats_per_row - 1), f"row {index}: last={last} on beat {beat}"
+            got.append(unpack(word, OUT_BITS, lanes))
+        got = np.concatenate(got)
+        assert np.all(got[width:] == 0), f"row {index}: padding lanes {got[width:]} are not 0"
+        bad = np.flatnonzero(got[:width] != want[index])
+        assert bad.size == 0, (f"row {index}: {bad.size} mismatches, first at channel {bad[0]}: got "
+                               f"{got[bad[0]]}, want {want[index][bad[0]]}; row {row.tolist()}")
+    return run
+
+
+@cocotb.test()
+async def random_and_edge_rows(dut):
+    """Edge rows and seeded random rows under random input gaps and output stalls."""
+    p = bench_params()
+    rng = np.random.default_rng(p["seed"])
+    params = channel_params(p["width"], rng)
+    rows = edge_rows(p["width"], rng) + random_rows(p["rows"], p["width"], rng)
+    await reset(dut)
+    await load_params(dut, params, p["lanes"])
+    await run_rows(dut, rows, params, p["lanes"], random.Random(p["seed"]), idle=0.2, stall=0.2)
+
+
+@cocotb.test()
+async def latency(dut):
+    """Back-to-back rows with ``o.ready`` high: first input to last output, per row count."""
+    p = bench_params()
+    rng = np.random.default_rng(p["seed"] + 1)
+    params = channel_params(p["width"], rng)
+    records = []
+    await reset(dut)
+    await load_params(dut, params, p["lanes"])
+    for rows in p["cycle_rows"]:
+        run = await run_rows(dut, random_rows(rows, p["width"], rng), params, p["lanes"])
+        records.append({"lanes": p["lanes"], "latency": p["latency"], "rows": rows, "width": p["width"],
+                        "cycles": run.cycles})
+    bench_result(records=records)

@@ -1,0 +1,42 @@
+"""LayerNorm: parameter checks, and the cocotb bench on Icarus against ``quant.layernorm.int_layernorm``."""
+
+from __future__ import annotations
+
+import pytest
+from runner import check_cycles
+
+from quant.errors import IntVitError
+from quant.layernorm import layernorm_divisors
+from rtl.layernorm import LAYERNORM_ROW_OVERHEAD_CYCLES, LayerNorm
+
+SEED = 2024
+CYCLE_ROWS = [1, 3]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lanes": 0}, r"^LayerNorm lanes must be a positive integer, not 0$"),
+    ({"lanes": "8"}, r"^LayerNorm lanes must be a positive integer, not '8'$"),
+    ({"width": -4}, r"^LayerNorm width must be a positive integer, not -4$"),
+    ({"width": 5000}, r"^LayerNorm width 5000 is too large for an INT32 sum of squares$"),
+])
+def test_rejects_bad_parameters(kwargs, message):
+    with pytest.raises(IntVitError, match=message):
+        LayerNorm(**kwargs)
+
+
+def test_properties():
+    unit = LayerNorm(lanes=4, width=50)
+    assert (unit.lanes, unit.width, unit.latency) == (4, 50, LAYERNORM_ROW_OVERHEAD_CYCLES)
+    assert unit.divisors == layernorm_divisors(50)
+    with pytest.raises(AttributeError):
+        unit.width = 3
+
+
+@pytest.mark.parametrize("lanes, width, rows", [(4, 50, 250), (8, 192, 40), (1, 1, 60), (3, 10, 100)])
+def test_bench_matches_int_layernorm(bench, lanes, width, rows):
+    unit = LayerNorm(lanes, width)
+    run = bench(unit, toplevel="layernorm", test_module="bench_layernorm",
+                params={"lanes": lanes, "width": width, "latency": unit.latency, "seed": SEED + width,
+                        "rows": rows, "cycle_rows": CYCLE_ROWS})
+    print(f"bench_layernorm lanes={lanes} width={width} rows={rows}: {run.wall_s:.2f} s")
+    check_cycles("layernorm", run["records"])
