@@ -2,9 +2,9 @@
 
 Jobs are whole products ``A (M, K) @ B (K, N) + bias (N,)`` tiled into ``R x C`` folds (column
 blocks outer, row blocks inner, as ``sim.matmul`` walks them; partial blocks padded with zeros).
-Driver: one operand beat per cycle, dropping ``valid`` at random in the correctness phase.
-Monitor: takes result rows, dropping ``ready`` at random in the correctness phase. Model:
-``int_matmul`` of each job. Checker: every result element and every ``last`` flag, bit for bit.
+Driver and monitor: ``bench_streams.stream_through`` (one operand beat per cycle; in the
+correctness phase ``valid`` and ``ready`` drop at random). Model: ``int_matmul`` of each job.
+Checker: every result element and every ``last`` flag, bit for bit.
 
 A second phase runs the ``cycle_jobs`` with no stalls and hands back, per job, the cycles
 from the first operand beat accepted to the last result row delivered, both included.
@@ -12,28 +12,22 @@ from the first operand beat accepted to the last result row delivered, both incl
 
 from __future__ import annotations
 
-import numpy as np
+import random
 
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly
-from cocotb.utils import get_sim_time
+import numpy as np
 
+from bench_streams import pack, reset, stream_through, unpack
 from quant.matmul import MAX_PRODUCT, int_matmul
 from quant.requant import INT32_MAX
-from runner import bench_params, bench_result, concat, pack_lanes, unpack_lanes
+from runner import bench_params, bench_result
 
-CLOCK_NS = 10
 STALL_PROBABILITY = 0.25
 SAFE_BIAS = 2**20
 
 
-def cycle_now() -> int:
-    return int(get_sim_time("ns")) // CLOCK_NS
-
-
-def tile(a: np.ndarray, b: np.ndarray, bias: np.ndarray, rows: int, cols: int) -> list[tuple[int, bool]]:
-    """Operand beats (payload word, last) of every fold of ``a @ b + bias``, zero-padded to R x C blocks."""
+def tile(a: np.ndarray, b: np.ndarray, bias: np.ndarray, rows: int, cols: int) -> list[int]:
+    """Operand payload words of every fold of ``a @ b + bias``, zero-padded to R x C blocks."""
     m, k = a.shape
     n = b.shape[1]
     pad_m, pad_n = -(-m // rows) * rows, -(-n // cols) * cols
@@ -44,12 +38,14 @@ def tile(a: np.ndarray, b: np.ndarray, bias: np.ndarray, rows: int, cols: int) -
     beats = []
     for c0 in range(0, pad_n, cols):
         for r0 in range(0, pad_m, rows):
-            bias_word = pack_lanes(bias_pad[c0:c0 + cols], 32)
+            bias_word = pack(bias_pad[c0:c0 + cols], 32)
             for step in range(k):
-                beats.append((concat((pack_lanes(a_pad[r0:r0 + rows, step], 8), 8 * rows),
-                                     (pack_lanes(b_pad[step, c0:c0 + cols], 8), 8 * cols),
-                                     (bias_word if step == 0 else 0, 32 * cols),
-                                     (step == k - 1, 1)), step == k - 1))
+                # StructLayout order, low bits first: a (8R), b (8C), bias (32C), last (1).
+                word = (pack(a_pad[r0:r0 + rows, step], 8)
+                        | pack(b_pad[step, c0:c0 + cols], 8) << (8 * rows)
+                        | (bias_word if step == 0 else 0) << (8 * (rows + cols))
+                        | int(step == k - 1) << (8 * (rows + cols) + 32 * cols))
+                beats.append(word)
     return beats
 
 
@@ -62,7 +58,7 @@ def untile(rows_out: list[int], m: int, n: int, rows: int, cols: int) -> tuple[n
         for r0 in range(0, pad_m, rows):
             for i in range(rows):
                 word = rows_out[index]
-                out[r0 + i, c0:c0 + cols] = unpack_lanes(word, 32, cols)
+                out[r0 + i, c0:c0 + cols] = unpack(word, 32, cols)
                 lasts.append((word >> (32 * cols)) & 1)
                 index += 1
     return out[:m, :n], lasts
@@ -98,65 +94,34 @@ def edge_jobs(rows: int, cols: int) -> list[tuple[np.ndarray, np.ndarray, np.nda
     ]
 
 
-async def run_jobs(dut, jobs, rows: int, cols: int, stall: float, rng) -> list[tuple[int, int]]:
-    """Stream ``jobs`` through the array; check results; return (first accept, last delivery) cycles per job."""
-    beats, job_of_beat = [], []
-    for index, (a, b, bias) in enumerate(jobs):
-        job_beats = tile(a, b, bias, rows, cols)
-        beats += job_beats
-        job_of_beat += [index] * len(job_beats)
-    folds = [-(-a.shape[0] // rows) * -(-b.shape[1] // cols) for a, b, _ in jobs]
-    total_rows = sum(folds) * rows
-    budget = int((len(beats) + sum(folds) * (2 * rows + cols + 2)) / (1 - stall) ** 2) + 100
-    accepted, delivered, rows_out = [], [], []
+def check_job(index: int, job, rows_out: list[int], rows: int, cols: int) -> None:
+    """Compare one job's result rows and ``last`` flags with ``int_matmul``."""
+    a, b, bias = job
+    m, n = a.shape[0], b.shape[1]
+    got, lasts = untile(rows_out, m, n, rows, cols)
+    expected = int_matmul(a, b, bias)
+    bad = np.argwhere(got != expected)
+    assert bad.size == 0, (f"job {index} (M={m}, K={a.shape[1]}, N={n}): first mismatch at {bad[0].tolist()}: "
+                           f"got {got[tuple(bad[0])]}, expected {expected[tuple(bad[0])]}")
+    assert lasts == ([0] * (rows - 1) + [1]) * folds(job, rows, cols), f"job {index}: last flags {lasts}"
 
-    async def driver():
-        index = 0
-        while index < len(beats):
-            await FallingEdge(dut.clk)
-            valid = rng.random() >= stall
-            dut.operands__valid.value = int(valid)
-            dut.operands__payload.value = beats[index][0]
-            await ReadOnly()
-            if valid and int(dut.operands__ready.value):
-                accepted.append(cycle_now())
-                index += 1
-        await FallingEdge(dut.clk)
-        dut.operands__valid.value = 0
 
-    async def monitor():
-        start = cycle_now()
-        while len(rows_out) < total_rows:
-            await FallingEdge(dut.clk)
-            ready = rng.random() >= stall
-            dut.results__ready.value = int(ready)
-            await ReadOnly()
-            if ready and int(dut.results__valid.value):
-                rows_out.append(dut.results__payload.value.to_unsigned())
-                delivered.append(cycle_now())
-            assert cycle_now() - start < budget, f"no progress: {len(rows_out)} of {total_rows} rows in {budget} cycles"
-        await FallingEdge(dut.clk)
-        dut.results__ready.value = 0
+def folds(job, rows: int, cols: int) -> int:
+    return -(-job[0].shape[0] // rows) * -(-job[1].shape[1] // cols)
 
-    drive = cocotb.start_soon(driver())
-    await monitor()
-    await drive
 
-    spans, row0, beat0 = [], 0, 0
-    for index, (a, b, bias) in enumerate(jobs):
-        m, n = a.shape[0], b.shape[1]
-        job_rows = folds[index] * rows
-        got, lasts = untile(rows_out[row0:row0 + job_rows], m, n, rows, cols)
-        expected = int_matmul(a, b, bias)
-        bad = np.argwhere(got != expected)
-        assert bad.size == 0, (f"job {index} (M={m}, K={a.shape[1]}, N={n}): first mismatch at {bad[0].tolist()}: "
-                               f"got {got[tuple(bad[0])]}, expected {expected[tuple(bad[0])]}")
-        assert lasts == ([0] * (rows - 1) + [1]) * folds[index], f"job {index}: last flags {lasts}"
-        job_beats = job_of_beat.count(index)
-        spans.append((accepted[beat0], delivered[row0 + job_rows - 1]))
+async def stream_jobs(dut, jobs, rows: int, cols: int, rng: random.Random | None):
+    """Stream ``jobs`` back to back (stalling at random with ``rng``) and check every result."""
+    beats = [{"operands__payload": word} for job in jobs for word in tile(*job, rows, cols)]
+    run = await stream_through(dut, beats, sum(folds(job, rows, cols) for job in jobs) * rows,
+                               source="operands", sink="results", rng=rng, idle=STALL_PROBABILITY,
+                               stall=STALL_PROBABILITY)
+    row0 = 0
+    for index, job in enumerate(jobs):
+        job_rows = folds(job, rows, cols) * rows
+        check_job(index, job, run.outputs[row0:row0 + job_rows], rows, cols)
         row0 += job_rows
-        beat0 += job_beats
-    return spans
+    return run
 
 
 @cocotb.test()
@@ -164,23 +129,18 @@ async def matmul_matches_int_matmul(dut):
     params = bench_params()
     rows, cols = params["rows"], params["cols"]
     rng = np.random.default_rng(params["seed"])
-    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
-    dut.rst.value = 1
     dut.operands__valid.value = 0
     dut.results__ready.value = 0
-    await FallingEdge(dut.clk)
-    await FallingEdge(dut.clk)
-    dut.rst.value = 0
+    await reset(dut)
 
     jobs = edge_jobs(rows, cols) + [random_job(rng, rows, cols, params["max_k"]) for _ in range(params["random_jobs"])]
-    await run_jobs(dut, jobs, rows, cols, STALL_PROBABILITY, rng)
+    await stream_jobs(dut, jobs, rows, cols, random.Random(params["seed"]))
 
-    cycle_jobs = []
+    cycles = []
     for spec in params["cycle_jobs"]:
         m, k, n = spec["m"], spec["k"], spec["n"]
-        cycle_jobs.append((rng.integers(-128, 128, size=(m, k), dtype=np.int8),
-                           rng.integers(-128, 128, size=(k, n), dtype=np.int8),
-                           rng.integers(-SAFE_BIAS, SAFE_BIAS, size=n, dtype=np.int32)))
-    spans = await run_jobs(dut, cycle_jobs, rows, cols, 0.0, rng)
-    bench_result(cycles=[last - first + 1 for first, last in spans],
-                 elements=int(sum(a.shape[0] * b.shape[1] for a, b, _ in jobs)))
+        job = (rng.integers(-128, 128, size=(m, k), dtype=np.int8),
+               rng.integers(-128, 128, size=(k, n), dtype=np.int8),
+               rng.integers(-SAFE_BIAS, SAFE_BIAS, size=n, dtype=np.int32))
+        cycles.append((await stream_jobs(dut, [job], rows, cols, None)).cycles)
+    bench_result(cycles=cycles, elements=int(sum(a.shape[0] * b.shape[1] for a, b, _ in jobs)))

@@ -34,7 +34,6 @@ __all__ = [
     "BENCH_DIR", "CYCLES_DIR", "PARAMS_ENV", "RESULT_ENV", "UPDATE_CYCLES_ENV",
     "BenchRun", "iverilog_missing", "write_verilog", "run_bench",
     "bench_params", "bench_result", "load_cycles", "check_cycles",
-    "pack_lanes", "unpack_lanes", "concat",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -163,33 +162,6 @@ def bench_result(**values) -> None:
     merged = json.loads(path.read_text()) if path.exists() else {}
     merged.update(values)
     path.write_text(json.dumps(merged))
-
-
-def pack_lanes(values: Iterable[int], width: int) -> int:
-    """Pack signed (or unsigned) integers into one word, lane 0 in the low bits (``ArrayLayout`` order)."""
-    mask = (1 << width) - 1
-    word = 0
-    for lane, value in enumerate(values):
-        word |= (int(value) & mask) << (lane * width)
-    return word
-
-
-def unpack_lanes(word: int, width: int, count: int, signed: bool = True) -> list[int]:
-    """Inverse of ``pack_lanes``: ``count`` lanes of ``width`` bits, sign-extended when ``signed``."""
-    mask, sign = (1 << width) - 1, 1 << (width - 1)
-    lanes = [(word >> (lane * width)) & mask for lane in range(count)]
-    if signed:
-        lanes = [lane - (1 << width) if lane & sign else lane for lane in lanes]
-    return lanes
-
-
-def concat(*fields: tuple[int, int]) -> int:
-    """One payload word from ``(value, width)`` fields, the first in the low bits (``StructLayout`` order)."""
-    word, offset = 0, 0
-    for value, width in fields:
-        word |= (int(value) & ((1 << width) - 1)) << offset
-        offset += width
-    return word
 
 
 def load_cycles(unit: str, cycles_dir: Path = CYCLES_DIR) -> list[dict]:

@@ -12,8 +12,8 @@ from rtl.matmul import MatMulArray
 from runner import check_cycles
 
 # (rows, cols, random jobs): shapes with R != C, a 1 x 1 array, and a square one.
-BENCH_SHAPES = [(1, 1, 40), (2, 3, 60), (4, 4, 60), (3, 5, 40)]
-MAX_K = 24
+BENCH_SHAPES = [(1, 1, 30), (2, 3, 40), (4, 4, 40), (3, 5, 30)]
+MAX_K = 16
 
 
 def cycle_jobs(rows: int, cols: int) -> list[dict]:
