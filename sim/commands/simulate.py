@@ -1,0 +1,235 @@
+"""``intvit simulate``: one inference on the accelerator model, per-layer cycles and totals.
+
+Two paths:
+
+* a model (default): quantise it (or load ``--program``), run a batch of images through
+  ``sim.simulator.simulate`` and print a per-op table, totals, cycles per unit and the
+  predicted classes; ``--json`` and ``--plot`` write the report and a chart;
+* a SCALE-Sim topology (``--topology``, with ``--scalesim-config`` or ``--config``): run the
+  MatMul model over its GEMMs and write SCALE-Sim's three reports plus intvit's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from quant.errors import IntVitError
+from sim.commands.common import (
+    add_calibration_arguments, add_model_arguments, build_program, load_images, load_model, positive_int, progress,
+    write_json,
+)
+from sim.config import load_config
+from sim.matmul import MODES
+from sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, plot_unit_cycles
+
+__all__ = ["register", "run"]
+
+DEFAULT_DATA = "mnist"
+INPUT_TYPES = ("auto", "gemm", "conv")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="simulate one inference on the accelerator: cycles per layer and unit, latency, prediction",
+        description="Quantise a model (or load --program), run images through the accelerator's cycle "
+        "models and, unless --no-functional, through its integer datapath; print per-op cycles, totals "
+        "and the predicted class. With --topology, run a SCALE-Sim GEMM/conv topology instead and write "
+        "SCALE-Sim's reports.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="accelerator TOML (default: the built-in accelerator)")
+    add_model_arguments(parser)
+    add_calibration_arguments(parser)
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help="calibration and test images: mnist, digits or an ImageFolder directory "
+                             "(default: %(default)s)")
+    parser.add_argument("--image", metavar="FILE",
+                        help="simulate this image file (default: the first test image(s) of --data)")
+    parser.add_argument("--batch", type=positive_int, default=1, metavar="N",
+                        help="images per simulated inference; --image is repeated N times (default: 1)")
+    parser.add_argument("--mode", choices=MODES,
+                        help="MatMul cycle convention (default: native for a model, scalesim for --topology)")
+    parser.add_argument("--no-functional", dest="functional", action="store_false",
+                        help="cycles only: skip computing the tensors (no prediction)")
+    parser.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                        help="write the report as JSON to FILE, or alone: print it instead of the tables")
+    parser.add_argument("--plot", metavar="FILE.png", help="stacked bar chart of cycles per block and unit")
+    topo = parser.add_argument_group("SCALE-Sim topology")
+    topo.add_argument("--topology", metavar="FILE", help="SCALE-Sim topology CSV to run instead of a model")
+    topo.add_argument("--scalesim-config", metavar="FILE", help="SCALE-Sim scale.cfg for --topology")
+    topo.add_argument("-i", "--input-type", choices=INPUT_TYPES, default="auto",
+                      help="topology rows: gemm (Layer, M, N, K), conv, or auto from the header (default: auto)")
+    topo.add_argument("--out-dir", metavar="DIR",
+                      help="directory for the CSV reports (default: the scale.cfg run_name, else the "
+                           "topology file's name)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.topology or args.scalesim_config:
+        return _run_topology(args)
+    if args.out_dir:
+        raise IntVitError("--out-dir applies to --topology runs only")
+    if args.plot:
+        check_plot_path(args.plot)
+    return _run_model(args)
+
+
+# ----------------------------------------------------------------------------- model path
+def _input_images(args: argparse.Namespace, config) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Normalised float images for the simulated batch, their labels (if known) and class names."""
+    from quant.data import _preprocess, normalize
+
+    if args.image:
+        image = _preprocess(Path(args.image), config)[None]
+        return normalize(np.repeat(image, args.batch, axis=0), config), None, []
+    images, labels, classes = load_images(args.data, config, "test", args.batch)
+    if len(images) < args.batch:
+        raise IntVitError(f"--batch {args.batch}: {args.data} has only {len(images)} test images")
+    return images, labels, classes
+
+
+def _simulate_model(args: argparse.Namespace):
+    from sim.simulator import simulate
+
+    config = load_config(args.config)
+    model = load_model(args)
+    program = build_program(args, model, args.data)
+    x, labels, classes = None, None, []
+    if args.functional:
+        images, labels, classes = _input_images(args, model.config)
+        x = program.quantize_input(images)
+    report = simulate(program, config, x, batch=args.batch, mode=args.mode or "native",
+                      functional=args.functional,
+                      progress=lambda ops: progress(ops, "simulate", len(program.ops)))
+    return report, labels, classes
+
+
+def _op_rows(report) -> list[list]:
+    total = report.total_cycles
+    return [
+        [op.name, op.unit, format_count(op.cycles), format_count(op.exposed_cycles),
+         f"{100 * op.exposed_cycles / total:.1f}%", f"{100 * op.utilization:.1f}%" if op.unit == "matmul" else "-",
+         format_count(op.sram_bytes), format_count(op.dram_bytes), op.bound]
+        for op in report.ops if op.unit != "none"
+    ]
+
+
+def _totals_rows(report) -> list[list]:
+    clock = report.config.clock_mhz
+    return [
+        ["cycles", format_count(report.total_cycles)],
+        ["latency", f"{report.latency_us:,.2f} µs at {clock:g} MHz"],
+        ["throughput", f"{report.images_per_second:,.1f} images/s"],
+        ["MACs", format_count(report.total_macs)],
+        ["MACs/cycle", f"{report.macs_per_cycle:,.2f}"],
+        ["MAC utilisation", f"{100 * report.utilization:.2f}%"],
+        ["DRAM bytes", format_count(report.dram_bytes())],
+    ]
+
+
+def _predictions(report, labels, classes: list[str]) -> list[dict]:
+    predicted = np.argmax(report.logits, axis=-1)
+    named = len(classes) == report.logits.shape[-1]
+    out = []
+    for i, index in enumerate(predicted.tolist()):
+        entry = {"image": i, "class": index}
+        if named:
+            entry["name"] = classes[index]
+        if labels is not None:
+            entry["label"] = int(labels[i])
+        out.append(entry)
+    return out
+
+
+def _print_model_report(report, predictions: list[dict], classes: list[str]) -> None:
+    m = report.config.matmul
+    print(f"{report.model} on a {m.rows}x{m.cols} {m.dataflow} array, batch {report.batch}\n")
+    print(format_table(["op", "unit", "cycles", "exposed", "share", "util", "on-chip B", "off-chip B", "bound"],
+                       _op_rows(report), align="llrrrrrrl"))
+    print()
+    print(format_table(["total", "value"], _totals_rows(report), align="lr"))
+    print()
+    units = report.unit_cycles()
+    rows = [[unit, format_count(units[unit]), f"{100 * units[unit] / report.total_cycles:.1f}%"]
+            for unit in UNIT_ORDER if unit in units]
+    print(format_table(["unit", "cycles", "share"], rows, align="lrr"))
+    if predictions:
+        print()
+    for entry in predictions:
+        name = f" ({entry['name']})" if "name" in entry and entry["name"] != str(entry["class"]) else ""
+        label = f", label {entry['label']}" if "label" in entry else ""
+        print(f"image {entry['image']}: predicted class {entry['class']}{name}{label}")
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    report, labels, classes = _simulate_model(args)
+    predictions = _predictions(report, labels, classes) if args.functional else []
+    if args.json:
+        data = report.as_dict()
+        data["accelerator"] = dataclasses.asdict(report.config)
+        data["mode"] = args.mode or "native"
+        data["predictions"] = predictions
+        data["logits"] = report.logits
+        write_json(data, args.json)
+    if args.json != "-":
+        _print_model_report(report, predictions, classes)
+    if args.plot:
+        m = report.config.matmul
+        plot_unit_cycles([op.name for op in report.ops], [op.unit for op in report.ops],
+                         [op.exposed_cycles for op in report.ops], args.plot,
+                         title=f"{report.model}: {m.rows}x{m.cols} {m.dataflow}, {report.total_cycles:,} cycles")
+    return 0
+
+
+# -------------------------------------------------------------------------- topology path
+def _run_topology(args: argparse.Namespace) -> int:
+    from sim.scalesim import read_scale_config, read_topology, simulate_topology
+
+    if not args.topology:
+        raise IntVitError("--scalesim-config needs --topology (the layers to run)")
+    if args.scalesim_config and args.config:
+        raise IntVitError("give --scalesim-config or --config for a topology, not both")
+    if args.plot:
+        raise IntVitError("--plot draws a model simulation; it does not apply to --topology")
+    if args.scalesim_config:
+        scale = read_scale_config(args.scalesim_config)
+        accelerator, default_dir = scale.accelerator(), scale.run_name
+    else:
+        accelerator, default_dir = load_config(args.config), Path(args.topology).stem
+    layers = read_topology(args.topology, args.input_type)
+    mode = args.mode or "scalesim"
+    result = simulate_topology(accelerator, layers, mode, args.out_dir or default_dir)
+    m = accelerator.matmul
+    total = result.total_cycles
+    macs = sum(layer.macs for layer in result.layers)
+    utilization = macs / (total * m.rows * m.cols)
+    if args.json:
+        write_json({
+            "mode": mode, "array": f"{m.rows}x{m.cols}", "dataflow": m.dataflow, "total_cycles": total,
+            "macs": macs, "mac_utilization": utilization, "files": [str(f) for f in result.files],
+            "layers": [
+                {"name": r.name, "m": r.m, "k": r.k, "n": r.n, "folds": r.folds, "cycles": r.cycles,
+                 "compute_cycles": r.compute_cycles, "stall_cycles": r.stall_cycles, "utilization": r.utilization,
+                 "sram_bytes": r.a_sram_reads + r.b_sram_reads + r.out_sram_writes, "dram_bytes": r.dram_bytes,
+                 "bound": r.bound}
+                for r in result.layers
+            ],
+        }, args.json)
+    if args.json == "-":
+        return 0
+    print(f"{Path(args.topology).name}: {len(layers)} layers on a {m.rows}x{m.cols} {m.dataflow} array, "
+          f"{mode} cycles\n")
+    rows = [[r.name, r.m, r.k, r.n, r.folds, format_count(r.cycles), f"{100 * r.cycles / total:.1f}%",
+             f"{100 * r.utilization:.1f}%", format_count(r.a_sram_reads + r.b_sram_reads + r.out_sram_writes),
+             format_count(r.dram_bytes), r.bound]
+            for r in result.layers]
+    print(format_table(["layer", "M", "K", "N", "folds", "cycles", "share", "util", "SRAM B", "DRAM B", "bound"],
+                       rows, align="lrrrrrrrrrl"))
+    print(f"\ntotal: {total:,} cycles, {macs:,} MACs, {100 * utilization:.2f}% MAC utilisation")
+    print("wrote " + ", ".join(str(f) for f in result.files))
+    return 0

@@ -1,0 +1,164 @@
+"""``intvit sweep``: cycle-only simulations of one model over array sizes, dataflows and bandwidths.
+
+Cycles depend only on the program's shapes and bit widths, never on weight or activation
+values, so the program is built once, from the model's weights quantised on a couple of
+seeded random images (or loaded with ``--program``), and every configuration runs
+``simulate(..., functional=False)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+from quant.errors import IntVitError
+from sim.commands.common import add_model_arguments, build_program, load_model, positive_int, progress
+from sim.config import DATAFLOWS, load_config
+from sim.matmul import MODES
+from sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, plot_sweep
+
+__all__ = ["register", "run", "parse_arrays", "parse_bandwidths", "parse_dataflows", "COLUMNS"]
+
+# Shapes are all a cycle-only program needs; a couple of images make calibration well defined.
+SHAPE_CALIBRATION_IMAGES = 2
+ARRAY_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+COLUMNS = ("array", "rows", "cols", "dataflow", "bandwidth", "cycles", "latency_us", "images_per_second",
+           "utilization", "dram_bytes", "memory_bound_share", *(f"{unit}_cycles" for unit in UNIT_ORDER))
+
+
+def parse_arrays(text: str) -> list[tuple[int, int]]:
+    """``"8x8,16x32"`` -> ``[(8, 8), (16, 32)]`` (rows x cols)."""
+    arrays = []
+    for item in text.split(","):
+        match = ARRAY_SIZE.match(item)
+        if not match or int(match.group(1)) <= 0 or int(match.group(2)) <= 0:
+            raise IntVitError(f"--arrays: {item.strip()!r} is not ROWSxCOLS with positive integers (e.g. 16x16)")
+        arrays.append((int(match.group(1)), int(match.group(2))))
+    return arrays
+
+
+def parse_bandwidths(text: str) -> list[int | float]:
+    """``"8,16,0.5"`` -> ``[8, 16, 0.5]`` bytes per cycle."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            value = 0.0
+        if not value > 0 or value == float("inf"):
+            raise IntVitError(f"--bandwidths: {item.strip()!r} is not a positive number of bytes per cycle")
+        values.append(int(value) if value.is_integer() else value)
+    return values
+
+
+def parse_dataflows(text: str) -> list[str]:
+    """``"os,ws"`` -> ``["os", "ws"]``, each one of ``sim.config.DATAFLOWS``."""
+    flows = [item.strip().lower() for item in text.split(",")]
+    for flow in flows:
+        if flow not in DATAFLOWS:
+            raise IntVitError(f"--dataflows: unknown dataflow {flow!r}; expected {', '.join(DATAFLOWS)}")
+    return flows
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="cycle-only simulations over array sizes, dataflows and bandwidths",
+        description="Simulate one model (cycles only) on every combination of --arrays, --dataflows and "
+        "--bandwidths, starting from --config; print a table, optionally write CSV and a latency plot.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--program", metavar="FILE", help="use this integer program instead of quantising")
+    parser.add_argument("--config", metavar="FILE", help="base accelerator TOML (default: built-in)")
+    parser.add_argument("--arrays", default="8x8,16x16,32x32,64x64", help="ROWSxCOLS list (default: %(default)s)")
+    parser.add_argument("--dataflows", default="os,ws,is", help="dataflow list (default: %(default)s)")
+    parser.add_argument("--bandwidths", default="8,16,32,64",
+                        help="off-chip bytes per cycle list (default: %(default)s)")
+    parser.add_argument("--mode", choices=MODES, default="native", help="MatMul cycle convention (default: native)")
+    parser.add_argument("--batch", type=positive_int, default=1, metavar="N", help="images per inference (default: 1)")
+    parser.add_argument("--out", metavar="FILE.csv", help="write one CSV row per configuration")
+    parser.add_argument("--plot", metavar="FILE.png", help="latency against array size, one line per "
+                        "dataflow and bandwidth")
+    parser.set_defaults(run=run)
+
+
+def shape_program(args: argparse.Namespace):
+    """The program whose shapes the sweep costs: ``--program``, or the model quantised on random images."""
+    from quant.ptq import quantize_model
+
+    model = load_model(args)
+    if args.program:
+        return build_program(args, model, data="")
+    c = model.config
+    rng = np.random.default_rng(args.seed)
+    images = rng.standard_normal((SHAPE_CALIBRATION_IMAGES, c.in_chans, c.img_size, c.img_size), dtype=np.float32)
+    return quantize_model(model, images, batch_size=SHAPE_CALIBRATION_IMAGES)
+
+
+def sweep_rows(program, base, arrays, dataflows, bandwidths, mode: str, batch: int) -> list[dict]:
+    """One dict per configuration, keys ``COLUMNS``, in array, dataflow, bandwidth order."""
+    from sim.simulator import simulate
+
+    grid = [(a, d, b) for a in arrays for d in dataflows for b in bandwidths]
+    rows = []
+    for (r, c), flow, bandwidth in progress(grid, "sweep", len(grid)):
+        label = f"array {r}x{c}, {flow}, {bandwidth} B/cycle"
+        try:
+            config = base.with_(matmul__rows=r, matmul__cols=c, matmul__dataflow=flow,
+                                memory__bandwidth_bytes_per_cycle=bandwidth)
+            report = simulate(program, config, batch=batch, mode=mode, functional=False)
+        except IntVitError as exc:
+            raise IntVitError(f"{label}: {exc}") from None
+        total = report.total_cycles
+        units = report.unit_cycles()
+        memory = sum(op.exposed_cycles for op in report.ops if op.bound == "memory")
+        rows.append({
+            "array": f"{r}x{c}", "rows": r, "cols": c, "dataflow": flow, "bandwidth": bandwidth,
+            "cycles": total, "latency_us": report.latency_us, "images_per_second": report.images_per_second,
+            "utilization": report.utilization, "dram_bytes": report.dram_bytes(),
+            "memory_bound_share": memory / total,
+            **{f"{unit}_cycles": units.get(unit, 0) for unit in UNIT_ORDER},
+        })
+    return rows
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    arrays = parse_arrays(args.arrays)
+    dataflows = parse_dataflows(args.dataflows)
+    bandwidths = parse_bandwidths(args.bandwidths)
+    if args.plot:
+        check_plot_path(args.plot)
+    base = load_config(args.config)
+    program = shape_program(args)
+    rows = sweep_rows(program, base, arrays, dataflows, bandwidths, args.mode, args.batch)
+    print(f"{program.config.name}: {len(rows)} configurations, {args.mode} cycles, batch {args.batch}, "
+          f"{base.clock_mhz:g} MHz\n")
+    print(format_table(
+        ["array", "dataflow", "B/cycle", "cycles", "latency µs", "images/s", "util", "DRAM B", "mem-bound"],
+        [[row["array"], row["dataflow"], f"{row['bandwidth']:g}", format_count(row["cycles"]),
+          f"{row['latency_us']:,.1f}", f"{row['images_per_second']:,.1f}", f"{100 * row['utilization']:.1f}%",
+          format_count(row["dram_bytes"]), f"{100 * row['memory_bound_share']:.1f}%"] for row in rows],
+        align="llrrrrrrr"))
+    if args.out:
+        _write_csv(args.out, rows)
+        print(f"\nwrote {args.out}")
+    if args.plot:
+        labels = list(dict.fromkeys(row["array"] for row in rows))
+        series: dict[str, list[tuple[int, float]]] = {}
+        for row in rows:
+            key = f"{row['dataflow']}, {row['bandwidth']:g} B/cycle"
+            series.setdefault(key, []).append((labels.index(row["array"]), row["latency_us"]))
+        plot_sweep(series, labels, args.plot, title=f"{program.config.name}, {args.mode} cycles")
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,171 @@
+"""Plain-text tables and PNG charts for simulation reports, shared by the CLI commands.
+
+``format_table`` is the one table printer of the command line; the plotting helpers draw
+on a bare ``matplotlib.figure.Figure`` (Agg canvas), so they never open a window and work
+on headless machines without touching pyplot's global backend.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from quant.errors import IntVitError
+
+__all__ = ["format_table", "format_count", "op_groups", "check_plot_path", "plot_unit_cycles", "plot_sweep", "UNIT_ORDER"]
+
+# Units in the order the stacked bars pile them up (MatMul at the bottom: usually the largest).
+UNIT_ORDER = ("matmul", "requant", "softmax", "gelu", "layernorm")
+UNIT_COLORS = {"matmul": "#4c72b0", "requant": "#dd8452", "softmax": "#55a868", "gelu": "#c44e52",
+               "layernorm": "#8172b3"}
+BLOCK_NAME = re.compile(r"^(blocks\.\d+)(\.|$)")
+FIGURE_DPI = 120
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_table(headers: list[str], rows: list[list], align: str | None = None) -> str:
+    """A plain-text table: header, a rule of dashes, one line per row, columns padded.
+
+    Parameters
+    ----------
+    headers : list of str
+    rows : list of list
+        Cells; strings are printed as they are, floats with 4 significant digits, anything
+        else with ``str``. Format numbers yourself when the default does not suit.
+    align : str, optional
+        One letter per column, ``"l"`` or ``"r"``. By default a column is right-aligned
+        when every cell in it is a number, left-aligned otherwise.
+
+    Returns
+    -------
+    str
+        The table without a trailing newline.
+    """
+    width = len(headers)
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise IntVitError(f"table row {i} has {len(row)} cells, the header has {width}")
+    if align is None:
+        align = "".join("r" if rows and all(_is_number(row[c]) for row in rows) else "l" for c in range(width))
+    if len(align) != width or set(align) - {"l", "r"}:
+        raise IntVitError(f"align must be one letter l or r per column ({width}), not {align!r}")
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    sizes = [max(len(line[c]) for line in cells) for c in range(width)]
+
+    def line(values: list[str]) -> str:
+        padded = (v.rjust(n) if a == "r" else v.ljust(n) for v, n, a in zip(values, sizes, align))
+        return "  ".join(padded).rstrip()
+
+    rule = "  ".join("-" * n for n in sizes)
+    return "\n".join([line(cells[0]), rule, *(line(values) for values in cells[1:])])
+
+
+def format_count(value: float) -> str:
+    """A count with thousands separators (``12,345``); non-integers keep one decimal."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def op_groups(names: Sequence[str]) -> list[str]:
+    """The model part of each op, in program order: ``patch_embed``, ``blocks.N`` or ``head``.
+
+    Ops named ``blocks.N...`` belong to block N; ops before the first block are the patch
+    embedding (patchify, projection, class token, position embedding) and ops after the
+    last one the classifier head (class-token select, final norm, head).
+    """
+    groups, seen_block = [], False
+    for name in names:
+        match = BLOCK_NAME.match(name)
+        seen_block = seen_block or match is not None
+        groups.append(match.group(1) if match else "head" if seen_block else "patch_embed")
+    return groups
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """``path`` as a Path if it names a PNG file; commands call this before any long work."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise IntVitError(f"{path}: plots are written as PNG; give a file name ending in .png")
+    return path
+
+
+def _save(figure, path: str | Path) -> Path:
+    path = check_plot_path(path)
+    figure.savefig(path, dpi=FIGURE_DPI)
+    return path
+
+
+def plot_unit_cycles(names: Sequence[str], units: Sequence[str], cycles: Sequence[int], path: str | Path,
+                     title: str = "") -> Path:
+    """Stacked bars of cycles per model part (``op_groups``), one colour per unit; write a PNG.
+
+    Parameters
+    ----------
+    names, units, cycles : sequences of equal length
+        Per op: its name, the unit it runs on and the cycles it adds (layout ops, unit
+        ``"none"``, add nothing and are left out).
+    path : str or Path
+        ``.png`` file to write.
+    title : str
+    """
+    from matplotlib.figure import Figure
+
+    groups = op_groups(names)
+    order = list(dict.fromkeys(groups))
+    totals = {unit: [0] * len(order) for unit in UNIT_ORDER}
+    index = {group: i for i, group in enumerate(order)}
+    for group, unit, count in zip(groups, units, cycles):
+        if unit in totals:
+            totals[unit][index[group]] += count
+    figure = Figure(figsize=(max(6.0, 0.6 * len(order) + 2), 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    bottom = [0] * len(order)
+    for unit in UNIT_ORDER:
+        if any(totals[unit]):
+            axes.bar(order, totals[unit], bottom=bottom, label=unit, color=UNIT_COLORS[unit])
+            bottom = [b + v for b, v in zip(bottom, totals[unit])]
+    axes.set_ylabel("cycles")
+    axes.set_title(title)
+    axes.tick_params(axis="x", labelrotation=45)
+    figure.legend(loc="outside right upper")
+    return _save(figure, path)
+
+
+def plot_sweep(series: dict[str, list[tuple[int, float]]], labels: Sequence[str], path: str | Path,
+               title: str = "") -> Path:
+    """Latency against array size, one line per series; write a PNG.
+
+    Parameters
+    ----------
+    series : dict of label -> list of (x position, latency in µs)
+        x positions index ``labels``.
+    labels : sequence of str
+        Array sizes in sweep order (``"16x16"``), the x tick labels.
+    path : str or Path
+    title : str
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.0, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    for label, points in series.items():
+        xs, ys = zip(*points)
+        axes.plot(xs, ys, marker="o", label=label)
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_xlabel("array (rows x cols)")
+    axes.set_ylabel("latency (µs)")
+    axes.set_yscale("log")
+    axes.set_title(title)
+    figure.legend(loc="outside right upper", fontsize="small")
+    return _save(figure, path)
