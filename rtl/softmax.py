@@ -5,8 +5,8 @@ A row is buffered once and read twice, in four phases per row:
 ``LOAD``
     one beat of ``lanes`` scores per cycle into the row buffer, keeping the running maximum;
 ``EXP``
-    each beat is read back, ``int_exp(x - max)`` is computed in a 5-stage pipeline, written
-    back over the score and added to the row total;
+    each beat is read back, ``int_exp(x - max)`` is computed in a 4-stage pipeline after the
+    read, written back over the score and added to the row total;
 ``DIVIDE``
     ``recip = 2**30 // total`` on the shared sequential divider (31 cycles);
 ``OUT``
@@ -32,15 +32,17 @@ __all__ = ["Softmax", "SOFTMAX_ROW_OVERHEAD_CYCLES"]
 
 SCORE_BITS = 32
 PROB_BITS = 8
-EXP_MAX = 1 << SOFTMAX_INPUT_FRAC_BITS | 1          # int_exp never exceeds 4097
+EXP_MAX = (1 << SOFTMAX_INPUT_FRAC_BITS) + 1        # int_exp never exceeds 4097
+EXP_Q_MAX = EXP_N_MAX // EXP_LN2                    # the right shift q is at most 15
 DIVIDER_BITS = SOFTMAX_RECIP_BITS + 1               # holds the dividend 2**30
 OUT_SHIFT = SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS
 # EXP pass: buffer read, then s1 clamped gap, s2 range-reduced argument, s3 square, s4 exp.
 EXP_READ_CYCLES = 1
 EXP_PIPELINE_CYCLES = 4
 OUT_PIPELINE_CYCLES = 2                             # buffer read, then the output register
-# Per row beyond the three passes over its beats: the EXP pipeline drain, one cycle to start
-# the divider, the division, one cycle to latch the reciprocal and the OUT pipeline fill.
+# Per row beyond the three passes over its beats: the EXP pipeline drain, one cycle in
+# START_DIVIDE, the division (its result is latched on the output handshake) and the OUT
+# pipeline fill: 5 + 1 + 32 + 2 = 40.
 SOFTMAX_ROW_OVERHEAD_CYCLES = (EXP_READ_CYCLES + EXP_PIPELINE_CYCLES + 1 + divider_cycles(DIVIDER_BITS)
                                + OUT_PIPELINE_CYCLES)
 
@@ -143,9 +145,9 @@ class Softmax(wiring.Component):
         s4_e = []
         for lane in range(lanes):
             s1_gap = Signal(range(EXP_N_MAX + 1), name=f"s1_gap{lane}")
-            s2_q = Signal(4, name=f"s2_q{lane}")
+            s2_q = Signal(range(EXP_Q_MAX + 1), name=f"s2_q{lane}")
             s2_s = Signal(range(EXP_POLY_B + 1), name=f"s2_s{lane}")
-            s3_q = Signal(4, name=f"s3_q{lane}")
+            s3_q = Signal(range(EXP_Q_MAX + 1), name=f"s3_q{lane}")
             s3_square = Signal(range((EXP_POLY_B**2 >> SOFTMAX_INPUT_FRAC_BITS) + 1), name=f"s3_square{lane}")
             e = Signal(range(EXP_MAX + 1), name=f"s4_e{lane}")
             in_row = ~s3_last | (lane < last_lanes)
