@@ -90,6 +90,11 @@ class MatMulArray(wiring.Component):
     def cols(self) -> int:
         return self._cols
 
+    @property
+    def latency(self) -> int:
+        """``LATENCY``, as the non-linear units expose theirs."""
+        return self.LATENCY
+
     @staticmethod
     def fold_cycles(rows: int, cols: int, depth: int) -> int:
         """Cycles of one fold of depth ``K``, first beat accepted to last row delivered, inclusive."""

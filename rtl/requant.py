@@ -107,6 +107,11 @@ class Requantiser(wiring.Component):
     def residual(self) -> bool:
         return self._residual
 
+    @property
+    def latency(self) -> int:
+        """``LATENCY``, as the non-linear units expose theirs."""
+        return self.LATENCY
+
     def elaborate(self, platform):
         m = Module()
         beat = self.operands.payload

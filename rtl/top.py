@@ -1,0 +1,97 @@
+"""The accelerator top: one instance of every unit, each unit's streams brought out as ports.
+
+The top fixes the units' parameters from plain numbers (the command line reads them from
+the accelerator config; ``rtl`` never imports ``sim``). Its ports are the units' own
+signatures, one member per unit, so Verilog names read ``<unit>__<port>__<field>``
+(``matmul__operands__payload``, ``requant__results__ready``). The sequencing of layers, the
+operand buffers and the DMA that feed these streams are the simulator's model, not RTL.
+"""
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from amaranth import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out, connect, flipped
+
+from quant.errors import IntVitError
+from rtl.gelu import Gelu
+from rtl.layernorm import LayerNorm
+from rtl.matmul import MatMulArray
+from rtl.requant import Requantiser
+from rtl.softmax import Softmax
+
+__all__ = ["TopParams", "Accelerator", "unit_builders"]
+
+
+@dataclass(frozen=True)
+class TopParams:
+    """Elaboration parameters of the accelerator.
+
+    Parameters
+    ----------
+    rows, cols : int
+        MatMul array shape.
+    requant_lanes, softmax_lanes, gelu_lanes, layernorm_lanes : int
+        Values per beat of each element-wise unit.
+    """
+
+    rows: int
+    cols: int
+    requant_lanes: int
+    softmax_lanes: int
+    gelu_lanes: int
+    layernorm_lanes: int
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise IntVitError(f"{name} must be a positive integer, not {value!r}")
+
+
+def unit_builders(params: TopParams) -> dict[str, Callable[[], wiring.Component]]:
+    """A builder of a fresh instance per unit, keyed by the name the top and the manifest use.
+
+    The requantiser is built with its residual input, so the same unit serves plain
+    requantisation (``b = 0``) and the residual additions; it saturates to INT8.
+    """
+    return {
+        "matmul": lambda: MatMulArray(rows=params.rows, cols=params.cols),
+        "requant": lambda: Requantiser(lanes=params.requant_lanes, out_bits=8, residual=True),
+        "softmax": lambda: Softmax(lanes=params.softmax_lanes),
+        "gelu": lambda: Gelu(lanes=params.gelu_lanes),
+        "layernorm": lambda: LayerNorm(lanes=params.layernorm_lanes),
+    }
+
+
+class Accelerator(wiring.Component):
+    """Every unit of the accelerator under one module.
+
+    Parameters
+    ----------
+    params : TopParams
+
+    Attributes
+    ----------
+    matmul, requant, softmax, gelu, layernorm : Out(unit.signature)
+        Each unit's interface, unchanged (an ``In`` stream of the unit is an input of the
+        top). Timing is the unit's own; the top adds no registers.
+    """
+
+    def __init__(self, params: TopParams):
+        if not isinstance(params, TopParams):
+            raise IntVitError(f"params must be a TopParams, not {type(params).__name__}")
+        self._params = params
+        self._units = {name: build() for name, build in unit_builders(params).items()}
+        super().__init__({name: Out(unit.signature) for name, unit in self._units.items()})
+
+    @property
+    def params(self) -> TopParams:
+        return self._params
+
+    def elaborate(self, platform):
+        m = Module()
+        for name, unit in self._units.items():
+            m.submodules[name] = unit
+            connect(m, flipped(getattr(self, name)), unit)
+        return m

@@ -1,0 +1,64 @@
+"""``intvit verilog``: emit the accelerator's Verilog (one file per unit, the top, a manifest)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sim.config import AcceleratorConfig, load_config
+
+__all__ = ["register", "run", "top_params", "latency_mismatches"]
+
+UNIT_SECTIONS = ("matmul", "requant", "softmax", "gelu", "layernorm")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verilog",
+        help="write the accelerator's Verilog and a manifest",
+        description="Elaborate the Amaranth units with the array shape and lane counts of an accelerator "
+        "config and write one Verilog file per unit, intvit_top.v and manifest.json.",
+    )
+    parser.add_argument("--config", default=None, help="accelerator TOML (default: built-in defaults)")
+    parser.add_argument("--out", required=True, help="directory to write into (created if missing)")
+    parser.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall on every file")
+    parser.set_defaults(run=run)
+
+
+def top_params(config: AcceleratorConfig):
+    """The RTL top's parameters from an accelerator config."""
+    from rtl.top import TopParams
+
+    return TopParams(rows=config.matmul.rows, cols=config.matmul.cols, requant_lanes=config.requant.lanes,
+                     softmax_lanes=config.softmax.lanes, gelu_lanes=config.gelu.lanes,
+                     layernorm_lanes=config.layernorm.lanes)
+
+
+def latency_mismatches(config: AcceleratorConfig, manifest: dict) -> list[str]:
+    """Units whose config ``latency`` differs from the RTL's, one line each."""
+    lines = []
+    for section in UNIT_SECTIONS:
+        rtl_latency = manifest["modules"][f"intvit_{section}"]["latency_cycles"]
+        configured = getattr(config, section).latency
+        if rtl_latency is not None and rtl_latency != configured:
+            lines.append(f"{section}.latency is {configured} in the config, {rtl_latency} in the RTL")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from rtl.verilog import generate, lint
+
+    config = load_config(args.config)
+    paths = generate(top_params(config), args.out)
+    for path in paths:
+        print(path)
+    manifest = json.loads(paths[-1].read_text())
+    for line in latency_mismatches(config, manifest):
+        print(f"note: {line}")
+    if args.lint:
+        problems = lint(paths)
+        for problem in problems:
+            print(problem)
+        print(f"lint: {'clean' if not problems else f'{len(problems)} file(s) with warnings'}")
+        return 1 if problems else 0
+    return 0

@@ -1,0 +1,128 @@
+"""Verilog generation, Verilator lint, coarse synthesis and the ``verilog``/``synth`` commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from quant.errors import IntVitError
+from quant.requant import requantize
+from rtl.top import Accelerator, TopParams
+from rtl.verilog import LINT_WAIVERS, TOP_NAME, generate, lint, synth
+from sim.cli import main
+
+SMALL = TopParams(rows=2, cols=2, requant_lanes=2, softmax_lanes=2, gelu_lanes=2, layernorm_lanes=2)
+SMALL_TOML = """
+[matmul]
+rows = 2
+cols = 2
+latency = 2
+[requant]
+lanes = 2
+[softmax]
+lanes = 2
+[gelu]
+lanes = 2
+[layernorm]
+lanes = 2
+"""
+UNITS = ("intvit_matmul", "intvit_requant", "intvit_softmax", "intvit_gelu", "intvit_layernorm", "intvit_pe")
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("verilog")
+    return out, generate(SMALL, out)
+
+
+def test_top_params_rejects_bad_values():
+    with pytest.raises(IntVitError, match=r"^gelu_lanes must be a positive integer, not 0$"):
+        TopParams(rows=2, cols=2, requant_lanes=2, softmax_lanes=2, gelu_lanes=0, layernorm_lanes=2)
+
+
+def test_generate_writes_units_top_and_manifest(generated):
+    out, paths = generated
+    assert [p.name for p in paths] == [f"{name}.v" for name in (*UNITS[:5], "intvit_pe", TOP_NAME)] + ["manifest.json"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"] == {"rows": 2, "cols": 2, "requant_lanes": 2, "softmax_lanes": 2, "gelu_lanes": 2,
+                                  "layernorm_lanes": 2}
+    modules = manifest["modules"]
+    assert modules["intvit_matmul"]["latency_cycles"] == 1
+    assert modules["intvit_requant"]["latency_cycles"] == 3
+    assert modules["intvit_matmul"]["ports"]["operands__ready"] == "out 1"
+    assert "matmul__operands__payload" in modules[TOP_NAME]["ports"]
+    top = (out / f"{TOP_NAME}.v").read_text()
+    assert f"module {TOP_NAME}(" in top and "requant__results__payload" in top
+
+
+def test_generate_rejects_a_file_as_directory(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("")
+    with pytest.raises(IntVitError, match="not a directory"):
+        generate(SMALL, target)
+
+
+@pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator is not installed")
+def test_generated_verilog_is_lint_clean(generated):
+    _, paths = generated
+    assert lint(paths) == []
+
+
+@pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator is not installed")
+def test_lint_reports_a_real_problem(tmp_path):
+    bad = tmp_path / "bad.v"
+    bad.write_text("module bad(input a, output b); assign b = c; endmodule\n")
+    problems = lint([bad])
+    assert len(problems) == 1 and "bad.v" in problems[0]
+    assert all(reason for reason in LINT_WAIVERS.values())
+
+
+def test_synth_counts_one_multiplier_per_pe_and_two_per_residual_lane():
+    report = synth(SMALL, units=["intvit_pe", "intvit_requant", "intvit_matmul"])
+    assert report["intvit_pe"]["by_type"]["$mul"] == 1
+    assert report["intvit_pe"]["flipflop_bits"] == 32 + 8 + 8 + 1 + 1    # acc and the forwarded operands
+    assert report["intvit_requant"]["by_type"]["$mul"] == 2 * SMALL.requant_lanes
+    assert report["intvit_matmul"]["by_type"]["$mul"] == SMALL.rows * SMALL.cols
+    with pytest.raises(IntVitError, match=r"^unknown unit 'nope'"):
+        synth(SMALL, units=["nope"])
+
+
+def test_top_forwards_the_requantiser():
+    dut = Accelerator(SMALL)
+    x, multiplier, shift = [1000, -77777], [2**30 + 5, 2**31 - 1], [12, 40]
+    got = []
+
+    async def testbench(ctx):
+        ctx.set(dut.requant.results.ready, 1)
+        ctx.set(dut.requant.operands.valid, 1)
+        ctx.set(dut.requant.operands.payload, {"x": x, "multiplier": multiplier, "shift": shift,
+                                               "b": [0, 0], "multiplier_b": [0, 0], "last": 1})
+        await ctx.tick()
+        ctx.set(dut.requant.operands.valid, 0)
+        while not got:
+            if ctx.get(dut.requant.results.valid):
+                got.append([ctx.get(dut.requant.results.payload).y[lane] for lane in range(2)])
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert got[0] == requantize(np.array(x), np.array(multiplier), np.array(shift)).tolist()
+
+
+def test_verilog_and_synth_commands(tmp_path, capsys):
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL_TOML)
+    assert main(["verilog", "--config", str(config), "--out", str(tmp_path / "v")]) == 0
+    out = capsys.readouterr().out
+    assert "intvit_top.v" in out and "note: matmul.latency is 2 in the config, 1 in the RTL" in out
+    report = tmp_path / "synth.json"
+    assert main(["synth", "--config", str(config), "--unit", "intvit_pe", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["intvit_pe"]["by_type"]["$mul"] == 1
+    assert main(["synth", "--config", str(config), "--unit", "nope"]) == 2
+    assert "error: unknown unit 'nope'" in capsys.readouterr().err
