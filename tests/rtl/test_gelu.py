@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from runner import check_cycles
+from sim_streams import simulate_stream
 
 from quant.errors import IntVitError
+from quant.gelu import int_gelu
 from rtl.gelu import Gelu
 
 SEED = 2024
@@ -33,3 +36,11 @@ def test_bench_matches_int_gelu(bench, lanes, vectors):
                             "cycle_elements": CYCLE_ELEMENTS})
     print(f"bench_gelu lanes={lanes} vectors={vectors}: {run.wall_s:.2f} s")
     check_cycles("gelu", run["records"])
+
+
+def test_matches_int_gelu_in_amaranth_sim():
+    x = np.array([-65536, -3000, -2562, -1024, -1, 0, 1, 700, 2562, 65535, 12345, -7])
+    dut = Gelu(lanes=4)
+    beats = [lambda ctx, beat=beat: ctx.set(dut.i.payload, beat.tolist()) for beat in x.reshape(-1, 4)]
+    got = simulate_stream(dut, beats, len(beats))
+    assert [v for word in got for v in word] == int_gelu(x).tolist()

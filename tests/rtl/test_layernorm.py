@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from runner import check_cycles
+from sim_streams import simulate_stream
 
 from quant.errors import IntVitError
-from quant.layernorm import layernorm_divisors
+from quant.layernorm import int_layernorm, layernorm_divisors
+from quant.requant import dyadic
 from rtl.layernorm import LAYERNORM_ROW_OVERHEAD_CYCLES, LayerNorm
 
 SEED = 2024
@@ -40,3 +43,22 @@ def test_bench_matches_int_layernorm(bench, lanes, width, rows):
                         "rows": rows, "cycle_rows": CYCLE_ROWS})
     print(f"bench_layernorm lanes={lanes} width={width} rows={rows}: {run.wall_s:.2f} s")
     check_cycles("layernorm", run["records"])
+
+
+def test_matches_int_layernorm_in_amaranth_sim():
+    rows = np.array([[-128, 127, 3, 0], [5, 5, 5, 5], [1, 0, 0, -1]])
+    gamma, beta = np.array([127, -128, 1, 64]), np.array([0, 1000, -(2**31), 2**31 - 1])
+    multiplier, shift = dyadic(np.array([1e-3, 1e-4, 1e-9, 1e-8]))
+    dut = LayerNorm(lanes=4, width=4)
+    params = {"addr": 0, "data": [{"gamma": int(g), "beta": int(b), "multiplier": int(m), "shift": int(s)}
+                                  for g, b, m, s in zip(gamma, beta, multiplier, shift)]}
+
+    def beat(ctx, row, load_params):
+        ctx.set(dut.i.payload, row.tolist())
+        ctx.set(dut.params.payload, params)
+        ctx.set(dut.params.valid, load_params)      # taken with the first row's first beat
+
+    got = simulate_stream(dut, [lambda ctx, row=row, k=k: beat(ctx, row, k == 0) for k, row in enumerate(rows)],
+                          len(rows))
+    want = int_layernorm(rows, gamma, beta, multiplier, shift, layernorm_divisors(4))
+    assert [[v for v in word.data] for word in got] == want.tolist()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from runner import check_cycles
+from sim_streams import simulate_stream
 
 from quant.errors import IntVitError
+from quant.softmax import int_softmax
 from rtl.softmax import SOFTMAX_ROW_OVERHEAD_CYCLES, Softmax
 
 SEED = 2024
@@ -39,3 +42,18 @@ def test_bench_matches_int_softmax(bench, lanes, rows):
                         "rows": rows, "cycle_cases": CYCLE_CASES})
     print(f"bench_softmax lanes={lanes} rows={rows}: {run.wall_s:.2f} s")
     check_cycles("softmax", run["records"])
+
+
+def test_matches_int_softmax_in_amaranth_sim():
+    rows = [np.array([4096, 0, -4096, 100, 2**31 - 1, -2**31]), np.array([-5])]
+    dut = Softmax(lanes=4, max_length=8)
+    beats = []
+    for row in rows:
+        padded = np.concatenate([row, np.zeros(-len(row) % 4, dtype=np.int64)]).reshape(-1, 4)
+        beats += [lambda ctx, beat=beat, length=len(row): (ctx.set(dut.i.payload, beat.tolist()),
+                                                          ctx.set(dut.length, length))
+                  for beat in padded]
+    got = simulate_stream(dut, beats, len(beats))
+    assert [[v for v in word.data] for word in got] == [
+        int_softmax(rows[0])[:4].tolist(), [*int_softmax(rows[0])[4:].tolist(), 0, 0], [127, 0, 0, 0]]
+    assert [word.last for word in got] == [0, 1, 1]
