@@ -42,16 +42,30 @@ def stimulus(rng: np.random.Generator, count: int) -> list[tuple[int, int, int, 
     return cycles
 
 
+def prefix_sums(terms: list[tuple[int, int]], init: int) -> list[int]:
+    """``init + sum(a_k * b_k for k <= i)`` for every i, as one ``int_matmul`` of a triangular A."""
+    pairs = np.array(terms, dtype=np.int8)
+    depth = len(terms)
+    triangular = np.where(np.tri(depth, dtype=bool), pairs[:, 0][None, :], 0).astype(np.int8)
+    return int_matmul(triangular, pairs[:, 1:2], np.array([init], dtype=np.int32))[:, 0].tolist()
+
+
 def model(cycles) -> list[int]:
-    """Expected ``acc`` after each cycle: every sum recomputed with ``int_matmul``."""
-    expected, acc, terms, init = [], 0, [], 0
+    """Expected ``acc`` after each cycle: it holds on bubbles and steps through each sum's prefixes."""
+    sums, terms, init = [], [], 0
     for valid, clear, a, b, cycle_init in cycles:
+        if valid and clear:
+            if terms:
+                sums.append(prefix_sums(terms, init))
+            terms, init = [], cycle_init
         if valid:
-            if clear:
-                terms, init = [], cycle_init
             terms.append((a, b))
-            pairs = np.array(terms, dtype=np.int8)
-            acc = int(int_matmul(pairs[None, :, 0], pairs[:, 1:2], np.array([init], dtype=np.int32))[0, 0])
+    sums.append(prefix_sums(terms, init))
+    prefixes = iter([value for values in sums for value in values])
+    expected, acc = [], 0
+    for valid, *_ in cycles:
+        if valid:
+            acc = next(prefixes)
         expected.append(acc)
     return expected
 
