@@ -19,7 +19,7 @@ until the last result row is taken, and high again the cycle after, so back-to-b
 take exactly ``fold_cycles`` each.
 """
 
-from amaranth import Module, Signal, signed
+from amaranth import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
