@@ -79,7 +79,7 @@ class MatMulConfig:
     rows: int = 16
     cols: int = 16
     dataflow: str = "os"
-    latency: int = 2
+    latency: int = 1
 
     def __post_init__(self):
         _check_positive_int("rows", self.rows)
@@ -98,7 +98,10 @@ class UnitConfig:
     lanes : int
         Elements accepted per cycle.
     latency : int
-        Pipeline depth in cycles from the first element in to the first element out.
+        Fixed cycles on top of the streaming beats: for the streaming requantiser and GELU the
+        pipeline depth; for Softmax and LayerNorm, which need a whole row before the first
+        output, the per-row cost of the row reductions and their divisions (see
+        ``sim.softmax`` and ``sim.layernorm``). Defaults are the RTL's measured values.
     """
 
     lanes: int = 8
@@ -149,9 +152,9 @@ class AcceleratorConfig:
     clock_mhz: int | float = 500
     matmul: MatMulConfig = field(default_factory=MatMulConfig)
     requant: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=3))
-    softmax: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=8))
+    softmax: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=40))
     gelu: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=4))
-    layernorm: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=6))
+    layernorm: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=208))
     buffers: BufferConfig = field(default_factory=BufferConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 

@@ -27,7 +27,7 @@ def test_defaults():
 def test_file_overrides_only_what_it_names(tmp_path):
     cfg = load_config(write(tmp_path, 'clock_mhz = 400\n[matmul]\nrows = 32\ndataflow = "ws"\n[gelu]\nlanes = 4\n'))
     assert cfg.clock_mhz == 400
-    assert cfg.matmul == MatMulConfig(rows=32, cols=16, dataflow="ws", latency=2)
+    assert cfg.matmul == MatMulConfig(rows=32, cols=16, dataflow="ws", latency=AcceleratorConfig().matmul.latency)
     assert cfg.gelu.lanes == 4 and cfg.gelu.latency == AcceleratorConfig().gelu.latency
     assert cfg.buffers == AcceleratorConfig().buffers
 
@@ -84,3 +84,12 @@ def test_with_for_sweeps():
 def test_dump_round_trips(tmp_path):
     cfg = AcceleratorConfig().with_(matmul__dataflow="ws", memory__bandwidth_bytes_per_cycle=12.5)
     assert load_config(write(tmp_path, dump_config(cfg))) == cfg
+
+
+def test_default_latencies_are_the_rtl_units_own():
+    from rtl.matmul import MatMulArray
+    from rtl.requant import Requantiser
+
+    cfg = AcceleratorConfig()
+    assert cfg.matmul.latency == MatMulArray.LATENCY
+    assert cfg.requant.latency == Requantiser.LATENCY
