@@ -3,7 +3,9 @@
 Cycles depend only on the program's shapes and bit widths, never on weight or activation
 values, so the program is built once, from the model's weights quantised on a couple of
 seeded random images (or loaded with ``--program``), and every configuration runs
-``simulate(..., functional=False)``.
+``simulate(..., functional=False)``. A configuration whose buffers cannot hold one tile
+(native mode) is a point of the design space, not an error: it is listed as not fitting,
+with empty metrics in the CSV; only a sweep where nothing fits fails.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ __all__ = ["register", "run", "parse_arrays", "parse_bandwidths", "parse_dataflo
 SHAPE_CALIBRATION_IMAGES = 2
 ARRAY_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 COLUMNS = ("array", "rows", "cols", "dataflow", "bandwidth", "cycles", "latency_us", "images_per_second",
-           "utilization", "dram_bytes", "memory_bound_share", *(f"{unit}_cycles" for unit in UNIT_ORDER))
+           "utilization", "dram_bytes", "memory_bound_share", *(f"{unit}_cycles" for unit in UNIT_ORDER), "note")
 
 
 def parse_arrays(text: str) -> list[tuple[int, int]]:
@@ -100,30 +102,43 @@ def shape_program(args: argparse.Namespace):
 
 
 def sweep_rows(program, base, arrays, dataflows, bandwidths, mode: str, batch: int) -> list[dict]:
-    """One dict per configuration, keys ``COLUMNS``, in array, dataflow, bandwidth order."""
+    """One dict per configuration, keys ``COLUMNS``, in array, dataflow, bandwidth order.
+
+    A configuration whose buffers cannot hold one tile (native mode) gets ``None`` metrics
+    and the reason in ``note``.
+    """
     from sim.simulator import simulate
 
     grid = [(a, d, b) for a in arrays for d in dataflows for b in bandwidths]
     rows = []
     for (r, c), flow, bandwidth in progress(grid, "sweep", len(grid)):
-        label = f"array {r}x{c}, {flow}, {bandwidth} B/cycle"
+        point = {"array": f"{r}x{c}", "rows": r, "cols": c, "dataflow": flow, "bandwidth": bandwidth}
+        config = base.with_(matmul__rows=r, matmul__cols=c, matmul__dataflow=flow,
+                            memory__bandwidth_bytes_per_cycle=bandwidth)
         try:
-            config = base.with_(matmul__rows=r, matmul__cols=c, matmul__dataflow=flow,
-                                memory__bandwidth_bytes_per_cycle=bandwidth)
             report = simulate(program, config, batch=batch, mode=mode, functional=False)
-        except IntVitError as exc:
-            raise IntVitError(f"{label}: {exc}") from None
+        except IntVitError as exc:     # a tile that does not fit the buffers: a point of the space, not a bug
+            rows.append({**point, **dict.fromkeys(COLUMNS[5:-1]), "note": str(exc)})
+            continue
         total = report.total_cycles
         units = report.unit_cycles()
         memory = sum(op.exposed_cycles for op in report.ops if op.bound == "memory")
         rows.append({
-            "array": f"{r}x{c}", "rows": r, "cols": c, "dataflow": flow, "bandwidth": bandwidth,
-            "cycles": total, "latency_us": report.latency_us, "images_per_second": report.images_per_second,
+            **point, "cycles": total, "latency_us": report.latency_us, "images_per_second": report.images_per_second,
             "utilization": report.utilization, "dram_bytes": report.dram_bytes(),
             "memory_bound_share": memory / total,
-            **{f"{unit}_cycles": units.get(unit, 0) for unit in UNIT_ORDER},
+            **{f"{unit}_cycles": units.get(unit, 0) for unit in UNIT_ORDER}, "note": "",
         })
     return rows
+
+
+def _table_row(row: dict) -> list[str]:
+    head = [row["array"], row["dataflow"], f"{row['bandwidth']:g}"]
+    if row["note"]:
+        return head + ["does not fit"] + ["-"] * 5
+    return head + [format_count(row["cycles"]), f"{row['latency_us']:,.1f}", f"{row['images_per_second']:,.1f}",
+                   f"{100 * row['utilization']:.1f}%", format_count(row["dram_bytes"]),
+                   f"{100 * row['memory_bound_share']:.1f}%"]
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:
@@ -142,14 +157,16 @@ def run(args: argparse.Namespace) -> int:
     base = load_config(args.config)
     program = shape_program(args)
     rows = sweep_rows(program, base, arrays, dataflows, bandwidths, args.mode, args.batch)
+    if all(row["note"] for row in rows):
+        raise IntVitError(f"no configuration fits: array {rows[0]['array']}, {rows[0]['dataflow']}: {rows[0]['note']}")
     print(f"{program.config.name}: {len(rows)} configurations, {args.mode} cycles, batch {args.batch}, "
           f"{base.clock_mhz:g} MHz\n")
     print(format_table(
         ["array", "dataflow", "B/cycle", "cycles", "latency µs", "images/s", "util", "DRAM B", "mem-bound"],
-        [[row["array"], row["dataflow"], f"{row['bandwidth']:g}", format_count(row["cycles"]),
-          f"{row['latency_us']:,.1f}", f"{row['images_per_second']:,.1f}", f"{100 * row['utilization']:.1f}%",
-          format_count(row["dram_bytes"]), f"{100 * row['memory_bound_share']:.1f}%"] for row in rows],
-        align="llrrrrrrr"))
+        [_table_row(row) for row in rows], align="llrrrrrrr"))
+    for row in rows:
+        if row["note"]:
+            print(f"{row['array']} {row['dataflow']} {row['bandwidth']:g} B/cycle does not fit: {row['note']}")
     if args.out:
         _write_csv(args.out, rows)
         print(f"\nwrote {args.out}")
@@ -158,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         series: dict[str, list[tuple[int, float]]] = {}
         for row in rows:
             key = f"{row['dataflow']}, {row['bandwidth']:g} B/cycle"
-            series.setdefault(key, []).append((labels.index(row["array"]), row["latency_us"]))
+            latency = float("nan") if row["note"] else row["latency_us"]    # a gap in the line
+            series.setdefault(key, []).append((labels.index(row["array"]), latency))
         plot_sweep(series, labels, args.plot, title=f"{program.config.name}, {args.mode} cycles")
         print(f"wrote {args.plot}")
     return 0
