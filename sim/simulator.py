@@ -185,8 +185,8 @@ class _Costing:
                             dram_bytes=count * layer.dram_bytes, bound=layer.bound)
         shape = shapes[op.inputs[0]]
         size = math.prod(shape)
-        in_bytes = sum(math.prod(shapes[name]) * dtypes.get(name, 1) for name in op.inputs[:2]
-                       if op.kind in ("requant", "add", "softmax", "gelu", "layernorm"))
+        activations = op.inputs[:2] if op.kind == "add" else op.inputs[:1]     # constants live on chip
+        in_bytes = sum(math.prod(shapes[name]) * dtypes.get(name, 1) for name in activations)
         out_bytes = size * dtypes.get(op.output, 1)
         unit = UNIT_OF.get(op.kind, "none")
         if unit == "none":

@@ -105,9 +105,9 @@ def build_program(args: argparse.Namespace, model: ViT, data: str) -> IntProgram
                           progress=lambda it: progress(it, "calibrate", -(-len(images) // args.batch_size)))
 
 
-def progress(iterable, desc: str, total: int | None = None):
+def progress(iterable, desc: str, total: int | None = None, unit: str = "batch"):
     """A progress bar on stderr that stays out of the way of piped output."""
-    return tqdm(iterable, desc=desc, total=total, leave=False, disable=None, file=sys.stderr, unit="batch")
+    return tqdm(iterable, desc=desc, total=total, leave=False, disable=None, file=sys.stderr, unit=unit)
 
 
 def write_json(data: dict, path: str | None) -> None:

@@ -105,7 +105,7 @@ def _simulate_model(args: argparse.Namespace):
         x = program.quantize_input(images)
     report = simulate(program, config, x, batch=args.batch, mode=args.mode or "native",
                       functional=args.functional,
-                      progress=lambda ops: progress(ops, "simulate", len(program.ops)))
+                      progress=lambda ops: progress(ops, "simulate", len(program.ops), unit="op"))
     return report, labels, classes
 
 

@@ -111,7 +111,7 @@ def sweep_rows(program, base, arrays, dataflows, bandwidths, mode: str, batch: i
 
     grid = [(a, d, b) for a in arrays for d in dataflows for b in bandwidths]
     rows = []
-    for (r, c), flow, bandwidth in progress(grid, "sweep", len(grid)):
+    for (r, c), flow, bandwidth in progress(grid, "sweep", len(grid), unit="config"):
         point = {"array": f"{r}x{c}", "rows": r, "cols": c, "dataflow": flow, "bandwidth": bandwidth}
         config = base.with_(matmul__rows=r, matmul__cols=c, matmul__dataflow=flow,
                             memory__bandwidth_bytes_per_cycle=bandwidth)
