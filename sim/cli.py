@@ -29,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"sim.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"sim.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"sim.commands.{name}").register(sub)
     return parser
 
 
