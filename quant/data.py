@@ -36,6 +36,7 @@ __all__ = [
     "load_mnist",
     "load_digits",
     "load_image_folder",
+    "load_image",
     "normalize",
     "split_indices",
     "fit_images",
@@ -181,14 +182,22 @@ def load_digits(config: ViTConfig, split: str = "test", limit: int | None = None
     return fit_images(images, config, MNIST_DIGIT_FRACTION), labels, [str(d) for d in range(10)]
 
 
-def _preprocess(path: Path, config: ViTConfig) -> np.ndarray:
-    """ImageNet evaluation transform: shorter side to img_size/0.875 (bicubic), centre crop."""
+def load_image(path, config: ViTConfig) -> np.ndarray:
+    """One image file as float32 ``(C, H, W)`` in [0, 1], channels converted to ``in_chans``.
+
+    An image already at the model's resolution (a 28x28 MNIST PNG for the mnist model) is taken
+    as it is; any other size gets the ImageNet evaluation transform: shorter side to
+    img_size/0.875 (bicubic), centre crop.
+    """
+    path = Path(path)
     try:
         with Image.open(path) as image:
             image = image.convert("L" if config.in_chans == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise IntVitError(f"{path}: cannot read image ({exc.__class__.__name__})") from None
     width, height = image.size
+    if (width, height) == (config.img_size, config.img_size):
+        return _pixels(image)
     short = int(config.img_size / CROP_FRACTION)
     # torchvision's Resize(int) arithmetic, so crops match published DeiT evaluation.
     if width <= height:
@@ -198,7 +207,10 @@ def _preprocess(path: Path, config: ViTConfig) -> np.ndarray:
     image = image.resize(size, Image.BICUBIC)
     left = int(round((size[0] - config.img_size) / 2.0))
     top = int(round((size[1] - config.img_size) / 2.0))
-    image = image.crop((left, top, left + config.img_size, top + config.img_size))
+    return _pixels(image.crop((left, top, left + config.img_size, top + config.img_size)))
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
     pixels = np.asarray(image, dtype=np.float32) / MNIST_PIXEL_MAX
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
@@ -228,7 +240,7 @@ def load_image_folder(root, config: ViTConfig, limit: int | None = None):
     order = np.arange(len(files))
     if limit is not None:
         order = np.random.default_rng(SPLIT_SEED).permutation(len(files))[:limit]
-    images = np.stack([_preprocess(files[i], config) for i in order])
+    images = np.stack([load_image(files[i], config) for i in order])
     return images, np.asarray(labels, dtype=np.int64)[order], class_names
 
 

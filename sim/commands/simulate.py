@@ -82,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- model path
 def _input_images(args: argparse.Namespace, config) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Normalised float images for the simulated batch, their labels (if known) and class names."""
-    from quant.data import _preprocess, normalize
+    from quant.data import load_image, normalize
 
     if args.image:
-        image = _preprocess(Path(args.image), config)[None]
+        image = load_image(args.image, config)[None]
         return normalize(np.repeat(image, args.batch, axis=0), config), None, []
     images, labels, classes = load_images(args.data, config, "test", args.batch)
     if len(images) < args.batch:

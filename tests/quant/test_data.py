@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from quant.config import get_config
-from quant.data import load_dataset, normalize, split_indices
+from quant.data import load_dataset, load_image, normalize, split_indices
 from quant.errors import IntVitError
 
 MNIST = get_config("mnist")
@@ -117,3 +117,17 @@ def test_folder_errors(tmp_path):
     (tmp_path / "ant" / "0.png").write_bytes(b"not a png at all")
     with pytest.raises(IntVitError, match=r"ant/0\.png: cannot read image"):
         load_dataset(str(tmp_path), MNIST)
+
+
+def test_image_at_model_resolution_is_taken_as_it_is(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "digit.png")
+    image = load_image(tmp_path / "digit.png", get_config("mnist"))
+    assert image.shape == (1, 28, 28)
+    np.testing.assert_array_equal(image[0], pixels / np.float32(255))
+
+
+def test_unreadable_single_image(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(IntVitError, match=r"broken\.png: cannot read image \(UnidentifiedImageError\)$"):
+        load_image(tmp_path / "broken.png", get_config("mnist"))
