@@ -7,6 +7,10 @@ splits one integer pass by op kind and lists the slowest ops, to show which kern
 
     python benchmarks/executor.py                    # batch 1 and 16, all cores
     python benchmarks/executor.py --profile --batches 16
+    python benchmarks/executor.py --threads 1        # fair on a machine shared with other jobs
+
+On a shared machine a busy core stalls every multi-threaded op (torch's and numba's pools wait
+for a scheduler slice, ~8 ms per op), which swamps batch-1 figures; one thread avoids that.
 """
 
 from __future__ import annotations
