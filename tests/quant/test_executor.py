@@ -215,8 +215,9 @@ def test_saturation_counts(program, batch):
     assert {kinds[name] for name in counts} == {"requant", "add", "softmax", "layernorm"}
     for name, (saturated, size) in counts.items():
         assert 0 <= saturated <= size == env[name].size, name
-    # Attention rows over 17 tokens are never one-hot here, so no probability reaches 127.
-    assert counts["blocks.0.attn.probs"][0] < counts["blocks.0.attn.probs"][1]
+    # Probabilities are never negative, so only 127 (p ~ 1) can count; most are far below it.
+    saturated, size = counts["blocks.0.attn.probs"]
+    assert saturated == np.count_nonzero(env["blocks.0.attn.probs"] == 127) < size // 2
     # A forced saturation is counted.
     forced = dict(env, **{"blocks.0.norm1": np.full_like(env["blocks.0.norm1"], 127)})
     assert saturation_counts(program, forced)["blocks.0.norm1"] == (forced["blocks.0.norm1"].size,) * 2
