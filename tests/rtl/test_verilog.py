@@ -15,7 +15,8 @@ from rtl.top import Accelerator, TopParams
 from rtl.verilog import LINT_WAIVERS, TOP_NAME, generate, lint, synth
 from sim.cli import main
 
-SMALL = TopParams(rows=2, cols=2, requant_lanes=2, softmax_lanes=2, gelu_lanes=2, layernorm_lanes=2)
+SMALL = TopParams(rows=2, cols=2, requant_lanes=2, softmax_lanes=2, gelu_lanes=2, layernorm_lanes=2,
+                  max_length=5, width=4)
 SMALL_TOML = """
 [matmul]
 rows = 2
@@ -41,7 +42,11 @@ def generated(tmp_path_factory):
 
 def test_top_params_rejects_bad_values():
     with pytest.raises(IntVitError, match=r"^gelu_lanes must be a positive integer, not 0$"):
-        TopParams(rows=2, cols=2, requant_lanes=2, softmax_lanes=2, gelu_lanes=0, layernorm_lanes=2)
+        TopParams(rows=2, cols=2, requant_lanes=2, softmax_lanes=2, gelu_lanes=0, layernorm_lanes=2,
+                  max_length=5, width=4)
+    with pytest.raises(IntVitError, match=r"^width must be a positive integer, not 0$"):
+        TopParams(rows=2, cols=2, requant_lanes=2, softmax_lanes=2, gelu_lanes=2, layernorm_lanes=2,
+                  max_length=5, width=0)
 
 
 def test_generate_writes_units_top_and_manifest(generated):
@@ -49,7 +54,7 @@ def test_generate_writes_units_top_and_manifest(generated):
     assert [p.name for p in paths] == [f"{name}.v" for name in (*UNITS[:5], "intvit_pe", TOP_NAME)] + ["manifest.json"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"] == {"rows": 2, "cols": 2, "requant_lanes": 2, "softmax_lanes": 2, "gelu_lanes": 2,
-                                  "layernorm_lanes": 2}
+                                  "layernorm_lanes": 2, "max_length": 5, "width": 4}
     modules = manifest["modules"]
     assert modules["intvit_matmul"]["latency_cycles"] == 1
     assert modules["intvit_requant"]["latency_cycles"] == 3
@@ -83,12 +88,25 @@ def test_lint_reports_a_real_problem(tmp_path):
 
 def test_synth_counts_one_multiplier_per_pe_and_two_per_residual_lane():
     report = synth(SMALL, units=["intvit_pe", "intvit_requant", "intvit_matmul"])
-    assert report["intvit_pe"]["by_type"]["$mul"] == 1
-    assert report["intvit_pe"]["flipflop_bits"] == 32 + 8 + 8 + 1 + 1    # acc and the forwarded operands
-    assert report["intvit_requant"]["by_type"]["$mul"] == 2 * SMALL.requant_lanes
-    assert report["intvit_matmul"]["by_type"]["$mul"] == SMALL.rows * SMALL.cols
+    pe = report["intvit_pe"]
+    assert pe["multipliers"] == 1
+    assert pe["flipflops"] == 32 + 8 + 8 + 1 + 1        # acc and the forwarded operands
+    assert pe["cells"] == sum(pe["by_type"].values()) and all(cell.startswith("$_") for cell in pe["by_type"])
+    assert report["intvit_requant"]["multipliers"] == 2 * SMALL.requant_lanes
+    assert report["intvit_matmul"]["multipliers"] == SMALL.rows * SMALL.cols
+    assert report["intvit_matmul"]["cells"] > SMALL.rows * SMALL.cols * pe["cells"]
     with pytest.raises(IntVitError, match=r"^unknown unit 'nope'"):
         synth(SMALL, units=["nope"])
+
+
+@pytest.mark.slow
+def test_synth_of_every_unit_at_the_default_size():
+    params = TopParams(rows=16, cols=16, requant_lanes=8, softmax_lanes=8, gelu_lanes=8, layernorm_lanes=8,
+                       max_length=50, width=64)
+    report = synth(params)
+    assert report["intvit_matmul"]["multipliers"] == 256
+    assert report[TOP_NAME]["cells"] >= sum(report[f"intvit_{unit}"]["cells"]
+                                            for unit in ("matmul", "requant", "softmax", "gelu", "layernorm"))
 
 
 def test_top_forwards_the_requantiser():
@@ -118,11 +136,37 @@ def test_top_forwards_the_requantiser():
 def test_verilog_and_synth_commands(tmp_path, capsys):
     config = tmp_path / "small.toml"
     config.write_text(SMALL_TOML)
-    assert main(["verilog", "--config", str(config), "--out", str(tmp_path / "v")]) == 0
-    out = capsys.readouterr().out
-    assert "intvit_top.v" in out and "note: matmul.latency is 2 in the config, 1 in the RTL" in out
+    out = tmp_path / "v"
+    assert main(["verilog", "--config", str(config), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert str(out / "intvit_top.v") in captured.out
+    assert "warning: matmul.latency is 2 in the config, 1 in the RTL" in captured.err
+    assert json.loads((out / "manifest.json").read_text())["params"]["max_length"] == 50      # mnist tokens
     report = tmp_path / "synth.json"
     assert main(["synth", "--config", str(config), "--unit", "intvit_pe", "--json", str(report)]) == 0
-    assert json.loads(report.read_text())["intvit_pe"]["by_type"]["$mul"] == 1
+    assert "intvit_pe" in capsys.readouterr().out
+    assert json.loads(report.read_text())["intvit_pe"]["multipliers"] == 1
     assert main(["synth", "--config", str(config), "--unit", "nope"]) == 2
     assert "error: unknown unit 'nope'" in capsys.readouterr().err
+
+
+def test_verilog_command_sizes_the_top_from_the_model(tmp_path, capsys):
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL_TOML.replace("latency = 2", "latency = 1"))   # the RTL's: no warning
+    out = tmp_path / "v"
+    assert main(["verilog", "--config", str(config), "--model", "deit-tiny", "--out", str(out)]) == 0
+    assert capsys.readouterr().err == ""
+    params = json.loads((out / "manifest.json").read_text())["params"]
+    assert (params["max_length"], params["width"]) == (197, 192)
+    assert "intvit_layernorm.v" in {path.name for path in out.iterdir()}
+
+
+@pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator is not installed")
+def test_verilog_command_lints_clean(tmp_path, capsys):
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL_TOML.replace("latency = 2", "latency = 1"))
+    out = tmp_path / "v"
+    assert main(["verilog", "--config", str(config), "--out", str(out), "--lint"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("lint: clean")
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        [f"{name}.v" for name in UNITS] + [f"{TOP_NAME}.v", "manifest.json"])
