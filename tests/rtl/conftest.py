@@ -3,7 +3,9 @@
 ``bench(design, toplevel=..., test_module=..., params=...)`` builds each run in its own
 directory under ``tmp_path`` (safe under pytest-xdist) and records the wall time as the
 ``bench_wall_s`` user property; the terminal summary lists those times, so the cost of each
-cocotb bench stays visible (also with ``-n 2``, where the properties travel to the controller).
+cocotb bench stays visible (also with ``-n 2``, where the properties travel to the controller). A test may also record a text
+``rtl_report`` property (measured figures such as cycles against the model); the summary
+prints those too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runner import iverilog_missing, run_bench  # noqa: E402
 
 BENCH_WALL = "bench_wall_s"
+REPORT = "rtl_report"
 RTL_DIR = Path(__file__).resolve().parent
 
 
@@ -48,15 +51,21 @@ def bench(tmp_path, record_property):
 
 
 def pytest_terminal_summary(terminalreporter):
-    timings = []
+    timings, texts = [], []
     for reports in terminalreporter.stats.values():
         for report in reports:
             if getattr(report, "when", None) != "call":
                 continue
-            walls = [value for name, value in getattr(report, "user_properties", ()) if name == BENCH_WALL]
+            properties = getattr(report, "user_properties", ())
+            walls = [value for name, value in properties if name == BENCH_WALL]
             if walls:
                 timings.append((sum(walls), report.nodeid))
+            texts += [value for name, value in properties if name == REPORT]
     if timings:
         terminalreporter.write_sep("-", "cocotb bench wall times")
         for wall, nodeid in sorted(timings, reverse=True):
             terminalreporter.write_line(f"{wall:7.2f} s  {nodeid}")
+    if texts:
+        terminalreporter.write_sep("-", "RTL measurements")
+        for text in texts:
+            terminalreporter.write_line(text)
