@@ -13,10 +13,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit, vectorize
+
+from quant.requant import UNARY_SIGNATURES
 
 __all__ = [
     "GELU_INPUT_FRAC_BITS", "GELU_INPUT_BITS", "GELU_OUTPUT_FRAC_BITS",
-    "ERF_CLIP", "ERF_POLY_A", "ERF_POLY_A_SHIFT", "int_erf", "int_gelu",
+    "ERF_CLIP", "ERF_POLY_A", "ERF_POLY_A_SHIFT", "erf_value", "gelu_value", "int_erf", "int_gelu",
 ]
 
 GELU_INPUT_FRAC_BITS = 10
@@ -28,16 +31,36 @@ ERF_POLY_A_SHIFT = 14
 ERF_POLY_A = round(0.2888 / 2 * (1 << ERF_POLY_A_SHIFT))
 
 
-def int_erf(x: np.ndarray) -> np.ndarray:
-    """``erf(x / sqrt 2)`` in Q.10 for Q.10 input; int32 in [-1024, 1024]."""
-    x = np.asarray(x, dtype=np.int64)
-    gap = ERF_CLIP - np.minimum(np.abs(x), ERF_CLIP)
+@njit(cache=True)
+def erf_value(x):
+    """``erf(x / sqrt 2)`` in Q.10 for one Q.10 integer."""
+    gap = ERF_CLIP - min(abs(x), ERF_CLIP)
     square = (gap * gap) >> GELU_INPUT_FRAC_BITS
     magnitude = ONE - ((square * ERF_POLY_A) >> ERF_POLY_A_SHIFT)
-    return (np.sign(x) * magnitude).astype(np.int32)
+    return magnitude if x > 0 else -magnitude if x < 0 else 0
+
+
+@njit(cache=True)
+def gelu_value(x):
+    """GELU of one Q.10 integer (17-bit range), in Q.21."""
+    return x * (ONE + erf_value(x))
+
+
+@vectorize(UNARY_SIGNATURES, cache=True)
+def _int_erf(x):
+    return erf_value(x)
+
+
+@vectorize(UNARY_SIGNATURES, cache=True)
+def _int_gelu(x):
+    return gelu_value(x)
+
+
+def int_erf(x: np.ndarray) -> np.ndarray:
+    """``erf(x / sqrt 2)`` in Q.10 for Q.10 input; int32 in [-1024, 1024]."""
+    return _int_erf(x).astype(np.int32)
 
 
 def int_gelu(x: np.ndarray) -> np.ndarray:
     """GELU of Q.10 INT32 input (17-bit range); INT32 result in Q.21."""
-    x = np.asarray(x, dtype=np.int64)
-    return (x * (ONE + int_erf(x).astype(np.int64))).astype(np.int32)
+    return _int_gelu(x).astype(np.int32)

@@ -21,13 +21,16 @@ its standard deviation. ``int_sqrt`` is Newton's iteration ``x <- (x + n // x) /
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange, vectorize
 
 from quant.errors import IntVitError
-from quant.requant import INT32_MAX, dyadic, requantize, rounding_shift
+from quant.requant import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, UNARY_SIGNATURES, as_rows, dyadic,
+                           requantize_value, round_shift)
 
 __all__ = [
-    "LN_MEAN_FRAC_BITS", "LN_SQUARE_SHIFT", "LN_STD_FRAC_BITS", "LN_NORM_FRAC_BITS", "LN_RECIP_BITS", "ISQRT_INPUT_BITS", "ISQRT_ITERATIONS",
-    "int_sqrt", "layernorm_divisors", "int_layernorm",
+    "LN_MEAN_FRAC_BITS", "LN_SQUARE_SHIFT", "LN_STD_FRAC_BITS", "LN_NORM_FRAC_BITS", "LN_RECIP_BITS",
+    "ISQRT_INPUT_BITS", "ISQRT_ITERATIONS",
+    "sqrt_value", "int_sqrt", "layernorm_divisors", "int_layernorm",
 ]
 
 LN_MEAN_FRAC_BITS = 6       # mean and centred values in Q.6
@@ -42,20 +45,26 @@ MAX_CENTRED = 255 << LN_MEAN_FRAC_BITS
 MAX_SQUARE = (MAX_CENTRED**2 + (1 << (LN_SQUARE_SHIFT - 1))) >> LN_SQUARE_SHIFT
 
 
-def _bit_length(n: np.ndarray) -> np.ndarray:
-    bits = np.zeros(n.shape, dtype=np.int64)
-    for k in range(ISQRT_INPUT_BITS):
-        bits += (n >> k) > 0
-    return bits
+@njit(cache=True)
+def sqrt_value(n):
+    """``floor(sqrt(n))`` for one integer ``0 <= n < 2**31``, by fixed-count Newton iteration."""
+    bits = 0
+    while (n >> bits) > 0:
+        bits += 1
+    x = np.int64(1) << ((bits + 1) >> 1)                 # >= sqrt(n)
+    for _ in range(ISQRT_ITERATIONS):
+        x = min(x, (x + n // max(x, 1)) >> 1)
+    return x
+
+
+@vectorize(UNARY_SIGNATURES, cache=True)
+def _int_sqrt(n):
+    return sqrt_value(n)
 
 
 def int_sqrt(n: np.ndarray) -> np.ndarray:
-    """``floor(sqrt(n))`` for integer ``0 <= n < 2**31``, by fixed-count Newton iteration."""
-    n = np.asarray(n, dtype=np.int64)
-    x = np.int64(1) << ((_bit_length(n) + 1) >> 1)
-    for _ in range(ISQRT_ITERATIONS):
-        x = np.minimum(x, (x + n // np.maximum(x, 1)) >> 1)
-    return x
+    """``floor(sqrt(n))`` for integer ``0 <= n < 2**31``, element-wise."""
+    return _int_sqrt(n)
 
 
 def layernorm_divisors(width: int) -> tuple[int, int, int, int]:
@@ -84,14 +93,32 @@ def int_layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         Dyadic form of ``s_gamma * 2**-10 / s_out`` per channel.
     divisors : from ``layernorm_divisors(D)``
     """
-    mean_m, mean_s, var_m, var_s = divisors
-    x = np.asarray(x, dtype=np.int64)
-    mean = requantize(x.sum(axis=-1, keepdims=True), mean_m, mean_s, bits=32).astype(np.int64)
-    centred = (x << LN_MEAN_FRAC_BITS) - mean
-    squares = rounding_shift(centred * centred, LN_SQUARE_SHIFT)
-    var = requantize(squares.sum(axis=-1, keepdims=True), var_m, var_s, bits=32)
-    std = np.maximum(int_sqrt(var), 1)
-    recip = (np.int64(1) << LN_RECIP_BITS) // std
-    y = requantize(centred, recip, LN_NORM_SHIFT, bits=32).astype(np.int64)
-    z = y * gamma.astype(np.int64) + beta.astype(np.int64)
-    return requantize(z, out_multiplier, out_shift, bits=8)
+    x = np.asarray(x)
+    rows = np.ascontiguousarray(as_rows(x))
+    width = rows.shape[1]
+    per_channel = lambda v: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64), (width,)))
+    out = np.empty(rows.shape, dtype=np.int8)
+    _layernorm_rows(rows, per_channel(gamma), per_channel(beta), per_channel(out_multiplier),
+                    per_channel(out_shift), *divisors, out)
+    return out.reshape(x.shape)
+
+
+@njit(parallel=True, cache=True)
+def _layernorm_rows(x, gamma, beta, out_multiplier, out_shift, mean_m, mean_s, var_m, var_s, out):
+    width = x.shape[1]
+    for i in prange(x.shape[0]):
+        total = np.int64(0)
+        for j in range(width):
+            total += x[i, j]
+        mean = requantize_value(total, mean_m, mean_s, INT32_MIN, INT32_MAX)
+        squares = np.int64(0)
+        for j in range(width):
+            c = (np.int64(x[i, j]) << LN_MEAN_FRAC_BITS) - mean
+            squares += round_shift(c * c, LN_SQUARE_SHIFT)
+        var = requantize_value(squares, var_m, var_s, INT32_MIN, INT32_MAX)
+        recip = (np.int64(1) << LN_RECIP_BITS) // max(sqrt_value(var), 1)
+        for j in range(width):
+            c = (np.int64(x[i, j]) << LN_MEAN_FRAC_BITS) - mean
+            y = requantize_value(c, recip, LN_NORM_SHIFT, INT32_MIN, INT32_MAX)
+            z = y * gamma[j] + beta[j]
+            out[i, j] = requantize_value(z, out_multiplier[j], out_shift[j], INT8_MIN, INT8_MAX)

@@ -126,9 +126,10 @@ def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = 
     """
     cfg = model.config
     images = np.asarray(calibration_images, dtype=np.float32)
-    if images.ndim != 4 or len(images) == 0:
-        raise IntVitError("the calibration set is empty" if len(images) == 0 or images.ndim != 4
-                          else "calibration images must be (N, C, H, W)")
+    if images.size == 0:
+        raise IntVitError("the calibration set is empty")
+    if images.ndim != 4:
+        raise IntVitError("calibration images must be (N, C, H, W)")
     if images.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size):
         raise IntVitError(f"calibration images are {images.shape[1:]}, model {cfg.name!r} takes "
                           f"{(cfg.in_chans, cfg.img_size, cfg.img_size)}")

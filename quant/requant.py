@@ -8,7 +8,7 @@ Applying it to an integer ``x`` is a 32 x 32 -> 64 bit product, a rounding right
     y = saturate((x * multiplier + 2**(shift - 1)) >> shift, bits)
 
 This is exactly what ``rtl.requant.Requantiser`` computes. Saturation is on purpose
-and counted (see ``saturation_count``), never a silent wrap-around.
+and counted (``quant.executor.saturation_counts``), never a silent wrap-around.
 """
 
 from __future__ import annotations
@@ -16,19 +16,20 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit, prange
 
 from quant.errors import IntVitError
 
 __all__ = [
     "INT8_MIN", "INT8_MAX", "INT32_MIN", "INT32_MAX", "MULTIPLIER_BITS", "MAX_SHIFT",
-    "int_range", "saturate", "rounding_shift", "dyadic", "dyadic_value",
+    "int_range", "out_dtype", "round_shift", "clamp", "requantize_value", "as_rows", "broadcast_rows", "rounding_shift", "dyadic", "dyadic_value",
     "requantize", "int_add", "add_multipliers",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MULTIPLIER_BITS = 31          # multiplier is a positive INT32: [2**30, 2**31)
-MAX_SHIFT = 62                # keeps the rounding constant and the product inside int64
+MAX_SHIFT = 62                # the shifter's range; products of INT32 x multiplier stay inside int64
 ADD_MULTIPLIER_BITS = 22      # residual-add multipliers leave 9 bits for the INT8 operands
 
 
@@ -37,18 +38,66 @@ def int_range(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-def saturate(x: np.ndarray, bits: int) -> np.ndarray:
-    """Clamp to the signed ``bits``-bit range and return the narrowest numpy dtype that holds it."""
-    lo, hi = int_range(bits)
-    dtype = np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32 if bits <= 32 else np.int64
-    return np.clip(x, lo, hi).astype(dtype)
+def out_dtype(bits: int) -> np.dtype:
+    """Narrowest numpy integer dtype that holds a signed ``bits``-bit value."""
+    return np.dtype(np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32 if bits <= 32 else np.int64)
+
+
+@njit(cache=True)
+def round_shift(x, shift):
+    """``(x + 2**(shift-1)) >> shift`` for ``shift >= 1``: ties towards +inf.
+
+    Written as ``((x >> (shift-1)) + 1) >> 1``, which is equal and cannot overflow the sum.
+    """
+    return ((x >> (shift - 1)) + 1) >> 1
+
+
+@njit(cache=True)
+def clamp(x, lo, hi):
+    return min(max(x, lo), hi)
+
+
+@njit(cache=True)
+def requantize_value(x, multiplier, shift, lo, hi):
+    """One element of ``requantize``: the requantiser's product, rounding shift and saturation."""
+    return clamp(round_shift(x * multiplier, shift), lo, hi)
+
+
+# Loops per operand dtype for the element-wise ufuncs of the other kernel modules.
+UNARY_SIGNATURES = [f"int64({t})" for t in ("int8", "int16", "int32", "int64")]
+
+
+# Element-wise kernels run over rows of the broadcast operands in parallel, writing the
+# narrow output directly: one pass, no int64 temporaries.
+@njit(parallel=True, cache=True)
+def _requantize_rows(x, multiplier, shift, lo, hi, out):
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = requantize_value(np.int64(x[i, j]), np.int64(multiplier[i, j]), np.int64(shift[i, j]),
+                                         lo, hi)
+
+
+@njit(parallel=True, cache=True)
+def _add_rows(a, b, m_a, m_b, shift, out):
+    for i in prange(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[i, j] = clamp(round_shift(np.int64(a[i, j]) * m_a + np.int64(b[i, j]) * m_b, shift),
+                              INT8_MIN, INT8_MAX)
+
+
+def as_rows(a: np.ndarray) -> np.ndarray:
+    """``a`` folded to 2-D ``(rows, last axis)``, a view where numpy can."""
+    return a.reshape(-1, a.shape[-1] if a.ndim else 1)
+
+
+def broadcast_rows(shape: tuple[int, ...], *operands) -> list[np.ndarray]:
+    """Read-only views of the operands broadcast to ``shape``, folded by ``as_rows``."""
+    return [as_rows(np.broadcast_to(np.asarray(v), shape)) for v in operands]
 
 
 def rounding_shift(x: np.ndarray, shift) -> np.ndarray:
-    """``(x + 2**(shift-1)) >> shift`` on int64: arithmetic shift, ties round towards +inf."""
-    x = np.asarray(x, dtype=np.int64)
-    shift = np.asarray(shift, dtype=np.int64)
-    return (x + (np.int64(1) << (shift - 1))) >> shift
+    """Element-wise ``round_shift`` on int64 (``shift`` broadcast against ``x``, >= 1)."""
+    return (np.asarray(x, dtype=np.int64) >> (np.asarray(shift, dtype=np.int64) - 1)) + 1 >> 1
 
 
 def dyadic(scale, bits: int = MULTIPLIER_BITS) -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +107,9 @@ def dyadic(scale, bits: int = MULTIPLIER_BITS) -> tuple[np.ndarray, np.ndarray]:
     the multiplier has ``bits`` significant bits (``2**(bits-1) <= m < 2**bits``).
     """
     scale = np.asarray(scale, dtype=np.float64)
-    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-        raise IntVitError(f"requantisation scale must be positive and finite, got {scale.min()!r}")
+    bad = ~(np.isfinite(scale) & (scale > 0))
+    if bad.any():
+        raise IntVitError(f"requantisation scale must be positive and finite, got {float(scale[bad].flat[0])}")
     mantissa, exponent = np.frexp(scale)                     # scale = mantissa * 2**exponent, 0.5 <= m < 1
     multiplier = np.round(mantissa * (1 << bits)).astype(np.int64)
     shift = (bits - exponent).astype(np.int64)
@@ -85,14 +135,16 @@ def requantize(x: np.ndarray, multiplier, shift, bits: int = 8) -> np.ndarray:
 
     Parameters
     ----------
-    x : integer array, |x| < 2**32
+    x : integer array with ``|x * multiplier| < 2**63`` (INT32 ``x`` always is)
     multiplier, shift : int or integer arrays broadcast against ``x``
         (per output channel: shape ``(channels,)``; per row: shape ``(..., 1)``).
     bits : int
         Output width; 8 for INT8 activations, 32 for INT32 fixed-point.
     """
-    product = np.asarray(x, dtype=np.int64) * np.asarray(multiplier, dtype=np.int64)
-    return saturate(rounding_shift(product, shift), bits)
+    shape = np.broadcast_shapes(np.shape(x), np.shape(multiplier), np.shape(shift))
+    out = np.empty(shape, dtype=out_dtype(bits))
+    _requantize_rows(*broadcast_rows(shape, x, multiplier, shift), *int_range(bits), as_rows(out))
+    return out
 
 
 def add_multipliers(scale_a: float, scale_b: float, scale_out: float) -> tuple[int, int, int]:
@@ -108,5 +160,7 @@ def add_multipliers(scale_a: float, scale_b: float, scale_out: float) -> tuple[i
 
 def int_add(a: np.ndarray, b: np.ndarray, m_a: int, m_b: int, shift: int) -> np.ndarray:
     """Residual addition of two INT8 tensors on different scales: ``sat8((a*m_a + b*m_b) >> shift)``."""
-    total = np.asarray(a, dtype=np.int64) * m_a + np.asarray(b, dtype=np.int64) * m_b
-    return saturate(rounding_shift(total, shift), 8)
+    shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+    out = np.empty(shape, dtype=np.int8)
+    _add_rows(*broadcast_rows(shape, a, b), m_a, m_b, shift, as_rows(out))
+    return out

@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit, prange, vectorize
 
-from quant.requant import rounding_shift, saturate
+from quant.requant import INT8_MAX, UNARY_SIGNATURES, as_rows, round_shift
 
 __all__ = [
     "SOFTMAX_INPUT_FRAC_BITS", "SOFTMAX_OUTPUT_FRAC_BITS", "EXP_LN2", "EXP_POLY_A", "EXP_POLY_A_SHIFT",
     "EXP_POLY_B", "EXP_POLY_C", "EXP_N_MAX", "EXP_DIV_MULT", "EXP_DIV_SHIFT", "SOFTMAX_RECIP_BITS",
-    "int_exp", "int_softmax",
+    "exp_value", "int_exp", "int_softmax",
 ]
 
 SOFTMAX_INPUT_FRAC_BITS = 12                   # Q.12 scores: 1/4096 resolution, +-2**19 range
@@ -45,21 +46,50 @@ EXP_DIV_MULT = -(-(1 << EXP_DIV_SHIFT) // EXP_LN2)
 SOFTMAX_RECIP_BITS = 30
 
 
-def int_exp(d: np.ndarray) -> np.ndarray:
-    """``exp(d / 2**12)`` in Q.12 for integer ``d <= 0``; int32 result in [0, 4097]."""
-    n = np.minimum(-np.asarray(d, dtype=np.int64), EXP_N_MAX)
+@njit(cache=True)
+def exp_value(d):
+    """``exp(d / 2**12)`` in Q.12 for one integer ``d <= 0``."""
+    n = min(-d, EXP_N_MAX)
     q = (n * EXP_DIV_MULT) >> EXP_DIV_SHIFT
     r = q * EXP_LN2 - n                                  # in (-LN2, 0]
     s = r + EXP_POLY_B
     poly = (((s * s) >> SOFTMAX_INPUT_FRAC_BITS) * EXP_POLY_A >> EXP_POLY_A_SHIFT) + EXP_POLY_C
-    return (poly >> q).astype(np.int32)
+    return poly >> q
+
+
+@vectorize(UNARY_SIGNATURES, cache=True)
+def _int_exp(d):
+    return exp_value(d)
+
+
+def int_exp(d: np.ndarray) -> np.ndarray:
+    """``exp(d / 2**12)`` in Q.12 for integer ``d <= 0``; int32 result in [0, 4097]."""
+    return _int_exp(d).astype(np.int32)
+
+
+@njit(parallel=True, cache=True)
+def _softmax_rows(x, out):
+    # x (rows, L) integer Q.12, out (rows, L) int8; one row per thread, e kept in a row buffer.
+    length = x.shape[1]
+    for i in prange(x.shape[0]):
+        peak = np.int64(x[i, 0])
+        for j in range(1, length):
+            peak = max(peak, np.int64(x[i, j]))
+        e = np.empty(length, dtype=np.int64)
+        total = np.int64(0)                              # >= 4096: the max element contributes exp(0)
+        for j in range(length):
+            e[j] = exp_value(np.int64(x[i, j]) - peak)
+            total += e[j]
+        recip = (np.int64(1) << SOFTMAX_RECIP_BITS) // total
+        for j in range(length):
+            p = round_shift(e[j] * recip, SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS)
+            out[i, j] = min(p, INT8_MAX)
 
 
 def int_softmax(x: np.ndarray) -> np.ndarray:
     """Softmax over the last axis of Q.12 INT32 scores; INT8 Q.7 probabilities."""
-    x = np.asarray(x, dtype=np.int64)
-    e = int_exp(x - x.max(axis=-1, keepdims=True)).astype(np.int64)
-    total = e.sum(axis=-1, keepdims=True)                # >= 4096: the max element contributes exp(0)
-    recip = (1 << SOFTMAX_RECIP_BITS) // total
-    p = rounding_shift(e * recip, SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS)
-    return saturate(p, 8)
+    x = np.asarray(x)
+    rows = np.ascontiguousarray(as_rows(x))
+    out = np.empty(rows.shape, dtype=np.int8)
+    _softmax_rows(rows, out)
+    return out.reshape(x.shape)

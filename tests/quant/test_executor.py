@@ -109,9 +109,11 @@ def test_the_source_check_catches_float_arithmetic():
 def test_runtime_functions_use_no_float_arithmetic():
     checked = {label: float_uses(source) for label, source in runtime_sources()}
     expected = {"quant.requant.requantize", "quant.requant.int_add", "quant.requant.rounding_shift",
-                "quant.requant.saturate", "quant.matmul.int_matmul", "quant.matmul._matmul_kernel",
-                "quant.softmax.int_exp", "quant.softmax.int_softmax", "quant.gelu.int_gelu",
-                "quant.gelu.int_erf", "quant.layernorm.int_sqrt", "quant.layernorm.int_layernorm"}
+                "quant.requant.round_shift", "quant.requant.requantize_value",
+                "quant.matmul.int_matmul", "quant.matmul._matmul_kernel",
+                "quant.softmax.exp_value", "quant.softmax.int_softmax", "quant.softmax._softmax_rows",
+                "quant.gelu.erf_value", "quant.gelu.gelu_value", "quant.layernorm.sqrt_value",
+                "quant.layernorm.int_layernorm", "quant.layernorm._layernorm_rows"}
     assert expected <= checked.keys()
     assert {label: uses for label, uses in checked.items() if uses} == {}
 
