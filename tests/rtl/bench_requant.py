@@ -75,8 +75,10 @@ def random_residual(rng: np.random.Generator, count: int) -> dict[str, np.ndarra
 def expected(vectors: dict[str, np.ndarray], out_bits: int) -> np.ndarray:
     if "b" in vectors and np.any(vectors["b"] != 0):
         assert out_bits == 8, "int_add is defined for INT8 results only"
-        return int_add(vectors["x"], vectors["b"], vectors["multiplier"], vectors["multiplier_b"],
-                       vectors["shift"]).astype(np.int64)
+        # int_add takes one (m_a, m_b, shift) per tensor; the unit's lanes each carry their own.
+        fields = zip(*(vectors[name].tolist() for name in ("x", "b", "multiplier", "multiplier_b", "shift")))
+        return np.array([int_add(np.int8(x), np.int8(b), m_a, m_b, shift) for x, b, m_a, m_b, shift in fields],
+                        dtype=np.int64)
     return requantize(vectors["x"], vectors["multiplier"], vectors["shift"], out_bits).astype(np.int64)
 
 
