@@ -33,6 +33,7 @@ BLOCK = "blocks.0"
 SEED = 0
 CALIBRATION_IMAGES = 32
 IMAGE = 0
+UNBOUNDED_BYTES_PER_CYCLE = 1 << 30
 REPORT = "rtl_report"            # printed by conftest.pytest_terminal_summary
 # Tensors in program order: each one is the RTL's output of one step (or a pure layout of one).
 CHECKED = ("norm1", "attn.qkv.acc", "attn.qkv", "attn.q", "attn.k", "attn.v", "attn.qk.acc", "attn.scores",
@@ -84,9 +85,14 @@ def golden() -> tuple[IntProgram, np.ndarray, dict[str, np.ndarray]]:
 
 def block_cycles_model(program: IntProgram, rows: int, cols: int, lanes: int) -> tuple[dict[str, int], int]:
     """The simulator's busy cycles per op of the block, and the block's exposed cycles under its
-    schedule, for an accelerator of the same array shape and lanes."""
+    schedule, for an accelerator of the same array shape and lanes.
+
+    The bench offers every operand beat at once, so the model gets memory that never binds
+    (else small per-head products on a big array come out DRAM-bound) and counts compute only.
+    """
     config = AcceleratorConfig().with_(matmul__rows=rows, matmul__cols=cols, requant__lanes=lanes,
-                                       softmax__lanes=lanes, gelu__lanes=lanes, layernorm__lanes=lanes)
+                                       softmax__lanes=lanes, gelu__lanes=lanes, layernorm__lanes=lanes,
+                                       memory__bandwidth_bytes_per_cycle=UNBOUNDED_BYTES_PER_CYCLE)
     timed = {f"{BLOCK}.{name}" for name in TIMED_OPS}
     ops = [op for op in simulate(program, config, batch=1, functional=False).ops if op.name in timed]
     return {op.name: op.cycles for op in ops}, sum(op.exposed_cycles for op in ops)
@@ -95,7 +101,7 @@ def block_cycles_model(program: IntProgram, rows: int, cols: int, lanes: int) ->
 @pytest.mark.parametrize("rows, cols, lanes", [
     (8, 8, 8),
     pytest.param(4, 4, 4, marks=pytest.mark.slow),
-    pytest.param(16, 16, 16, marks=pytest.mark.slow),
+    pytest.param(16, 16, 8, marks=pytest.mark.slow),          # the default accelerator config
 ])
 def test_attention_block_matches_golden(bench, golden, tmp_path, record_property, rows, cols, lanes):
     program, x, tensors = golden
