@@ -1,4 +1,4 @@
-"""Verilog generation, Verilator lint and coarse synthesis statistics for the accelerator's units.
+"""Verilog generation, Verilator lint and gate-level synthesis statistics for the accelerator's units.
 
 ``generate`` writes one self-contained Verilog file per unit and one for the top
 (``intvit_top.v``), plus ``manifest.json`` with the parameters, each unit's latency and

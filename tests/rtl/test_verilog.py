@@ -104,9 +104,11 @@ def test_synth_of_every_unit_at_the_default_size():
     params = TopParams(rows=16, cols=16, requant_lanes=8, softmax_lanes=8, gelu_lanes=8, layernorm_lanes=8,
                        max_length=50, width=64)
     report = synth(params)
+    units = [report[f"intvit_{unit}"] for unit in ("matmul", "requant", "softmax", "gelu", "layernorm")]
     assert report["intvit_matmul"]["multipliers"] == 256
-    assert report[TOP_NAME]["cells"] >= sum(report[f"intvit_{unit}"]["cells"]
-                                            for unit in ("matmul", "requant", "softmax", "gelu", "layernorm"))
+    assert report[TOP_NAME]["multipliers"] == sum(unit["multipliers"] for unit in units)
+    # Flattened together, Yosys shares a few gates across units: the top is the sum, give or take.
+    assert report[TOP_NAME]["cells"] == pytest.approx(sum(unit["cells"] for unit in units), rel=0.01)
 
 
 def test_top_forwards_the_requantiser():
