@@ -5,13 +5,14 @@ per query along the last axis. Output: INT8 probabilities in Q.7 (scale 2**-7).
 
 Per row:
   1. ``d = x - max(x)``                        (<= 0)
-  2. ``e = int_exp(d)``                        Q.12, 0 <= e <= 4097
+  2. ``e = int_exp(d)``                        Q.12, 0 <= e <= 4096
   3. ``total = sum(e)``;  ``recip = 2**30 // total``   (one division per row)
   4. ``p = sat8(round(e * recip / 2**23))``    Q.7
 
 ``int_exp`` writes ``-d = q*LN2 + rem`` (q by a multiply-shift that equals floor
 division on the clamped range), evaluates ``exp(-rem)`` by the second-order polynomial
-``A*(r + B)**2 + C`` on ``r in (-ln2, 0]`` and shifts right by ``q``.
+``A*(r + B)**2 + C`` on ``r in (-ln2, 0]``, capped at 1.0, and shifts right by ``q``,
+rounding half up.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def exp_value(d):
     r = q * EXP_LN2 - n                                  # in (-LN2, 0]
     s = r + EXP_POLY_B
     poly = (((s * s) >> SOFTMAX_INPUT_FRAC_BITS) * EXP_POLY_A >> EXP_POLY_A_SHIFT) + EXP_POLY_C
-    return poly >> q
+    poly = min(poly, ONE)                                # exp(r) <= 1: keeps e monotonic across q steps
+    return (poly + ((1 << q) >> 1)) >> q                 # rounded: a floor would bias row sums low
 
 
 @vectorize(UNARY_SIGNATURES, cache=True)
@@ -63,7 +65,7 @@ def _int_exp(d):
 
 
 def int_exp(d: np.ndarray) -> np.ndarray:
-    """``exp(d / 2**12)`` in Q.12 for integer ``d <= 0``; int32 result in [0, 4097]."""
+    """``exp(d / 2**12)`` in Q.12 for integer ``d <= 0``; int32 result in [0, 4096]."""
     return _int_exp(d).astype(np.int32)
 
 

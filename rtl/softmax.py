@@ -15,7 +15,7 @@ A row is buffered once and read twice, in four phases per row:
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -32,7 +32,7 @@ __all__ = ["Softmax", "SOFTMAX_ROW_OVERHEAD_CYCLES"]
 
 SCORE_BITS = 32
 PROB_BITS = 8
-EXP_MAX = (1 << SOFTMAX_INPUT_FRAC_BITS) + 1        # int_exp never exceeds 4097
+EXP_MAX = 1 << SOFTMAX_INPUT_FRAC_BITS              # int_exp caps the polynomial at 1.0
 EXP_Q_MAX = EXP_N_MAX // EXP_LN2                    # the right shift q is at most 15
 DIVIDER_BITS = SOFTMAX_RECIP_BITS + 1               # holds the dividend 2**30
 OUT_SHIFT = SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS
@@ -153,14 +153,15 @@ class Softmax(wiring.Component):
             in_row = ~s3_last | (lane < last_lanes)
             gap = row_max - read.data[lane]                         # >= 0, up to 2**32 - 1
             q = (s1_gap * EXP_DIV_MULT) >> EXP_DIV_SHIFT            # floor(gap / LN2) on the clamped range
-            poly = ((s3_square * EXP_POLY_A) >> EXP_POLY_A_SHIFT) + EXP_POLY_C
+            raw_poly = ((s3_square * EXP_POLY_A) >> EXP_POLY_A_SHIFT) + EXP_POLY_C
+            poly = Mux(raw_poly > EXP_MAX, EXP_MAX, raw_poly)
             m.d.sync += [
                 s1_gap.eq(Mux(gap < EXP_N_MAX, gap, EXP_N_MAX)),
                 s2_q.eq(q),
                 s2_s.eq(q * EXP_LN2 - s1_gap + EXP_POLY_B),         # (r + B) with r in (-LN2, 0]
                 s3_q.eq(s2_q),
                 s3_square.eq((s2_s * s2_s) >> SOFTMAX_INPUT_FRAC_BITS),
-                e.eq(Mux(in_row, poly >> s3_q, 0)),
+                e.eq(Mux(in_row, (poly + ((Const(1, 1) << s3_q) >> 1)) >> s3_q, 0)),   # rounding shift
             ]
             s4_e.append(e)
         beat_total = s4_e[0]

@@ -13,11 +13,9 @@ ONE = 1 << SOFTMAX_INPUT_FRAC_BITS
 LSB = 2.0**-SOFTMAX_OUTPUT_FRAC_BITS
 # Measured: 0.00215 (at d = -580, i.e. exp(-0.14)); the second-order polynomial's own error.
 EXP_ABS_ERROR = 0.003
-# Measured worst over the spreads below: 1.9 LSB (1.0 of it is p = 1.0 saturating to 127/128).
-# The extra 0.9 LSB is int_exp's truncating shift (see the xfail below); with a rounding shift
-# the worst case is exactly the 1 LSB of saturation.
-SOFTMAX_LSB_ERROR = 2.5
-SOFTMAX_LSB_ERROR_ROUNDED_EXP = 1.0 + 1e-9
+# Measured worst over the spreads below: exactly the 1 LSB of p = 1.0 saturating to 127/128
+# (with a truncating shift in int_exp it was 1.9 LSB: row totals were biased low).
+SOFTMAX_LSB_ERROR = 1.0 + 1e-9
 # Score spreads (std of the real scores) and row lengths: flat rows to one-hot rows.
 SPREADS = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 8.0, 32.0)
 LENGTHS = (4, 16, 197)
@@ -67,12 +65,6 @@ def test_int_exp_is_monotonic():
 
 def test_softmax_tracks_float_softmax():
     assert softmax_lsb_errors() <= SOFTMAX_LSB_ERROR
-
-
-@pytest.mark.xfail(strict=True, reason="int_exp truncates poly >> q: the row total is biased low by up to "
-                   "~0.4 Q.12 LSB per element, adding ~0.9 Q.7 LSB of error (reported to the lead)")
-def test_softmax_within_one_lsb():
-    assert softmax_lsb_errors() <= SOFTMAX_LSB_ERROR_ROUNDED_EXP
 
 
 def test_wide_random_integer_scores():
