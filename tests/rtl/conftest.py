@@ -24,15 +24,6 @@ from runner import iverilog_missing, run_bench  # noqa: E402
 
 BENCH_WALL = "bench_wall_s"
 REPORT = "rtl_report"
-RTL_DIR = Path(__file__).resolve().parent
-
-
-def pytest_collection_modifyitems(items):
-    # Parameter-check tests build components that are never elaborated (or whose __init__
-    # raised); Amaranth warns about those when they are collected, often during a later test.
-    for item in items:
-        if RTL_DIR in Path(item.path).resolve().parents:
-            item.add_marker(pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable"))
 
 
 @pytest.fixture
