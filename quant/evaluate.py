@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quant.calibrate import batches, record_activations
-from quant.executor import run_program
+from quant.executor import run_program, saturation_counts
 from quant.model import ViT
 from quant.program import IntProgram
 
@@ -43,6 +43,8 @@ class Comparison:
         Integer logits (dequantised) against float logits.
     layer_sqnr_db : dict of str -> float
         Per integer tensor with a float counterpart, in program order.
+    saturation : dict of str -> float
+        Percent of elements at a saturation bound, for the tensors where any are.
     """
 
     images: int = 0
@@ -55,6 +57,7 @@ class Comparison:
     logit_max_abs_error: float = 0.0
     logit_mean_abs_error: float = 0.0
     layer_sqnr_db: dict = field(default_factory=dict)
+    saturation: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -67,12 +70,17 @@ def compare(model: ViT, program: IntProgram, images: np.ndarray, labels: np.ndar
     signal = {name: 0.0 for name, _ in compared}
     noise = {name: 0.0 for name, _ in compared}
     float_logits, int_logits = [], []
+    saturated: dict[str, list[int]] = {}
     chunks = batches(images, batch_size)
     for chunk in progress(chunks) if progress else chunks:
         floats = {}
         float_logits.append(record_activations(model, chunk, floats.__setitem__))
         logits, tensors = run_program(program, program.quantize_input(chunk), collect=True)
         int_logits.append(logits.astype(np.float64) * program.tensors[program.output].scale)
+        for name, (hits, size) in saturation_counts(program, tensors).items():
+            counts = saturated.setdefault(name, [0, 0])
+            counts[0] += hits
+            counts[1] += size
         for name, info in compared:
             reference = floats[info.float_name].astype(np.float64)
             signal[name] += float(np.square(reference).sum())
@@ -88,4 +96,5 @@ def compare(model: ViT, program: IntProgram, images: np.ndarray, labels: np.ndar
         logit_sqnr_db=sqnr_db(float(np.square(f).sum()), float(np.square(f - q).sum())),
         logit_max_abs_error=float(error.max()), logit_mean_abs_error=float(error.mean()),
         layer_sqnr_db={name: sqnr_db(signal[name], noise[name]) for name, _ in compared},
+        saturation={name: 100.0 * hits / size for name, (hits, size) in saturated.items() if hits},
     )

@@ -61,10 +61,19 @@ def _summary(model: str, data: str, r) -> str:
         f"top-1 agreement float vs integer: {r.agreement:.2f} %",
         f"logits: SQNR {r.logit_sqnr_db:.1f} dB, mean |error| {r.logit_mean_abs_error:.4f}, "
         f"max |error| {r.logit_max_abs_error:.4f}",
+        _saturation_line(r.saturation),
         "",
         "per-layer SQNR of integer vs float activations:",
         layers,
     ])
+
+
+def _saturation_line(saturation: dict[str, float]) -> str:
+    if not saturation:
+        return "saturation: no element of any requantised tensor reached its bound"
+    worst = max(saturation, key=saturation.get)
+    return (f"saturation: {len(saturation)} tensors have elements at their bound; "
+            f"most in {worst} ({saturation[worst]:.3f} % of its elements)")
 
 
 def _plot(layer_sqnr: dict[str, float], path: str, title: str) -> None:
