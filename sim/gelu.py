@@ -11,15 +11,9 @@ depth is 4).
 
 from __future__ import annotations
 
-from quant.errors import IntVitError
+from sim.stream import stream_cycles
 
 __all__ = ["gelu_cycles"]
-
-
-def _check(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "positive" if minimum > 0 else "non-negative"
-        raise IntVitError(f"gelu.{name} must be a {kind} integer, not {value!r}")
 
 
 def gelu_cycles(lanes: int, latency: int, elements: int) -> int:
@@ -34,9 +28,4 @@ def gelu_cycles(lanes: int, latency: int, elements: int) -> int:
     elements : int
         Values to transform; 0 costs nothing.
     """
-    _check("lanes", lanes, 1)
-    _check("latency", latency, 0)
-    _check("elements", elements, 0)
-    if elements == 0:
-        return 0
-    return -(-elements // lanes) + latency
+    return stream_cycles("gelu", lanes, latency, elements)

@@ -16,17 +16,9 @@ is not included.
 
 from __future__ import annotations
 
-from quant.errors import IntVitError
+from sim.stream import row_cycles
 
 __all__ = ["layernorm_cycles"]
-
-ROW_PASSES = 3
-
-
-def _check(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "positive" if minimum > 0 else "non-negative"
-        raise IntVitError(f"layernorm.{name} must be a {kind} integer, not {value!r}")
 
 
 def layernorm_cycles(lanes: int, latency: int, rows: int, width: int) -> int:
@@ -43,8 +35,4 @@ def layernorm_cycles(lanes: int, latency: int, rows: int, width: int) -> int:
     width : int
         Values per row (the embedding width D).
     """
-    _check("lanes", lanes, 1)
-    _check("latency", latency, 0)
-    _check("rows", rows, 0)
-    _check("width", width, 1)
-    return rows * (ROW_PASSES * -(-width // lanes) + latency)
+    return row_cycles("layernorm", lanes, latency, rows, width, "width")

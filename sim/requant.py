@@ -12,15 +12,9 @@ included (the RTL bench measures the same span; ``tests/rtl/cycles/requant.json`
 
 from __future__ import annotations
 
-from quant.errors import IntVitError
+from sim.stream import stream_cycles
 
 __all__ = ["requant_cycles"]
-
-
-def _check(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "positive" if minimum > 0 else "non-negative"
-        raise IntVitError(f"requant.{name} must be a {kind} integer, not {value!r}")
 
 
 def requant_cycles(lanes: int, latency: int, elements: int) -> int:
@@ -40,9 +34,4 @@ def requant_cycles(lanes: int, latency: int, elements: int) -> int:
     int
         ``ceil(elements / lanes) + latency``.
     """
-    _check("lanes", lanes, 1)
-    _check("latency", latency, 0)
-    _check("elements", elements, 0)
-    if elements == 0:
-        return 0
-    return -(-elements // lanes) + latency
+    return stream_cycles("requant", lanes, latency, elements)

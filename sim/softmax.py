@@ -14,17 +14,9 @@ both included, as the cocotb bench measures (``tests/rtl/cycles/softmax.json``).
 
 from __future__ import annotations
 
-from quant.errors import IntVitError
+from sim.stream import row_cycles
 
 __all__ = ["softmax_cycles"]
-
-ROW_PASSES = 3
-
-
-def _check(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "positive" if minimum > 0 else "non-negative"
-        raise IntVitError(f"softmax.{name} must be a {kind} integer, not {value!r}")
 
 
 def softmax_cycles(lanes: int, latency: int, rows: int, length: int) -> int:
@@ -41,8 +33,4 @@ def softmax_cycles(lanes: int, latency: int, rows: int, length: int) -> int:
     length : int
         Scores per row.
     """
-    _check("lanes", lanes, 1)
-    _check("latency", latency, 0)
-    _check("rows", rows, 0)
-    _check("length", length, 1)
-    return rows * (ROW_PASSES * -(-length // lanes) + latency)
+    return row_cycles("softmax", lanes, latency, rows, length)

@@ -1,0 +1,42 @@
+"""The two timing shapes of the element-wise units, shared by their cycle models.
+
+* a *stream* (Requantiser, GELU): ``ceil(elements / lanes) + latency``, one beat of ``lanes``
+  values per cycle into a ``latency``-deep pipeline, 0 for no elements;
+* *buffered rows* (Softmax, LayerNorm): ``rows * (3 * ceil(length / lanes) + latency)``, each row
+  read three times one beat per cycle, plus a fixed per-row cost, rows not overlapping.
+
+Counts run from the first input handshake to the last output handshake, both included, as
+the cocotb benches measure them.
+"""
+
+from __future__ import annotations
+
+from quant.errors import IntVitError
+
+__all__ = ["ROW_PASSES", "check_count", "stream_cycles", "row_cycles"]
+
+ROW_PASSES = 3
+
+
+def check_count(unit: str, name: str, value, minimum: int) -> None:
+    """Raise ``IntVitError`` (``"softmax.lanes must be a positive integer, not 0"``) unless an int >= minimum."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "positive" if minimum > 0 else "non-negative"
+        raise IntVitError(f"{unit}.{name} must be a {kind} integer, not {value!r}")
+
+
+def stream_cycles(unit: str, lanes: int, latency: int, elements: int) -> int:
+    """``ceil(elements / lanes) + latency`` (0 when there are no elements)."""
+    check_count(unit, "lanes", lanes, 1)
+    check_count(unit, "latency", latency, 0)
+    check_count(unit, "elements", elements, 0)
+    return 0 if elements == 0 else -(-elements // lanes) + latency
+
+
+def row_cycles(unit: str, lanes: int, latency: int, rows: int, length: int, length_name: str = "length") -> int:
+    """``rows * (3 * ceil(length / lanes) + latency)``."""
+    check_count(unit, "lanes", lanes, 1)
+    check_count(unit, "latency", latency, 0)
+    check_count(unit, "rows", rows, 0)
+    check_count(unit, length_name, length, 1)
+    return rows * (ROW_PASSES * -(-length // lanes) + latency)
