@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from quant.config import PRESETS, get_config
+from sim.commands.common import load_model
 from sim.scalesim import write_topology
 from sim.topology import vit_gemms
 
@@ -18,14 +19,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write every matmul of a ViT forward pass (batch 1, attention heads expanded) "
         "as a SCALE-Sim GEMM topology CSV, readable by `scalesim -i gemm` and `intvit simulate`.",
     )
-    parser.add_argument("--model", default="deit-tiny", help=f"model preset: {', '.join(PRESETS)}")
+    parser.add_argument("--model", default="deit-tiny", choices=sorted(PRESETS), help="model preset (default: %(default)s)")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="take the shapes from this checkpoint instead (checked against --model)")
     parser.add_argument("--out", required=True, help="CSV file to write")
     parser.add_argument("--blocks", type=int, default=None, help="keep only the first N encoder blocks")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    gemms = vit_gemms(get_config(args.model), blocks=args.blocks)
+    config = load_model(args).config if args.weights else get_config(args.model)
+    gemms = vit_gemms(config, blocks=args.blocks)
     write_topology(args.out, gemms)
     macs = sum(g.macs for g in gemms)
     print(f"{args.out}: {len(gemms)} GEMMs, {macs / 1e9:.3f} GMAC ({args.model})")

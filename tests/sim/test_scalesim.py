@@ -177,3 +177,25 @@ def test_topology_command_output_reads_in_scalesim(tmp_path, capsys):
     ours = read_topology(out)
     assert [[g.m * g.n, g.n, g.k] for g in ours] == theirs.get_transformed_mnk_dimensions()
     assert main(["topology", "--model", "deit-small", "--blocks", "13", "--out", str(out)]) == 2
+
+
+def test_topology_matches_the_integer_programs_matmuls():
+    """sim.topology derives the GEMMs from the config; the simulator takes them from the program."""
+    import numpy as np
+    import torch
+
+    from quant.model import ViT
+    from quant.ptq import quantize_model
+    from sim.config import AcceleratorConfig
+    from sim.simulator import _Costing
+
+    cfg = get_config("mnist")
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).normal(size=(2, 1, 28, 28)).astype(np.float32)
+    program = quantize_model(ViT(cfg).eval(), images)
+    shapes, costing = program.tensor_shapes(1), _Costing(AcceleratorConfig(), "native")
+    from_program = []
+    for op in program.matmuls():
+        count, m, k, n = costing.gemms(op, shapes)
+        from_program += [(m, n, k)] * count
+    assert sorted(from_program) == sorted((g.m, g.n, g.k) for g in vit_gemms(cfg))
