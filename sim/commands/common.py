@@ -19,10 +19,12 @@ from quant.program import IntProgram, load_program
 
 __all__ = [
     "add_model_arguments", "add_calibration_arguments", "load_model", "load_images", "build_program",
-    "progress", "positive_int", "write_json",
+    "progress", "positive_int", "write_json", "check_output_file",
 ]
 
 DEFAULT_MODEL = "mnist"
+# Data sets that ship with intvit's dependencies, each with a fixed train/test split.
+BUILTIN_DATA = ("mnist", "digits")
 
 
 def positive_int(text: str) -> int:
@@ -98,11 +100,23 @@ def build_program(args: argparse.Namespace, model: ViT, data: str) -> IntProgram
                               f"({program.config.embed_dim}-wide, depth {program.config.depth}), "
                               f"not the {model.config.name!r} model given")
         return program
-    split = "all" if Path(data).is_dir() else "train"
+    # Built-in sets calibrate on their train split; anything else names a directory, which has one split
+    # (and a path that is not a directory gets load_image_folder's "no such directory").
+    split = "train" if data in BUILTIN_DATA else "all"
     images, _, _ = load_images(data, model.config, split, args.calib_size)
     return quantize_model(model, images, method=args.calib_method, percentile=args.percentile,
                           batch_size=args.batch_size,
                           progress=lambda it: progress(it, "calibrate", -(-len(images) // args.batch_size)))
+
+
+def check_output_file(path: str) -> Path:
+    """``path`` as a Path if a file can be created there; commands call this before any long work."""
+    path = Path(path)
+    if path.is_dir():
+        raise IntVitError(f"{path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise IntVitError(f"{path}: directory {path.parent} does not exist")
+    return path
 
 
 def progress(iterable, desc: str, total: int | None = None, unit: str = "batch"):
