@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from quant.errors import IntVitError
-from sim.commands.common import (add_calibration_arguments, add_model_arguments, build_program, load_images,
-                                 load_model, positive_int, progress, write_json)
+from sim.commands.common import (add_calibration_arguments, add_model_arguments, build_program,
+                                 check_output_file, load_images, load_model, positive_int, progress, write_json)
+from sim.report import check_plot_path
 
 __all__ = ["register", "run"]
 
@@ -30,12 +31,17 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from quant.evaluate import compare
 
+    # Output paths and the evaluation set are checked before calibration, the long part.
+    if args.plot:
+        check_output_file(check_plot_path(args.plot))
+    if args.json not in (None, "-"):
+        check_output_file(args.json)
     model = load_model(args)
-    program = build_program(args, model, args.data)
     images, labels, classes = load_images(args.data, model.config, "test", args.limit)
     if len(classes) != model.config.num_classes:
         raise IntVitError(f"{args.data}: {len(classes)} classes but model {model.config.name!r} "
                           f"has num_classes {model.config.num_classes}")
+    program = build_program(args, model, args.data)
     result = compare(model, program, images, labels, batch_size=args.batch_size,
                      progress=lambda it: progress(it, "evaluate", -(-len(images) // args.batch_size)))
     if args.json:
@@ -77,13 +83,13 @@ def _saturation_line(saturation: dict[str, float]) -> str:
 
 
 def _plot(layer_sqnr: dict[str, float], path: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws on the Agg canvas without touching pyplot's global backend.
+    from matplotlib.figure import Figure
 
     names = list(layer_sqnr)
     values = [min(v, 100.0) for v in layer_sqnr.values()]
-    fig, ax = plt.subplots(figsize=(max(8, 0.18 * len(names)), 4.5))
+    fig = Figure(figsize=(max(8, 0.18 * len(names)), 4.5))
+    ax = fig.subplots()
     ax.bar(range(len(names)), values, color="tab:blue")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
     ax.set_ylabel("SQNR (dB)")
@@ -91,4 +97,3 @@ def _plot(layer_sqnr: dict[str, float], path: str, title: str) -> None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sim.commands.common import add_calibration_arguments, add_model_arguments, build_program, load_model
+from sim.commands.common import (add_calibration_arguments, add_model_arguments, build_program,
+                                 check_output_file, load_model)
 
 __all__ = ["register", "run"]
 
@@ -23,9 +24,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = check_output_file(args.out)
     model = load_model(args)
     program = build_program(args, model, args.data)
-    path = program.save(args.out)
+    path = program.save(out)
     kinds = {}
     for op in program.ops:
         kinds[op.kind] = kinds.get(op.kind, 0) + 1
