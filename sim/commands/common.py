@@ -44,7 +44,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint: timm/DeiT .pth or .safetensors, Hugging Face ViT safetensors, or "
                              "intvit's own .safetensors+.json (default: embedded weights for mnist, "
                              "seeded random weights otherwise)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and sampling (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights when no --weights are given (default: 0)")
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser, program_option: bool = True) -> None:
@@ -126,11 +126,22 @@ def progress(iterable, desc: str, total: int | None = None, unit: str = "batch")
 
 def write_json(data: dict, path: str | None) -> None:
     """JSON to ``path``, or to stdout for ``-``."""
-    text = json.dumps(data, indent=2, default=_jsonable)
+    text = json.dumps(_finite(data), indent=2, default=_jsonable)
     if path in (None, "-"):
         print(text)
     else:
         Path(path).write_text(text + "\n")
+
+
+def _finite(value):
+    # Strict JSON has no Infinity: a perfect SQNR is written as the string "inf".
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _jsonable(value):

@@ -129,5 +129,6 @@ def test_image_at_model_resolution_is_taken_as_it_is(tmp_path):
 
 def test_unreadable_single_image(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(IntVitError, match=r"broken\.png: cannot read image \(UnidentifiedImageError\)$"):
+    message = r"broken\.png: cannot read image \(UnidentifiedImageError: cannot identify image file "
+    with pytest.raises(IntVitError, match=message):
         load_image(tmp_path / "broken.png", get_config("mnist"))
