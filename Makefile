@@ -26,6 +26,8 @@ test-all: $(STAMP) iverilog
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/executor.py
+	$(BIN)/python benchmarks/simulator.py
+	$(BIN)/python benchmarks/scalesim_speed.py --layers 3 --dataflow os
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
