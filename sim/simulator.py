@@ -44,7 +44,7 @@ from sim.matmul import MatMulUnit
 from sim.requant import requant_cycles
 from sim.softmax import softmax_cycles
 
-__all__ = ["OpReport", "SimReport", "simulate"]
+__all__ = ["OpReport", "SimReport", "gemm_shape", "simulate"]
 
 UNIT_OF = {
     "matmul": "matmul", "requant": "requant", "add": "requant", "softmax": "softmax",
@@ -156,6 +156,17 @@ def _elementwise_report(op: Op, unit: str, compute: int, in_bytes: int, out_byte
                     bound="memory" if memory > compute else "compute")
 
 
+def gemm_shape(op: Op, shapes: dict) -> tuple[int, int, int, int]:
+    """(count, M, K, N) of a matmul op: weight layers stack every leading dim into M; per-head
+    products are ``count`` separate GEMMs."""
+    a, b = shapes[op.inputs[0]], shapes[op.inputs[1]]
+    m, k = math.prod(a[:-1]), a[-1]
+    n = b[-2] if op.attrs.get("transpose_b") else b[-1]
+    if len(b) == 2:
+        return 1, m, k, n
+    return math.prod(a[:-2]), a[-2], k, n
+
+
 class _Costing:
     """Per-op cycle models of one accelerator configuration."""
 
@@ -163,20 +174,10 @@ class _Costing:
         self.config = config
         self.matmul = MatMulUnit(config, mode)
 
-    def gemms(self, op: Op, shapes: dict) -> tuple[int, int, int, int]:
-        """(count, M, K, N): weight layers stack every leading dim into M; per-head products repeat."""
-        a, b = shapes[op.inputs[0]], shapes[op.inputs[1]]
-        m, k = math.prod(a[:-1]), a[-1]
-        n = b[-2] if op.attrs.get("transpose_b") else b[-1]
-        if len(b) == 2:
-            return 1, m, k, n
-        count = math.prod(a[:-2])
-        return count, a[-2], k, n
-
     def cost(self, op: Op, shapes: dict, dtypes: dict) -> OpReport:
         cfg = self.config
         if op.kind == "matmul":
-            count, m, k, n = self.gemms(op, shapes)
+            count, m, k, n = gemm_shape(op, shapes)
             layer = self.matmul.layer(m, k, n, name=op.name)
             cycles = count * layer.cycles
             return OpReport(op.name, op.kind, "matmul", cycles, cycles, macs=count * layer.macs,
