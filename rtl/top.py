@@ -18,7 +18,7 @@ from quant.errors import IntVitError
 from rtl.gelu import Gelu
 from rtl.layernorm import LayerNorm
 from rtl.matmul import MatMulArray
-from rtl.requant import Requantiser
+from rtl.requant import PROGRAM_WIDTHS, Requantiser
 from rtl.softmax import Softmax
 
 __all__ = ["TopParams", "Accelerator", "unit_builders"]
@@ -58,12 +58,14 @@ class TopParams:
 def unit_builders(params: TopParams) -> dict[str, Callable[[], wiring.Component]]:
     """A builder of a fresh instance per unit, keyed by the name the top and the manifest use.
 
-    The requantiser is built with its residual input, so the same unit serves plain
-    requantisation (``b = 0``) and the residual additions; it saturates to INT8.
+    The requantiser is built with its residual input and every width of the integer program
+    (``rtl.requant.PROGRAM_WIDTHS``: 8, 17, 32, chosen per beat), so the one unit serves plain
+    requantisation (``b = 0``) to INT8 activations, Q.10 GELU inputs and Q.12 softmax scores,
+    and the residual additions.
     """
     return {
         "matmul": lambda: MatMulArray(rows=params.rows, cols=params.cols),
-        "requant": lambda: Requantiser(lanes=params.requant_lanes, out_bits=8, residual=True),
+        "requant": lambda: Requantiser(lanes=params.requant_lanes, widths=PROGRAM_WIDTHS, residual=True),
         "softmax": lambda: Softmax(lanes=params.softmax_lanes, max_length=params.max_length),
         "gelu": lambda: Gelu(lanes=params.gelu_lanes),
         "layernorm": lambda: LayerNorm(lanes=params.layernorm_lanes, width=params.width),

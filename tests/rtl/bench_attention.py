@@ -1,13 +1,13 @@
 """cocotb bench: one attention block of the ViT through the accelerator's units, in program order.
 
-The design is the accelerator top (``rtl.top.Accelerator``) plus a second requantiser that
-saturates to INT32 (``scores``), for the Q.12 attention scores the top's INT8 requantiser
-cannot hold. The bench does data layout only (tiling into folds and lanes, splitting and
+The design is the accelerator top (``rtl.top.Accelerator``) alone: its one requantiser
+saturates each op's beats to the op's width (INT8 activations, INT32 Q.12 scores), chosen per
+beat. The bench does data layout only (tiling into folds and lanes, splitting and
 merging heads); every arithmetic step is an RTL unit, and each unit's output is the next
 unit's input::
 
     embed -> LayerNorm (norm1) -> MatMul (qkv) -> Requantiser -> split heads
-          -> per head: MatMul (q k^T) -> scores Requantiser (Q.12) -> Softmax
+          -> per head: MatMul (q k^T) -> Requantiser (Q.12, 32 bits) -> Softmax
                        -> MatMul (probs v) -> Requantiser
           -> merge heads -> MatMul (proj) -> Requantiser -> Requantiser residual add
 
@@ -29,15 +29,15 @@ from bench_streams import pack, reset, stream_through, unpack
 from runner import bench_params, bench_result
 
 from rtl.layernorm import LAYERNORM_PARAM_LAYOUT
+from rtl.requant import PROGRAM_WIDTHS
 
 INT8_BITS, INT32_BITS = 8, 32
 PARAM_FIELDS = tuple((name, LAYERNORM_PARAM_LAYOUT[name].shape.width) for name in ("gamma", "beta", "multiplier",
                                                                                      "shift"))
 PARAM_BITS = sum(bits for _, bits in PARAM_FIELDS)
 # Every stream the bench may leave idle: inputs start invalid, outputs not ready.
-IDLE_VALID = ("matmul__operands", "requant__operands", "scores__operands", "softmax__i", "gelu__i",
-              "layernorm__i", "layernorm__params")
-IDLE_READY = ("matmul__results", "requant__results", "scores__results", "softmax__o", "gelu__o", "layernorm__o")
+IDLE_VALID = ("matmul__operands", "requant__operands", "softmax__i", "gelu__i", "layernorm__i", "layernorm__params")
+IDLE_READY = ("matmul__results", "requant__results", "softmax__o", "gelu__o", "layernorm__o")
 
 
 async def layernorm(dut, x: np.ndarray, gamma, beta, multiplier, shift, lanes: int) -> tuple[np.ndarray, int]:
@@ -81,19 +81,22 @@ async def matmul(dut, jobs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], row
     return results, run.cycles
 
 
-async def requant(dut, unit: str, x: np.ndarray, multiplier, shift, lanes: int, out_bits: int,
-                  residual: bool, b: np.ndarray | None = None, multiplier_b=0) -> tuple[np.ndarray, int]:
-    """Requantise ``x`` element-wise on ``unit``; scales broadcast against ``x`` (per channel or scalar)."""
+async def requant(dut, x: np.ndarray, multiplier, shift, lanes: int, bits: int, b: np.ndarray | None = None,
+                  multiplier_b=0) -> tuple[np.ndarray, int]:
+    """Requantise ``x`` element-wise to ``bits`` on the top's requantiser, adding the residual ``b`` if given.
+
+    Scales broadcast against ``x`` (per channel or scalar); ``b = 0`` makes a plain requantisation.
+    """
     vectors = {"x": x.reshape(-1),
                "multiplier": np.broadcast_to(multiplier, x.shape).reshape(-1),
-               "shift": np.broadcast_to(shift, x.shape).reshape(-1)}
-    if residual:
-        vectors["b"] = np.zeros(x.size, dtype=np.int64) if b is None else b.reshape(-1)
-        vectors["multiplier_b"] = np.broadcast_to(multiplier_b, x.shape).reshape(-1)
-    beats = [{f"{unit}__operands__payload": beat["operands__payload"]}
-             for beat in beats_of(vectors, lanes, residual)]
-    run = await stream_through(dut, beats, len(beats), source=f"{unit}__operands", sink=f"{unit}__results")
-    values, _ = results_of(run.outputs, lanes, out_bits, x.size)
+               "shift": np.broadcast_to(shift, x.shape).reshape(-1),
+               "b": np.zeros(x.size, dtype=np.int64) if b is None else b.reshape(-1),
+               "multiplier_b": np.broadcast_to(multiplier_b, x.shape).reshape(-1),
+               "bits": np.full(x.size, bits)}
+    beats = [{"requant__operands__payload": beat["operands__payload"]}
+             for beat in beats_of(vectors, lanes, True, PROGRAM_WIDTHS)]
+    run = await stream_through(dut, beats, len(beats), source="requant__operands", sink="requant__results")
+    values, _ = results_of(run.outputs, lanes, max(PROGRAM_WIDTHS), x.size)
     return values.reshape(x.shape), run.cycles
 
 
@@ -137,8 +140,7 @@ async def attention_block(dut):
     (acc,), spent = await matmul(dut, [(norm1, c("attn.qkv.weight"), c("attn.qkv.bias"))], rows, cols)
     keep("attn.qkv.acc", acc)
     cycles[f"{block}.attn.qkv"] = spent
-    qkv, spent = await requant(dut, "requant", acc, c("attn.qkv.multiplier"), c("attn.qkv.shift"), lanes,
-                               INT8_BITS, residual=True)
+    qkv, spent = await requant(dut, acc, c("attn.qkv.multiplier"), c("attn.qkv.shift"), lanes, INT8_BITS)
     keep("attn.qkv", qkv)
     cycles[f"{block}.attn.qkv.requant"] = spent
     q, k, v = qkv.reshape(tokens, 3, heads, dim // heads).transpose(1, 2, 0, 3)   # 3 x (heads, tokens, d)
@@ -148,8 +150,8 @@ async def attention_block(dut):
     accs, spent = await matmul(dut, [(q[h], k[h].T, no_bias) for h in range(heads)], rows, cols)
     keep("attn.qk.acc", np.stack(accs))
     cycles[f"{block}.attn.qk"] = spent
-    scores, spent = await requant(dut, "scores", out[f"{block}.attn.qk.acc"], c("attn.qk.multiplier"),
-                                  c("attn.qk.shift"), lanes, INT32_BITS, residual=False)
+    scores, spent = await requant(dut, out[f"{block}.attn.qk.acc"], c("attn.qk.multiplier"), c("attn.qk.shift"),
+                                  lanes, INT32_BITS)
     keep("attn.scores", scores)
     cycles[f"{block}.attn.qk.requant"] = spent
     probs, spent = await softmax(dut, scores, lanes)
@@ -160,8 +162,8 @@ async def attention_block(dut):
     accs, spent = await matmul(dut, [(probs[h], v[h], no_bias) for h in range(heads)], rows, cols)
     keep("attn.av.acc", np.stack(accs))
     cycles[f"{block}.attn.av"] = spent
-    av, spent = await requant(dut, "requant", out[f"{block}.attn.av.acc"], c("attn.av.multiplier"),
-                              c("attn.av.shift"), lanes, INT8_BITS, residual=True)
+    av, spent = await requant(dut, out[f"{block}.attn.av.acc"], c("attn.av.multiplier"), c("attn.av.shift"),
+                              lanes, INT8_BITS)
     keep("attn.av", av)
     cycles[f"{block}.attn.av.requant"] = spent
     context = keep("attn.context", av.transpose(1, 0, 2).reshape(tokens, dim))     # (tokens, heads * d)
@@ -169,14 +171,13 @@ async def attention_block(dut):
     (acc,), spent = await matmul(dut, [(context, c("attn.proj.weight"), c("attn.proj.bias"))], rows, cols)
     keep("attn.proj.acc", acc)
     cycles[f"{block}.attn.proj"] = spent
-    proj, spent = await requant(dut, "requant", acc, c("attn.proj.multiplier"), c("attn.proj.shift"), lanes,
-                                INT8_BITS, residual=True)
+    proj, spent = await requant(dut, acc, c("attn.proj.multiplier"), c("attn.proj.shift"), lanes, INT8_BITS)
     keep("attn.proj", proj)
     cycles[f"{block}.attn.proj.requant"] = spent
 
     residual = p["residual"]
-    total, spent = await requant(dut, "requant", embed, residual["m_a"], residual["shift"], lanes, INT8_BITS,
-                                 residual=True, b=proj, multiplier_b=residual["m_b"])
+    total, spent = await requant(dut, embed, residual["m_a"], residual["shift"], lanes, INT8_BITS, b=proj,
+                                 multiplier_b=residual["m_b"])
     keep("residual", total)
     cycles[f"{block}.residual"] = spent
 

@@ -12,9 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from amaranth import Module
-from amaranth.lib import wiring
-from amaranth.lib.wiring import Out, connect, flipped
 
 from quant.checkpoint import EMBEDDED_WEIGHTS, load_embedded
 from quant.config import get_config
@@ -23,7 +20,6 @@ from quant.executor import run_program
 from quant.model import ViT
 from quant.program import IntProgram
 from quant.ptq import quantize_model
-from rtl.requant import Requantiser
 from rtl.top import Accelerator, TopParams
 from sim.config import AcceleratorConfig
 from sim.simulator import simulate
@@ -45,25 +41,6 @@ CONSTANTS = ("norm1.gamma", "norm1.beta", "norm1.multiplier", "norm1.shift",
 # Ops of the attention half of block 0 that occupy a unit (the layout ops split/merge cost 0).
 TIMED_OPS = ("norm1", "attn.qkv", "attn.qkv.requant", "attn.qk", "attn.qk.requant", "attn.softmax", "attn.av",
              "attn.av.requant", "attn.proj", "attn.proj.requant", "residual")
-
-
-class AttentionRig(wiring.Component):
-    """The accelerator top and an INT32-saturating requantiser (``scores``) for the Q.12 scores."""
-
-    def __init__(self, params: TopParams):
-        self._top = Accelerator(params)
-        self._scores = Requantiser(params.requant_lanes, out_bits=32)
-        members = {name: Out(member.signature) for name, member in self._top.signature.members.items()}
-        super().__init__({**members, "scores": Out(self._scores.signature)})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.top = self._top
-        m.submodules.scores = self._scores
-        for name in self._top.signature.members:
-            connect(m, flipped(getattr(self, name)), getattr(self._top, name))
-        connect(m, flipped(self.scores), self._scores)
-        return m
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +90,7 @@ def test_attention_block_matches_golden(bench, golden, tmp_path, record_property
     params = TopParams(rows=rows, cols=cols, requant_lanes=lanes, softmax_lanes=lanes, gelu_lanes=lanes,
                        layernorm_lanes=lanes, max_length=c.num_tokens, width=c.embed_dim)
     outputs = tmp_path / "outputs.npz"
-    run = bench(AttentionRig(params), toplevel="attention_rig", test_module="bench_attention",
+    run = bench(Accelerator(params), toplevel="intvit_top", test_module="bench_attention",
                 params={"block": BLOCK, "rows": rows, "cols": cols, "lanes": lanes, "heads": c.num_heads,
                         "inputs": str(inputs), "outputs": str(outputs), "residual": residual})
     rtl = dict(np.load(outputs))

@@ -11,6 +11,7 @@ from amaranth.sim import Simulator
 
 from quant.errors import IntVitError
 from quant.requant import requantize
+from rtl.requant import PROGRAM_WIDTHS
 from rtl.top import Accelerator, TopParams
 from rtl.verilog import LINT_WAIVERS, TOP_NAME, generate, lint, synth
 from sim.cli import main
@@ -111,7 +112,7 @@ def test_synth_of_every_unit_at_the_default_size():
     assert report[TOP_NAME]["cells"] == pytest.approx(sum(unit["cells"] for unit in units), rel=0.01)
 
 
-def test_top_forwards_the_requantiser():
+def test_top_forwards_the_requantiser_at_every_program_width():
     dut = Accelerator(SMALL)
     x, multiplier, shift = [1000, -77777], [2**30 + 5, 2**31 - 1], [12, 40]
     got = []
@@ -119,11 +120,13 @@ def test_top_forwards_the_requantiser():
     async def testbench(ctx):
         ctx.set(dut.requant.results.ready, 1)
         ctx.set(dut.requant.operands.valid, 1)
-        ctx.set(dut.requant.operands.payload, {"x": x, "multiplier": multiplier, "shift": shift,
-                                               "b": [0, 0], "multiplier_b": [0, 0], "last": 1})
-        await ctx.tick()
+        for index in range(len(PROGRAM_WIDTHS)):
+            ctx.set(dut.requant.operands.payload, {"x": x, "multiplier": multiplier, "shift": shift,
+                                                   "b": [0, 0], "multiplier_b": [0, 0], "width": index,
+                                                   "last": index == len(PROGRAM_WIDTHS) - 1})
+            await ctx.tick()
         ctx.set(dut.requant.operands.valid, 0)
-        while not got:
+        while len(got) < len(PROGRAM_WIDTHS):
             if ctx.get(dut.requant.results.valid):
                 got.append([ctx.get(dut.requant.results.payload).y[lane] for lane in range(2)])
             await ctx.tick()
@@ -132,7 +135,9 @@ def test_top_forwards_the_requantiser():
     sim.add_clock(1e-6)
     sim.add_testbench(testbench)
     sim.run()
-    assert got[0] == requantize(np.array(x), np.array(multiplier), np.array(shift)).tolist()
+    assert got == [requantize(np.array(x), np.array(multiplier), np.array(shift), bits).tolist()
+                   for bits in PROGRAM_WIDTHS]
+    assert len({tuple(y) for y in got}) == len(PROGRAM_WIDTHS)     # 1000 * 2**18 saturates at 8 and 17 bits only
 
 
 def test_verilog_and_synth_commands(tmp_path, capsys):
