@@ -12,7 +12,7 @@ import random
 
 import cocotb
 import numpy as np
-from bench_streams import pack, reset, stream_through, unpack
+from bench_streams import check_rows, pack, reset, stream_through
 from runner import bench_params, bench_result
 
 from quant.layernorm import int_layernorm, layernorm_divisors
@@ -75,7 +75,6 @@ async def run_rows(dut, rows: list[np.ndarray], params: dict[str, np.ndarray], l
                    rng: random.Random | None = None, **stalls):
     """Stream ``rows`` through the unit and check every output beat; returns the run."""
     width = len(params["gamma"])
-    beats_per_row = -(-width // lanes)
     beats = []
     for row in rows:
         padded = np.concatenate([row, np.full(-width % lanes, -99)]).reshape(-1, lanes)
@@ -84,19 +83,7 @@ async def run_rows(dut, rows: list[np.ndarray], params: dict[str, np.ndarray], l
     divisors = layernorm_divisors(width)
     want = int_layernorm(np.array(rows), params["gamma"], params["beta"], params["multiplier"], params["shift"],
                          divisors).astype(np.int64)
-    words = iter(run.outputs)
-    for index, row in enumerate(rows):
-        got = []
-        for beat in range(beats_per_row):
-            word = next(words)
-            last = word >> (lanes * OUT_BITS)
-            assert last == (beat == beats_per_row - 1), f"row {index}: last={last} on beat {beat}"
-            got.append(unpack(word, OUT_BITS, lanes))
-        got = np.concatenate(got)
-        assert np.all(got[width:] == 0), f"row {index}: padding lanes {got[width:]} are not 0"
-        bad = np.flatnonzero(got[:width] != want[index])
-        assert bad.size == 0, (f"row {index}: {bad.size} mismatches, first at channel {bad[0]}: got "
-                               f"{got[bad[0]]}, want {want[index][bad[0]]}; row {row.tolist()}")
+    check_rows(run.outputs, rows, want, OUT_BITS, lanes)
     return run
 
 

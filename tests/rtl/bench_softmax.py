@@ -12,7 +12,7 @@ import random
 
 import cocotb
 import numpy as np
-from bench_streams import pack, reset, stream_through, unpack
+from bench_streams import check_rows, pack, reset, stream_through
 from runner import bench_params, bench_result
 
 from quant.requant import INT32_MAX, INT32_MIN
@@ -54,21 +54,7 @@ async def run_rows(dut, rows: list[np.ndarray], lanes: int, rng: random.Random |
         padded = np.concatenate([row, rng_pad(len(row), lanes)]).reshape(-1, lanes)
         beats += [{"i__payload": pack(beat, SCORE_BITS), "length": len(row)} for beat in padded]
     run = await stream_through(dut, beats, len(beats), rng=rng, **stalls)
-    words = iter(run.outputs)
-    for index, row in enumerate(rows):
-        row_beats = -(-len(row) // lanes)
-        got = []
-        for beat in range(row_beats):
-            word = next(words)
-            last = word >> (lanes * PROB_BITS)
-            assert last == (beat == row_beats - 1), f"row {index}: last={last} on beat {beat} of {row_beats}"
-            got.append(unpack(word, PROB_BITS, lanes))
-        got = np.concatenate(got)
-        want = int_softmax(row).astype(np.int64)
-        assert np.all(got[len(row):] == 0), f"row {index}: padding lanes {got[len(row):]} are not 0"
-        bad = np.flatnonzero(got[:len(row)] != want)
-        assert bad.size == 0, (f"row {index} (length {len(row)}): {bad.size} mismatches, first at {bad[0]}: "
-                               f"got {got[bad[0]]}, want {want[bad[0]]}; row {row.tolist()}")
+    check_rows(run.outputs, rows, [int_softmax(row).astype(np.int64) for row in rows], PROB_BITS, lanes)
     return run
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-__all__ = ["CLOCK_NS", "StreamRun", "pack", "unpack", "reset", "stream_through"]
+__all__ = ["CLOCK_NS", "StreamRun", "pack", "unpack", "check_rows", "reset", "stream_through"]
 
 CLOCK_NS = 10
 RESET_CYCLES = 2
@@ -39,6 +39,29 @@ def unpack(word: int, bits: int, count: int, signed: bool = True) -> np.ndarray:
     if signed:
         lanes = [v - (1 << bits) if v >> (bits - 1) else v for v in lanes]
     return np.array(lanes, dtype=np.int64)
+
+
+def check_rows(words: Sequence[int], rows: Sequence[np.ndarray], want: Sequence[np.ndarray], bits: int,
+               lanes: int) -> None:
+    """Check a row unit's output beats (``lanes`` values of ``bits`` with ``last`` above them).
+
+    Each row of ``len(row)`` values comes back as ``ceil(len / lanes)`` beats, ``last`` on the
+    final one, padding lanes 0, and values equal to ``want`` (the golden kernel's row).
+    """
+    words = iter(words)
+    for index, (row, expected) in enumerate(zip(rows, want)):
+        beats = -(-len(row) // lanes)
+        got = []
+        for beat in range(beats):
+            word = next(words)
+            last = word >> (lanes * bits)
+            assert last == (beat == beats - 1), f"row {index}: last={last} on beat {beat} of {beats}"
+            got.append(unpack(word, bits, lanes))
+        got = np.concatenate(got)
+        assert np.all(got[len(row):] == 0), f"row {index}: padding lanes {got[len(row):]} are not 0"
+        bad = np.flatnonzero(got[:len(row)] != expected)
+        assert bad.size == 0, (f"row {index} (length {len(row)}): {bad.size} mismatches, first at {bad[0]}: "
+                               f"got {got[bad[0]]}, want {expected[bad[0]]}; row {np.asarray(row).tolist()}")
 
 
 async def reset(dut) -> None:
