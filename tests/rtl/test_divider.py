@@ -17,20 +17,29 @@ def test_rejects_bad_width(width):
         Divider(width)
 
 
+@pytest.mark.parametrize("quotient_width", [0, 32, 16.0, True])
+def test_rejects_bad_quotient_width(quotient_width):
+    with pytest.raises(IntVitError, match=r"^Divider quotient_width must be an integer from 1 to width 31, not "):
+        Divider(31, quotient_width)
+
+
 def test_properties():
     unit = Divider(31)
-    assert (unit.width, unit.cycles, divider_cycles(31)) == (31, 32, 32)
+    assert (unit.width, unit.quotient_width, unit.cycles, divider_cycles(31)) == (31, 31, 32, 32)
+    narrow = Divider(31, 16)
+    assert (narrow.width, narrow.quotient_width, narrow.cycles) == (31, 16, 17)
     with pytest.raises(AttributeError):
         unit.width = 8
 
 
-def test_one_division_in_amaranth_sim():
-    dut = Divider(8)
+@pytest.mark.parametrize("quotient_width, dividend, divisor", [(8, 200, 7), (5, 200, 7), (3, 200, 29)])
+def test_one_division_in_amaranth_sim(quotient_width, dividend, divisor):
+    dut = Divider(8, quotient_width)
     seen = {}
 
     async def testbench(ctx):
-        ctx.set(dut.i.payload.dividend, 200)
-        ctx.set(dut.i.payload.divisor, 7)
+        ctx.set(dut.i.payload.dividend, dividend)
+        ctx.set(dut.i.payload.divisor, divisor)
         ctx.set(dut.i.valid, 1)
         ctx.set(dut.o.ready, 1)
         await ctx.tick()                    # the input handshake edge
@@ -46,13 +55,15 @@ def test_one_division_in_amaranth_sim():
     sim.add_clock(1e-6)
     sim.add_testbench(testbench)
     sim.run()
-    # Offered after `width` more edges, so taken `width + 1` edges after the input handshake.
-    assert seen == {"result": divmod(200, 7), "edges": 8}
-    assert divider_cycles(8) == seen["edges"] + 1
+    # Offered after `quotient_width` more edges, so taken one edge later still.
+    assert seen == {"result": divmod(dividend, divisor), "edges": quotient_width}
+    assert divider_cycles(quotient_width) == seen["edges"] + 1
 
 
-@pytest.mark.parametrize("width, vectors", [(31, 1500), (8, 500)])
-def test_bench_matches_divmod(bench, width, vectors):
-    run = bench(Divider(width), toplevel="divider", test_module="bench_divider",
-                params={"width": width, "seed": SEED + width, "vectors": vectors})
-    assert [r["cycles"] for r in run["runs"]] == [divider_cycles(width) + 1, 5 * divider_cycles(width) + 1]
+@pytest.mark.parametrize("width, quotient_width, vectors", [(31, 31, 1500), (8, 8, 500), (31, 16, 1500)])
+def test_bench_matches_divmod(bench, width, quotient_width, vectors):
+    run = bench(Divider(width, quotient_width), toplevel="divider", test_module="bench_divider",
+                params={"width": width, "quotient_width": quotient_width, "seed": SEED + width + quotient_width,
+                        "vectors": vectors})
+    cycles = divider_cycles(quotient_width)
+    assert [r["cycles"] for r in run["runs"]] == [cycles + 1, 5 * cycles + 1]
