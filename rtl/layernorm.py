@@ -12,11 +12,17 @@ A row is buffered once and read three times, in these phases per row:
     then ``var = requant(sum, var_multiplier, var_shift)``;
 ``SQRT``
     Newton's ``x <- min(x, (x + var // x) // 2)`` from ``2**ceil(bits(var) / 2)``,
-    ``ISQRT_ITERATIONS`` divisions on the shared sequential divider, then
-    ``recip = 2**30 // max(x, 1)``;
+    ``ISQRT_ITERATIONS`` divisions on a sequential divider of ``NEWTON_QUOTIENT_BITS``
+    quotient bits, then ``recip = 2**30 // max(x, 1)`` on one of 31;
 ``OUT``
     each beat is read again with its channels' parameters: ``y = requant(c, recip, 2**-18)``,
     ``z = y * gamma + beta``, ``out = requant(z, multiplier, shift)`` to INT8.
+
+Newton's quotients fit 16 bits: every estimate is at least ``s = floor(sqrt(var))`` (the
+start is ``>= sqrt(var)``, and ``(x + var // x) // 2 = floor((x + var / x) / 2) >= s`` by
+the AM-GM inequality), and ``var <= s**2 + 2 s``, so ``var // x <= s + 2 <= 46342`` for
+``var < 2**31`` (46341 at most, by an exhaustive run over every ``var``); a zero
+estimate (only from ``var = 0``) divides as 1.
 
 Products are exact: ``int_layernorm``'s int64 arithmetic agrees wherever it does not wrap,
 which holds for ``|z| * multiplier < 2**63`` (all realistic gamma, beta and scales).
@@ -40,6 +46,7 @@ from rtl.divider import Divider, divider_cycles
 __all__ = ["LayerNorm", "LAYERNORM_PARAM_LAYOUT", "LAYERNORM_ROW_OVERHEAD_CYCLES"]
 
 DIVIDER_BITS = ISQRT_INPUT_BITS                     # var < 2**31; the dividend 2**30 fits as well
+NEWTON_QUOTIENT_BITS = 16                           # var // x <= isqrt(var) + 2 < 2**16 (module docstring)
 ROOT_BITS = (ISQRT_INPUT_BITS + 1) // 2 + 1         # Newton's start 2**16 and every later estimate
 CENTRED_BITS = 8 + LN_MEAN_FRAC_BITS + 2            # x * 2**6 - mean with |mean| <= 2**13
 LAYERNORM_PARAM_LAYOUT = data.StructLayout({
@@ -52,7 +59,8 @@ LAYERNORM_PARAM_LAYOUT = data.StructLayout({
 # centre, square: 3; the sum is taken on the edge the square is ready), VAR requantisation
 # (1), the Newton start (1), each division with its issue cycle, and the OUT pipeline fill
 # (buffer read, y, z, output: 4).
-LAYERNORM_ROW_OVERHEAD_CYCLES = 1 + 3 + 1 + 1 + (ISQRT_ITERATIONS + 1) * (divider_cycles(DIVIDER_BITS) + 1) + 4
+LAYERNORM_ROW_OVERHEAD_CYCLES = (1 + 3 + 1 + 1 + ISQRT_ITERATIONS * (divider_cycles(NEWTON_QUOTIENT_BITS) + 1)
+                                 + divider_cycles(DIVIDER_BITS) + 1 + 4)
 
 
 def _rounding_shift(value, shift_less_one):
@@ -94,7 +102,7 @@ class LayerNorm(wiring.Component):
 
     Timing: rows are processed one at a time. With ``o.ready`` high and input offered
     whenever asked for, a row of ``b = ceil(width / lanes)`` beats takes ``3 b + latency``
-    cycles, ``latency = LAYERNORM_ROW_OVERHEAD_CYCLES`` (208), from its first input edge to
+    cycles, ``latency = LAYERNORM_ROW_OVERHEAD_CYCLES`` (133), from its first input edge to
     its last output edge inclusive, and the next row's first beat is taken on the edge after
     (``sim.layernorm.layernorm_cycles``).
     """
@@ -143,7 +151,9 @@ class LayerNorm(wiring.Component):
         # Lanes of the last beat that hold channels; the rest are padding.
         last_lanes = self._width - (beats - 1) * lanes
 
-        m.submodules.divider = divider = Divider(DIVIDER_BITS)
+        # Two dividers: the reciprocal needs all 31 quotient bits, Newton's steps only 16.
+        m.submodules.newton_divider = newton_divider = Divider(DIVIDER_BITS, NEWTON_QUOTIENT_BITS)
+        m.submodules.recip_divider = recip_divider = Divider(DIVIDER_BITS)
         m.submodules.buffer = buffer = Memory(shape=data.ArrayLayout(signed(8), lanes), depth=beats, init=[])
         m.submodules.param_buffer = param_buffer = Memory(
             shape=data.ArrayLayout(LAYERNORM_PARAM_LAYOUT, lanes), depth=beats, init=[])
@@ -228,8 +238,7 @@ class LayerNorm(wiring.Component):
         for bit in range(ISQRT_INPUT_BITS):
             with m.If(var[bit]):
                 m.d.comb += bit_length.eq(bit + 1)
-        quotient = divider.o.payload.quotient
-        newton = (root + quotient) >> 1
+        newton = (root + newton_divider.o.payload.quotient) >> 1
         root_or_one = Mux(root == 0, 1, root)
 
         with m.FSM():
@@ -267,15 +276,15 @@ class LayerNorm(wiring.Component):
                 m.next = "NEWTON_ISSUE"
             with m.State("NEWTON_ISSUE"):
                 m.d.comb += [
-                    divider.i.valid.eq(1),
-                    divider.i.payload.dividend.eq(var),
-                    divider.i.payload.divisor.eq(root_or_one),
+                    newton_divider.i.valid.eq(1),
+                    newton_divider.i.payload.dividend.eq(var),
+                    newton_divider.i.payload.divisor.eq(root_or_one),
                 ]
-                with m.If(divider.i.ready):
+                with m.If(newton_divider.i.ready):
                     m.next = "NEWTON_WAIT"
             with m.State("NEWTON_WAIT"):
-                m.d.comb += divider.o.ready.eq(1)
-                with m.If(divider.o.valid):
+                m.d.comb += newton_divider.o.ready.eq(1)
+                with m.If(newton_divider.o.valid):
                     m.d.sync += [root.eq(Mux(newton < root, newton, root)), iteration.eq(iteration + 1)]
                     with m.If(iteration == ISQRT_ITERATIONS - 1):
                         m.next = "RECIP_ISSUE"
@@ -283,16 +292,16 @@ class LayerNorm(wiring.Component):
                         m.next = "NEWTON_ISSUE"
             with m.State("RECIP_ISSUE"):
                 m.d.comb += [
-                    divider.i.valid.eq(1),
-                    divider.i.payload.dividend.eq(1 << LN_RECIP_BITS),
-                    divider.i.payload.divisor.eq(root_or_one),       # std = max(isqrt(var), 1)
+                    recip_divider.i.valid.eq(1),
+                    recip_divider.i.payload.dividend.eq(1 << LN_RECIP_BITS),
+                    recip_divider.i.payload.divisor.eq(root_or_one),       # std = max(isqrt(var), 1)
                 ]
-                with m.If(divider.i.ready):
+                with m.If(recip_divider.i.ready):
                     m.next = "RECIP_WAIT"
             with m.State("RECIP_WAIT"):
-                m.d.comb += divider.o.ready.eq(1)
-                with m.If(divider.o.valid):
-                    m.d.sync += [recip.eq(quotient), count.eq(0)]
+                m.d.comb += recip_divider.o.ready.eq(1)
+                with m.If(recip_divider.o.valid):
+                    m.d.sync += [recip.eq(recip_divider.o.payload.quotient), count.eq(0)]
                     m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += [read.addr.eq(count), read.en.eq(advance)]

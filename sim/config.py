@@ -154,7 +154,7 @@ class AcceleratorConfig:
     requant: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=3))
     softmax: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=40))
     gelu: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=4))
-    layernorm: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=208))
+    layernorm: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=133))
     buffers: BufferConfig = field(default_factory=BufferConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 

@@ -5,9 +5,9 @@
 Each row passes over its ``b = ceil(width / lanes)`` beats three times, one beat per
 cycle: loading (with the sum), the variance pass and the output pass. ``latency`` is
 everything per row that does not scale with the row: the mean and variance requantisers,
-the pipeline drains and fills, and six 31-bit sequential divisions (``ISQRT_ITERATIONS``
-Newton steps and the reciprocal); ``rtl.layernorm.LAYERNORM_ROW_OVERHEAD_CYCLES`` = 208
-for the RTL. Rows do not overlap: the next row's first beat enters the edge after the
+the pipeline drains and fills, and six sequential divisions (``ISQRT_ITERATIONS`` Newton
+steps of 16 quotient bits and the 31-bit reciprocal);
+``rtl.layernorm.LAYERNORM_ROW_OVERHEAD_CYCLES`` = 133 for the RTL. Rows do not overlap: the next row's first beat enters the edge after the
 previous row's last output. The count runs from the first input handshake to the last
 output handshake, both included, as the cocotb bench measures
 (``tests/rtl/cycles/layernorm.json``); loading the per-channel parameters, once per layer,
@@ -29,7 +29,7 @@ def layernorm_cycles(lanes: int, latency: int, rows: int, width: int) -> int:
     lanes : int
         Values per beat.
     latency : int
-        Per-row cycles beyond the three passes (``rtl.layernorm.LayerNorm.latency`` is 208).
+        Per-row cycles beyond the three passes (``rtl.layernorm.LayerNorm.latency`` is 133).
     rows : int
         Rows (tokens) to normalise; 0 costs nothing.
     width : int

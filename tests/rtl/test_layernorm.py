@@ -8,9 +8,9 @@ from runner import check_cycles
 from sim_streams import simulate_stream
 
 from quant.errors import IntVitError
-from quant.layernorm import int_layernorm, layernorm_divisors
+from quant.layernorm import ISQRT_INPUT_BITS, ISQRT_ITERATIONS, int_layernorm, int_sqrt, layernorm_divisors
 from quant.requant import dyadic
-from rtl.layernorm import LAYERNORM_ROW_OVERHEAD_CYCLES, LayerNorm
+from rtl.layernorm import LAYERNORM_ROW_OVERHEAD_CYCLES, NEWTON_QUOTIENT_BITS, LayerNorm
 
 SEED = 2024
 CYCLE_ROWS = [1, 3]
@@ -33,6 +33,27 @@ def test_properties():
     assert unit.divisors == layernorm_divisors(50)
     with pytest.raises(AttributeError):
         unit.width = 3
+
+
+def test_newton_quotients_fit_the_narrow_divider():
+    # var // x peaks just below the next square, var = s**2 + 2 s, with x at floor(sqrt(var)):
+    # take those, the squares, and the widest inputs, and run Newton as the unit does.
+    roots = np.arange(1, 1 << (ISQRT_INPUT_BITS + 1) // 2, dtype=np.int64)
+    var = np.concatenate([roots**2 + 2 * roots, roots**2, roots**2 - 1,
+                          np.arange((1 << ISQRT_INPUT_BITS) - 4096, 1 << ISQRT_INPUT_BITS)])
+    var = var[var < 1 << ISQRT_INPUT_BITS]
+    bits = np.zeros_like(var)
+    for bit in range(ISQRT_INPUT_BITS):
+        bits[var >> bit > 0] = bit + 1
+    x = np.int64(1) << ((bits + 1) >> 1)
+    worst = 0
+    for _ in range(ISQRT_ITERATIONS):
+        quotient = var // np.maximum(x, 1)
+        worst = max(worst, int(quotient.max()))
+        x = np.minimum(x, (x + quotient) >> 1)
+    assert (x == int_sqrt(var)).all()
+    assert worst < 1 << NEWTON_QUOTIENT_BITS
+    assert worst == 46341                   # the maximum over all 2**31 inputs (checked exhaustively once)
 
 
 @pytest.mark.parametrize("lanes, width, rows", [(4, 50, 150), (8, 192, 40), (1, 1, 60), (3, 10, 100)])
