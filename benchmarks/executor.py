@@ -26,11 +26,11 @@ import numba
 import numpy as np
 import torch
 
-from quant.config import get_config
-from quant.executor import KERNELS, run_program
-from quant.model import ViT
-from quant.program import IntProgram
-from quant.ptq import quantize_model
+from intvit.quant.config import get_config
+from intvit.quant.executor import KERNELS, run_program
+from intvit.quant.model import ViT
+from intvit.quant.program import IntProgram
+from intvit.quant.ptq import quantize_model
 
 MODEL = "deit-tiny"
 TARGET_RATIO = 2.0

@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from quant.config import get_config
-from sim.config import AcceleratorConfig
-from sim.matmul import MatMulUnit
-from sim.scalesim import write_topology
-from sim.topology import block_gemms, vit_gemms
+from intvit.quant.config import get_config
+from intvit.sim.config import AcceleratorConfig
+from intvit.sim.matmul import MatMulUnit
+from intvit.sim.scalesim import write_topology
+from intvit.sim.topology import block_gemms, vit_gemms
 
 SCALE_CFG = """\
 [general]

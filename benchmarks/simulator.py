@@ -19,13 +19,13 @@ import time
 import numpy as np
 import torch
 
-from quant.config import get_config
-from quant.model import ViT
-from quant.ptq import quantize_model
-from sim.commands.sweep import sweep_rows
-from sim.config import AcceleratorConfig, load_config
-from sim.report import format_table
-from sim.simulator import simulate
+from intvit.quant.config import get_config
+from intvit.quant.model import ViT
+from intvit.quant.ptq import quantize_model
+from intvit.commands.sweep import sweep_rows
+from intvit.sim.config import AcceleratorConfig, load_config
+from intvit.sim.report import format_table
+from intvit.sim.simulator import simulate
 
 CALIBRATION_IMAGES = 2
 SWEEP_ARRAYS = ((8, 8), (16, 16), (32, 32), (64, 64))

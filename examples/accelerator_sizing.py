@@ -13,11 +13,11 @@ import argparse
 import numpy as np
 import torch
 
-from quant.config import get_config
-from quant.model import ViT
-from quant.ptq import quantize_model
-from sim.config import AcceleratorConfig
-from sim.simulator import simulate
+from intvit.quant.config import get_config
+from intvit.quant.model import ViT
+from intvit.quant.ptq import quantize_model
+from intvit.sim.config import AcceleratorConfig
+from intvit.sim.simulator import simulate
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,12 +12,12 @@ import argparse
 
 import numpy as np
 
-from quant.checkpoint import load_embedded
-from quant.data import load_dataset, normalize
-from quant.evaluate import compare
-from quant.executor import run_program
-from quant.program import load_program
-from quant.ptq import quantize_model
+from intvit.quant.checkpoint import load_embedded
+from intvit.quant.data import load_dataset, normalize
+from intvit.quant.evaluate import compare
+from intvit.quant.executor import run_program
+from intvit.quant.program import load_program
+from intvit.quant.ptq import quantize_model
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,11 +23,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from quant.checkpoint import EMBEDDED_WEIGHTS, save_weights  # noqa: E402
-from quant.config import ViTConfig, get_config  # noqa: E402
-from quant.data import load_dataset, normalize  # noqa: E402
-from quant.errors import IntVitError  # noqa: E402
-from quant.model import ViT  # noqa: E402
+from intvit.quant.checkpoint import EMBEDDED_WEIGHTS, save_weights  # noqa: E402
+from intvit.quant.config import ViTConfig, get_config  # noqa: E402
+from intvit.quant.data import load_dataset, normalize  # noqa: E402
+from intvit.quant.errors import IntVitError  # noqa: E402
+from intvit.quant.model import ViT  # noqa: E402
 
 THREADS = 2
 BATCH_SIZE = 64

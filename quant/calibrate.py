@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from quant.errors import IntVitError
-from quant.model import ViT
+from intvit.quant.errors import IntVitError
+from intvit.quant.model import ViT
 
 __all__ = ["record_activations", "ActivationRanges", "batches", "CALIBRATION_METHODS"]
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from quant.config import ViTConfig
-from quant.errors import IntVitError
-from quant.model import ViT
+from intvit.quant.config import ViTConfig
+from intvit.quant.errors import IntVitError
+from intvit.quant.model import ViT
 
 __all__ = [
     "EMBEDDED_WEIGHTS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quant.errors import IntVitError
+from intvit.quant.errors import IntVitError
 
 __all__ = ["ViTConfig", "PRESETS", "get_config"]
 

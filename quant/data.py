@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from quant.config import ViTConfig
-from quant.errors import IntVitError
+from intvit.quant.config import ViTConfig
+from intvit.quant.errors import IntVitError
 
 __all__ = [
     "SPLITS",

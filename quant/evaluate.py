@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quant.calibrate import batches, record_activations
-from quant.executor import run_program, saturation_counts
-from quant.model import ViT
-from quant.program import IntProgram
+from intvit.quant.calibrate import batches, record_activations
+from intvit.quant.executor import run_program, saturation_counts
+from intvit.quant.model import ViT
+from intvit.quant.program import IntProgram
 
 __all__ = ["Comparison", "compare", "sqnr_db", "topk_correct"]
 

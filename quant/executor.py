@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from quant.errors import IntVitError
-from quant.gelu import int_gelu
-from quant.layernorm import int_layernorm
-from quant.matmul import int_matmul
-from quant.program import IntProgram, Op
-from quant.requant import int_add, int_range, requantize
-from quant.softmax import int_softmax
+from intvit.quant.errors import IntVitError
+from intvit.quant.gelu import int_gelu
+from intvit.quant.layernorm import int_layernorm
+from intvit.quant.matmul import int_matmul
+from intvit.quant.program import IntProgram, Op
+from intvit.quant.requant import int_add, int_range, requantize
+from intvit.quant.softmax import int_softmax
 
 __all__ = ["KERNELS", "execute_op", "run_program", "saturation_counts"]
 

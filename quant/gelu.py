@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import njit, vectorize
 
-from quant.requant import UNARY_SIGNATURES
+from intvit.quant.requant import UNARY_SIGNATURES
 
 __all__ = [
     "GELU_INPUT_FRAC_BITS", "GELU_INPUT_BITS", "GELU_OUTPUT_FRAC_BITS",

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, vectorize
 
-from quant.errors import IntVitError
-from quant.requant import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, UNARY_SIGNATURES, as_rows, dyadic,
+from intvit.quant.errors import IntVitError
+from intvit.quant.requant import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, UNARY_SIGNATURES, as_rows, dyadic,
                            requantize_value, round_shift)
 
 __all__ = [

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from quant.errors import IntVitError
-from quant.requant import INT8_MIN, INT32_MAX
+from intvit.quant.errors import IntVitError
+from intvit.quant.requant import INT8_MIN, INT32_MAX
 
 __all__ = ["int_matmul", "check_accumulator", "MAX_PRODUCT"]
 

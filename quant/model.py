@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quant.config import ViTConfig
+from intvit.quant.config import ViTConfig
 
 __all__ = ["ViT", "PatchEmbed", "Attention", "Mlp", "Block"]
 

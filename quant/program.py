@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quant.config import ViTConfig
-from quant.errors import IntVitError
+from intvit.quant.config import ViTConfig
+from intvit.quant.errors import IntVitError
 
 __all__ = ["FORMAT_VERSION", "OP_KINDS", "Op", "TensorInfo", "IntProgram", "load_program"]
 

@@ -16,15 +16,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from quant.calibrate import ActivationRanges, batches, record_activations
-from quant.errors import IntVitError
-from quant.gelu import GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS, GELU_OUTPUT_FRAC_BITS
-from quant.layernorm import LN_NORM_FRAC_BITS, layernorm_divisors
-from quant.matmul import check_accumulator
-from quant.model import ViT
-from quant.program import IntProgram, Op, TensorInfo
-from quant.requant import INT32_MAX, add_multipliers, dyadic
-from quant.softmax import SOFTMAX_INPUT_FRAC_BITS, SOFTMAX_OUTPUT_FRAC_BITS
+from intvit.quant.calibrate import ActivationRanges, batches, record_activations
+from intvit.quant.errors import IntVitError
+from intvit.quant.gelu import GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS, GELU_OUTPUT_FRAC_BITS
+from intvit.quant.layernorm import LN_NORM_FRAC_BITS, layernorm_divisors
+from intvit.quant.matmul import check_accumulator
+from intvit.quant.model import ViT
+from intvit.quant.program import IntProgram, Op, TensorInfo
+from intvit.quant.requant import INT32_MAX, add_multipliers, dyadic
+from intvit.quant.softmax import SOFTMAX_INPUT_FRAC_BITS, SOFTMAX_OUTPUT_FRAC_BITS
 
 __all__ = ["quantize_model", "quantize_weight"]
 

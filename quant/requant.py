@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from quant.errors import IntVitError
+from intvit.quant.errors import IntVitError
 
 __all__ = [
     "INT8_MIN", "INT8_MAX", "INT32_MIN", "INT32_MAX", "MULTIPLIER_BITS", "MAX_SHIFT",

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import njit, prange, vectorize
 
-from quant.requant import INT8_MAX, UNARY_SIGNATURES, as_rows, round_shift
+from intvit.quant.requant import INT8_MAX, UNARY_SIGNATURES, as_rows, round_shift
 
 __all__ = [
     "SOFTMAX_INPUT_FRAC_BITS", "SOFTMAX_OUTPUT_FRAC_BITS", "EXP_LN2", "EXP_POLY_A", "EXP_POLY_A_SHIFT",

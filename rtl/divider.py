@@ -13,7 +13,7 @@ from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from quant.errors import IntVitError
+from intvit.quant.errors import IntVitError
 
 __all__ = ["Divider", "divider_cycles"]
 

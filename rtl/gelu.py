@@ -6,8 +6,8 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from quant.errors import IntVitError
-from quant.gelu import ERF_CLIP, ERF_POLY_A, ERF_POLY_A_SHIFT, GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS
+from intvit.quant.errors import IntVitError
+from intvit.quant.gelu import ERF_CLIP, ERF_POLY_A, ERF_POLY_A_SHIFT, GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS
 
 __all__ = ["Gelu", "GELU_PIPELINE_CYCLES"]
 

@@ -35,13 +35,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from quant.errors import IntVitError
-from quant.layernorm import (
+from intvit.quant.errors import IntVitError
+from intvit.quant.layernorm import (
     ISQRT_INPUT_BITS, ISQRT_ITERATIONS, LN_MEAN_FRAC_BITS, LN_NORM_SHIFT, LN_RECIP_BITS, LN_SQUARE_SHIFT,
     layernorm_divisors,
 )
-from quant.requant import MAX_SHIFT, MULTIPLIER_BITS, int_range
-from rtl.divider import Divider, divider_cycles
+from intvit.quant.requant import MAX_SHIFT, MULTIPLIER_BITS, int_range
+from intvit.rtl.divider import Divider, divider_cycles
 
 __all__ = ["LayerNorm", "LAYERNORM_PARAM_LAYOUT", "LAYERNORM_ROW_OVERHEAD_CYCLES"]
 

@@ -23,8 +23,8 @@ from amaranth import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from quant.errors import IntVitError
-from rtl.pe import ACCUMULATOR_SHAPE, OPERAND_SHAPE, ProcessingElement
+from intvit.quant.errors import IntVitError
+from intvit.rtl.pe import ACCUMULATOR_SHAPE, OPERAND_SHAPE, ProcessingElement
 
 __all__ = ["MatMulArray", "operand_layout", "result_layout"]
 

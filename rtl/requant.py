@@ -27,9 +27,9 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from quant.errors import IntVitError
-from quant.gelu import GELU_INPUT_BITS
-from quant.requant import MAX_SHIFT, MULTIPLIER_BITS, int_range
+from intvit.quant.errors import IntVitError
+from intvit.quant.gelu import GELU_INPUT_BITS
+from intvit.quant.requant import MAX_SHIFT, MULTIPLIER_BITS, int_range
 
 __all__ = ["Requantiser", "operand_layout", "result_layout", "MIN_OUT_BITS", "MAX_OUT_BITS", "PROGRAM_WIDTHS"]
 

@@ -20,13 +20,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from quant.errors import IntVitError
-from quant.requant import INT32_MIN
-from quant.softmax import (
+from intvit.quant.errors import IntVitError
+from intvit.quant.requant import INT32_MIN
+from intvit.quant.softmax import (
     EXP_DIV_MULT, EXP_DIV_SHIFT, EXP_LN2, EXP_N_MAX, EXP_POLY_A, EXP_POLY_A_SHIFT, EXP_POLY_B, EXP_POLY_C,
     SOFTMAX_INPUT_FRAC_BITS, SOFTMAX_OUTPUT_FRAC_BITS, SOFTMAX_RECIP_BITS,
 )
-from rtl.divider import Divider, divider_cycles
+from intvit.rtl.divider import Divider, divider_cycles
 
 __all__ = ["Softmax", "SOFTMAX_ROW_OVERHEAD_CYCLES"]
 

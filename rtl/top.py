@@ -14,12 +14,12 @@ from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out, connect, flipped
 
-from quant.errors import IntVitError
-from rtl.gelu import Gelu
-from rtl.layernorm import LayerNorm
-from rtl.matmul import MatMulArray
-from rtl.requant import PROGRAM_WIDTHS, Requantiser
-from rtl.softmax import Softmax
+from intvit.quant.errors import IntVitError
+from intvit.rtl.gelu import Gelu
+from intvit.rtl.layernorm import LayerNorm
+from intvit.rtl.matmul import MatMulArray
+from intvit.rtl.requant import PROGRAM_WIDTHS, Requantiser
+from intvit.rtl.softmax import Softmax
 
 __all__ = ["TopParams", "Accelerator", "unit_builders"]
 

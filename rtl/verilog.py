@@ -22,9 +22,9 @@ from pathlib import Path
 from amaranth import __version__ as amaranth_version
 from amaranth.back import rtlil, verilog
 
-from quant.errors import IntVitError
-from rtl.pe import ProcessingElement
-from rtl.top import Accelerator, TopParams, unit_builders
+from intvit.quant.errors import IntVitError
+from intvit.rtl.pe import ProcessingElement
+from intvit.rtl.top import Accelerator, TopParams, unit_builders
 
 __all__ = ["TOP_NAME", "LINT_WAIVERS", "SYNTH_SCRIPT", "designs", "generate", "lint", "synth"]
 

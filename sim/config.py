@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quant.errors import IntVitError
+from intvit.quant.errors import IntVitError
 
 __all__ = [
     "DATAFLOWS",

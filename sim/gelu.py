@@ -11,7 +11,7 @@ depth is 4).
 
 from __future__ import annotations
 
-from sim.stream import stream_cycles
+from intvit.sim.stream import stream_cycles
 
 __all__ = ["gelu_cycles"]
 

@@ -16,7 +16,7 @@ is not included.
 
 from __future__ import annotations
 
-from sim.stream import row_cycles
+from intvit.sim.stream import row_cycles
 
 __all__ = ["layernorm_cycles"]
 

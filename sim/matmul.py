@@ -45,8 +45,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from quant.errors import IntVitError
-from sim.config import DATAFLOWS, AcceleratorConfig
+from intvit.quant.errors import IntVitError
+from intvit.sim.config import DATAFLOWS, AcceleratorConfig
 
 __all__ = [
     "MODES",

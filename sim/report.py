@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from quant.errors import IntVitError
+from intvit.quant.errors import IntVitError
 
 __all__ = ["format_table", "format_count", "op_groups", "check_plot_path", "plot_unit_cycles", "plot_sweep", "UNIT_ORDER"]
 

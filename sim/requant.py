@@ -12,7 +12,7 @@ included (the RTL bench measures the same span; ``tests/rtl/cycles/requant.json`
 
 from __future__ import annotations
 
-from sim.stream import stream_cycles
+from intvit.sim.stream import stream_cycles
 
 __all__ = ["requant_cycles"]
 

@@ -15,10 +15,10 @@ import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from quant.errors import IntVitError
-from sim.config import DATAFLOWS, AcceleratorConfig, BufferConfig, MatMulConfig, MemoryConfig
-from sim.matmul import MODES, MatMulReport, MatMulUnit
-from sim.topology import Gemm
+from intvit.quant.errors import IntVitError
+from intvit.sim.config import DATAFLOWS, AcceleratorConfig, BufferConfig, MatMulConfig, MemoryConfig
+from intvit.sim.matmul import MODES, MatMulReport, MatMulUnit
+from intvit.sim.topology import Gemm
 
 __all__ = [
     "ScaleSimConfig",

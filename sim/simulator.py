@@ -33,16 +33,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quant.errors import IntVitError
-from quant.executor import execute_op
-from quant.matmul import check_accumulator, int_matmul
-from quant.program import IntProgram, Op
-from sim.config import AcceleratorConfig
-from sim.gelu import gelu_cycles
-from sim.layernorm import layernorm_cycles
-from sim.matmul import MatMulUnit
-from sim.requant import requant_cycles
-from sim.softmax import softmax_cycles
+from intvit.quant.errors import IntVitError
+from intvit.quant.executor import execute_op
+from intvit.quant.matmul import check_accumulator, int_matmul
+from intvit.quant.program import IntProgram, Op
+from intvit.sim.config import AcceleratorConfig
+from intvit.sim.gelu import gelu_cycles
+from intvit.sim.layernorm import layernorm_cycles
+from intvit.sim.matmul import MatMulUnit
+from intvit.sim.requant import requant_cycles
+from intvit.sim.softmax import softmax_cycles
 
 __all__ = ["OpReport", "SimReport", "gemm_shape", "simulate"]
 

@@ -14,7 +14,7 @@ both included, as the cocotb bench measures (``tests/rtl/cycles/softmax.json``).
 
 from __future__ import annotations
 
-from sim.stream import row_cycles
+from intvit.sim.stream import row_cycles
 
 __all__ = ["softmax_cycles"]
 

@@ -11,7 +11,7 @@ the cocotb benches measure them.
 
 from __future__ import annotations
 
-from quant.errors import IntVitError
+from intvit.quant.errors import IntVitError
 
 __all__ = ["ROW_PASSES", "check_count", "stream_cycles", "row_cycles"]
 

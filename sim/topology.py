@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quant.config import ViTConfig
-from quant.errors import IntVitError
+from intvit.quant.config import ViTConfig
+from intvit.quant.errors import IntVitError
 
 __all__ = ["Gemm", "vit_gemms", "block_gemms"]
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from quant.checkpoint import load_weights
+from intvit.quant.checkpoint import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from quant.checkpoint import (
+from intvit.quant.checkpoint import (
     infer_config, load_checkpoint, load_embedded, load_weights, read_state_dict, save_weights,
 )
-from quant.config import ViTConfig, get_config
-from quant.data import load_dataset, normalize
-from quant.errors import IntVitError
-from quant.model import ViT
+from intvit.quant.config import ViTConfig, get_config
+from intvit.quant.data import load_dataset, normalize
+from intvit.quant.errors import IntVitError
+from intvit.quant.model import ViT
 
 SMALL = ViTConfig("small", img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=12, depth=2,
                   num_heads=3, mlp_ratio=2.0)

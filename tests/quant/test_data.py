@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from quant.config import get_config
-from quant.data import load_dataset, load_image, normalize, split_indices
-from quant.errors import IntVitError
+from intvit.quant.config import get_config
+from intvit.quant.data import load_dataset, load_image, normalize, split_indices
+from intvit.quant.errors import IntVitError
 
 MNIST = get_config("mnist")
 DEIT = get_config("deit-tiny")

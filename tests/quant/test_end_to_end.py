@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import quant.config
-from quant.config import ViTConfig
-from quant.data import load_dataset, normalize
-from quant.executor import run_program
-from quant.model import ViT
-from quant.ptq import quantize_model
+from intvit import quant
+import intvit.quant.config
+from intvit.quant.config import ViTConfig
+from intvit.quant.data import load_dataset, normalize
+from intvit.quant.executor import run_program
+from intvit.quant.model import ViT
+from intvit.quant.ptq import quantize_model
 
 EMBEDDED_WEIGHTS = Path(quant.config.__file__).parent / "weights" / "mnist.safetensors"
 CALIBRATION_IMAGES = 200
@@ -56,7 +57,7 @@ def mnist_agreement_and_sqnr(model: ViT) -> tuple[float, float]:
 @pytest.mark.skipif(not EMBEDDED_WEIGHTS.is_file(),
                     reason="the embedded MNIST weights (quant/weights/mnist.safetensors) are missing")
 def test_embedded_mnist_integer_logits_track_float():
-    from quant.checkpoint import load_embedded
+    from intvit.quant.checkpoint import load_embedded
 
     agreement, sqnr = mnist_agreement_and_sqnr(load_embedded())
     assert agreement >= MIN_AGREEMENT

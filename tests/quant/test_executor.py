@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-import quant.executor
-import quant.gelu
-import quant.layernorm
-import quant.matmul
-import quant.requant
-import quant.softmax
-from quant.config import ViTConfig
-from quant.errors import IntVitError
-from quant.executor import KERNELS, execute_op, run_program, saturation_counts
-from quant.model import ViT
-from quant.program import OP_KINDS, Op
-from quant.ptq import quantize_model
+from intvit import quant
+import intvit.quant.executor
+import intvit.quant.gelu
+import intvit.quant.layernorm
+import intvit.quant.matmul
+import intvit.quant.requant
+import intvit.quant.softmax
+from intvit.quant.config import ViTConfig
+from intvit.quant.errors import IntVitError
+from intvit.quant.executor import KERNELS, execute_op, run_program, saturation_counts
+from intvit.quant.model import ViT
+from intvit.quant.program import OP_KINDS, Op
+from intvit.quant.ptq import quantize_model
 
 SMALL = ViTConfig("small", img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=2,
                   num_heads=2, mlp_ratio=2.0)
@@ -108,12 +109,12 @@ def test_the_source_check_catches_float_arithmetic():
 
 def test_runtime_functions_use_no_float_arithmetic():
     checked = {label: float_uses(source) for label, source in runtime_sources()}
-    expected = {"quant.requant.requantize", "quant.requant.int_add", "quant.requant.rounding_shift",
-                "quant.requant.round_shift", "quant.requant.requantize_value",
-                "quant.matmul.int_matmul", "quant.matmul._matmul_kernel",
-                "quant.softmax.exp_value", "quant.softmax.int_softmax", "quant.softmax._softmax_rows",
-                "quant.gelu.erf_value", "quant.gelu.gelu_value", "quant.layernorm.sqrt_value",
-                "quant.layernorm.int_layernorm", "quant.layernorm._layernorm_rows"}
+    expected = {"intvit.quant.requant.requantize", "intvit.quant.requant.int_add", "intvit.quant.requant.rounding_shift",
+                "intvit.quant.requant.round_shift", "intvit.quant.requant.requantize_value",
+                "intvit.quant.matmul.int_matmul", "intvit.quant.matmul._matmul_kernel",
+                "intvit.quant.softmax.exp_value", "intvit.quant.softmax.int_softmax", "intvit.quant.softmax._softmax_rows",
+                "intvit.quant.gelu.erf_value", "intvit.quant.gelu.gelu_value", "intvit.quant.layernorm.sqrt_value",
+                "intvit.quant.layernorm.int_layernorm", "intvit.quant.layernorm._layernorm_rows"}
     assert expected <= checked.keys()
     assert {label: uses for label, uses in checked.items() if uses} == {}
 

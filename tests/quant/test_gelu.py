@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from quant.gelu import ERF_CLIP, GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS, GELU_OUTPUT_FRAC_BITS, int_erf, int_gelu
-from quant.requant import int_range
+from intvit.quant.gelu import ERF_CLIP, GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS, GELU_OUTPUT_FRAC_BITS, int_erf, int_gelu
+from intvit.quant.requant import int_range
 
 ONE = 1 << GELU_INPUT_FRAC_BITS
 LO, HI = int_range(GELU_INPUT_BITS)

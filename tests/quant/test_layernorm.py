@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-import quant.layernorm as layernorm
-from quant.errors import IntVitError
-from quant.layernorm import ISQRT_ITERATIONS, LN_NORM_FRAC_BITS, int_layernorm, int_sqrt, layernorm_divisors
-from quant.requant import dyadic, requantize
+import intvit.quant.layernorm as layernorm
+from intvit.quant.errors import IntVitError
+from intvit.quant.layernorm import ISQRT_ITERATIONS, LN_NORM_FRAC_BITS, int_layernorm, int_sqrt, layernorm_divisors
+from intvit.quant.requant import dyadic, requantize
 
 # Output scale: normalised values up to ~6 sigma times |gamma| <= 2 fit INT8.
 OUT_SCALE = 12 / 127

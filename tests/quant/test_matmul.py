@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quant.errors import IntVitError
-from quant.matmul import MAX_PRODUCT, check_accumulator, int_matmul
-from quant.requant import INT32_MAX
+from intvit.quant.errors import IntVitError
+from intvit.quant.matmul import MAX_PRODUCT, check_accumulator, int_matmul
+from intvit.quant.requant import INT32_MAX
 
 # Deepest dot product of INT8 values whose worst case still fits INT32 with no bias.
 MAX_DEPTH = INT32_MAX // MAX_PRODUCT

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from quant.config import ViTConfig, get_config
-from quant.model import ViT
+from intvit.quant.config import ViTConfig, get_config
+from intvit.quant.model import ViT
 
 TINY = ViTConfig("tiny", img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=2,
                  num_heads=2, mlp_ratio=2.0, mean=(0.5,), std=(0.25,))

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from quant.config import ViTConfig
-from quant.errors import IntVitError
-from quant.executor import run_program
-from quant.model import ViT
-from quant.program import FORMAT_VERSION, IntProgram, Op, load_program
-from quant.ptq import quantize_model
+from intvit.quant.config import ViTConfig
+from intvit.quant.errors import IntVitError
+from intvit.quant.executor import run_program
+from intvit.quant.model import ViT
+from intvit.quant.program import FORMAT_VERSION, IntProgram, Op, load_program
+from intvit.quant.ptq import quantize_model
 
 SMALL = ViTConfig("small", img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=2,
                   num_heads=2, mlp_ratio=2.0)

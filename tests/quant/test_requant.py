@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quant.errors import IntVitError
-from quant.requant import (
+from intvit.quant.errors import IntVitError
+from intvit.quant.requant import (
     INT32_MAX, INT32_MIN, MAX_SHIFT, MULTIPLIER_BITS, add_multipliers, dyadic, dyadic_value, int_add,
     int_range, out_dtype, requantize, rounding_shift,
 )

@@ -4,7 +4,7 @@ constants exhaustively, and ``int_softmax`` against float softmax of the same Q.
 import numpy as np
 import pytest
 
-from quant.softmax import (
+from intvit.quant.softmax import (
     EXP_DIV_MULT, EXP_DIV_SHIFT, EXP_LN2, EXP_N_MAX, SOFTMAX_INPUT_FRAC_BITS, SOFTMAX_OUTPUT_FRAC_BITS,
     int_exp, int_softmax,
 )

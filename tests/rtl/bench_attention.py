@@ -28,8 +28,8 @@ from bench_requant import beats_of, results_of
 from bench_streams import pack, reset, stream_through, unpack
 from runner import bench_params, bench_result
 
-from rtl.layernorm import LAYERNORM_PARAM_LAYOUT
-from rtl.requant import PROGRAM_WIDTHS
+from intvit.rtl.layernorm import LAYERNORM_PARAM_LAYOUT
+from intvit.rtl.requant import PROGRAM_WIDTHS
 
 INT8_BITS, INT32_BITS = 8, 32
 PARAM_FIELDS = tuple((name, LAYERNORM_PARAM_LAYOUT[name].shape.width) for name in ("gamma", "beta", "multiplier",

@@ -13,7 +13,7 @@ import cocotb
 from bench_streams import reset, stream_through
 from runner import bench_params, bench_result
 
-from rtl.divider import divider_cycles
+from intvit.rtl.divider import divider_cycles
 
 
 def expected(dividend: int, divisor: int, quotient_width: int) -> tuple[int, int | None]:

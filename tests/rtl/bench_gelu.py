@@ -14,7 +14,7 @@ import numpy as np
 from bench_streams import pack, reset, stream_through, unpack
 from runner import bench_params, bench_result
 
-from quant.gelu import ERF_CLIP, GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS, int_gelu
+from intvit.quant.gelu import ERF_CLIP, GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS, int_gelu
 
 OUTPUT_BITS = 32
 LOW, HIGH = -(1 << (GELU_INPUT_BITS - 1)), (1 << (GELU_INPUT_BITS - 1)) - 1

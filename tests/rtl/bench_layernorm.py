@@ -15,8 +15,8 @@ import numpy as np
 from bench_streams import check_rows, pack, reset, stream_through
 from runner import bench_params, bench_result
 
-from quant.layernorm import int_layernorm, layernorm_divisors
-from quant.requant import INT32_MAX, INT32_MIN, dyadic
+from intvit.quant.layernorm import int_layernorm, layernorm_divisors
+from intvit.quant.requant import INT32_MAX, INT32_MIN, dyadic
 
 GAMMA_BITS, BETA_BITS, MULTIPLIER_BITS, SHIFT_BITS = 8, 32, 31, 6
 PARAM_BITS = GAMMA_BITS + BETA_BITS + MULTIPLIER_BITS + SHIFT_BITS

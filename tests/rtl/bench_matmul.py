@@ -18,8 +18,8 @@ import cocotb
 import numpy as np
 
 from bench_streams import pack, reset, stream_through, unpack
-from quant.matmul import MAX_PRODUCT, int_matmul
-from quant.requant import INT32_MAX
+from intvit.quant.matmul import MAX_PRODUCT, int_matmul
+from intvit.quant.requant import INT32_MAX
 from runner import bench_params, bench_result
 
 STALL_PROBABILITY = 0.25

@@ -15,7 +15,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge
 
-from quant.matmul import int_matmul
+from intvit.quant.matmul import int_matmul
 from runner import bench_params, bench_result
 
 CLOCK_NS = 10

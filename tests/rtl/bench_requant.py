@@ -24,9 +24,9 @@ import numpy as np
 from amaranth.hdl import Shape
 
 from bench_streams import pack, reset, stream_through, unpack
-from quant.requant import (ADD_MULTIPLIER_BITS, INT32_MAX, INT32_MIN, MAX_SHIFT, MULTIPLIER_BITS, int_add,
+from intvit.quant.requant import (ADD_MULTIPLIER_BITS, INT32_MAX, INT32_MIN, MAX_SHIFT, MULTIPLIER_BITS, int_add,
                            int_range, requantize)
-from rtl.requant import operand_layout
+from intvit.rtl.requant import operand_layout
 from runner import bench_params, bench_result
 
 STALL_PROBABILITY = 0.25

@@ -15,8 +15,8 @@ import numpy as np
 from bench_streams import check_rows, pack, reset, stream_through
 from runner import bench_params, bench_result
 
-from quant.requant import INT32_MAX, INT32_MIN
-from quant.softmax import EXP_LN2, int_softmax
+from intvit.quant.requant import INT32_MAX, INT32_MIN
+from intvit.quant.softmax import EXP_LN2, int_softmax
 
 SCORE_BITS, PROB_BITS = 32, 8
 

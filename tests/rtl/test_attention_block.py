@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from quant.checkpoint import EMBEDDED_WEIGHTS, load_embedded
-from quant.config import get_config
-from quant.data import load_dataset, normalize
-from quant.executor import run_program
-from quant.model import ViT
-from quant.program import IntProgram
-from quant.ptq import quantize_model
-from rtl.top import Accelerator, TopParams
-from sim.config import AcceleratorConfig
-from sim.simulator import simulate
+from intvit.quant.checkpoint import EMBEDDED_WEIGHTS, load_embedded
+from intvit.quant.config import get_config
+from intvit.quant.data import load_dataset, normalize
+from intvit.quant.executor import run_program
+from intvit.quant.model import ViT
+from intvit.quant.program import IntProgram
+from intvit.quant.ptq import quantize_model
+from intvit.rtl.top import Accelerator, TopParams
+from intvit.sim.config import AcceleratorConfig
+from intvit.sim.simulator import simulate
 
 MODEL = "mnist"
 BLOCK = "blocks.0"

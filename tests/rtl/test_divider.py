@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from amaranth.sim import Simulator
 
-from quant.errors import IntVitError
-from rtl.divider import Divider, divider_cycles
+from intvit.quant.errors import IntVitError
+from intvit.rtl.divider import Divider, divider_cycles
 
 SEED = 2024
 

@@ -7,9 +7,9 @@ import pytest
 from runner import check_cycles
 from sim_streams import simulate_stream
 
-from quant.errors import IntVitError
-from quant.gelu import int_gelu
-from rtl.gelu import Gelu
+from intvit.quant.errors import IntVitError
+from intvit.quant.gelu import int_gelu
+from intvit.rtl.gelu import Gelu
 
 SEED = 2024
 CYCLE_ELEMENTS = [1, 7, 64, 197]

@@ -7,10 +7,10 @@ import pytest
 from runner import check_cycles
 from sim_streams import simulate_stream
 
-from quant.errors import IntVitError
-from quant.layernorm import ISQRT_INPUT_BITS, ISQRT_ITERATIONS, int_layernorm, int_sqrt, layernorm_divisors
-from quant.requant import dyadic
-from rtl.layernorm import LAYERNORM_ROW_OVERHEAD_CYCLES, NEWTON_QUOTIENT_BITS, LayerNorm
+from intvit.quant.errors import IntVitError
+from intvit.quant.layernorm import ISQRT_INPUT_BITS, ISQRT_ITERATIONS, int_layernorm, int_sqrt, layernorm_divisors
+from intvit.quant.requant import dyadic
+from intvit.rtl.layernorm import LAYERNORM_ROW_OVERHEAD_CYCLES, NEWTON_QUOTIENT_BITS, LayerNorm
 
 SEED = 2024
 CYCLE_ROWS = [1, 3]

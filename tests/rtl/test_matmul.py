@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from quant.errors import IntVitError
-from quant.matmul import int_matmul
-from rtl.matmul import MatMulArray
+from intvit.quant.errors import IntVitError
+from intvit.quant.matmul import int_matmul
+from intvit.rtl.matmul import MatMulArray
 from runner import check_cycles
 
 # (rows, cols, random jobs): shapes with R != C, a 1 x 1 array, and a square one.

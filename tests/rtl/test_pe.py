@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth.sim import Simulator
 
-from rtl.pe import ProcessingElement
+from intvit.rtl.pe import ProcessingElement
 
 BENCH_VECTORS = 3000
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from quant.errors import IntVitError
-from quant.requant import requantize
-from rtl.requant import PROGRAM_WIDTHS, Requantiser
+from intvit.quant.errors import IntVitError
+from intvit.quant.requant import requantize
+from intvit.rtl.requant import PROGRAM_WIDTHS, Requantiser
 from runner import check_cycles
 
 # (lanes, widths, residual, random beats): the top's unit (the program's widths 8, 17, 32 and residual

@@ -7,9 +7,9 @@ import pytest
 from runner import check_cycles
 from sim_streams import simulate_stream
 
-from quant.errors import IntVitError
-from quant.softmax import int_softmax
-from rtl.softmax import SOFTMAX_ROW_OVERHEAD_CYCLES, Softmax
+from intvit.quant.errors import IntVitError
+from intvit.quant.softmax import int_softmax
+from intvit.rtl.softmax import SOFTMAX_ROW_OVERHEAD_CYCLES, Softmax
 
 SEED = 2024
 MAX_LENGTH = 200

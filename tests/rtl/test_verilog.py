@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from quant.errors import IntVitError
-from quant.requant import requantize
-from rtl.requant import PROGRAM_WIDTHS
-from rtl.top import Accelerator, TopParams
-from rtl.verilog import LINT_WAIVERS, TOP_NAME, generate, lint, synth
-from sim.cli import main
+from intvit.quant.errors import IntVitError
+from intvit.quant.requant import requantize
+from intvit.rtl.requant import PROGRAM_WIDTHS
+from intvit.rtl.top import Accelerator, TopParams
+from intvit.rtl.verilog import LINT_WAIVERS, TOP_NAME, generate, lint, synth
+from intvit.cli import main
 
 SMALL = TopParams(rows=2, cols=2, requant_lanes=2, softmax_lanes=2, gelu_lanes=2, layernorm_lanes=2,
                   max_length=5, width=4)

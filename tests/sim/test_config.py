@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from quant.errors import IntVitError
-from sim.config import AcceleratorConfig, MatMulConfig, UnitConfig, dump_config, load_config
+from intvit.quant.errors import IntVitError
+from intvit.sim.config import AcceleratorConfig, MatMulConfig, UnitConfig, dump_config, load_config
 
 
 def write(tmp_path, text):
@@ -87,8 +87,8 @@ def test_dump_round_trips(tmp_path):
 
 
 def test_default_latencies_are_the_rtl_units_own():
-    from rtl.matmul import MatMulArray
-    from rtl.requant import Requantiser
+    from intvit.rtl.matmul import MatMulArray
+    from intvit.rtl.requant import Requantiser
 
     cfg = AcceleratorConfig()
     assert cfg.matmul.latency == MatMulArray.LATENCY

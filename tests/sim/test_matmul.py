@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from quant.config import get_config
-from quant.errors import IntVitError
-from sim.config import AcceleratorConfig
-from sim.matmul import MatMulUnit, compute_cycles, fold_plan
-from sim.topology import vit_gemms
+from intvit.quant.config import get_config
+from intvit.quant.errors import IntVitError
+from intvit.sim.config import AcceleratorConfig
+from intvit.sim.matmul import MatMulUnit, compute_cycles, fold_plan
+from intvit.sim.topology import vit_gemms
 
 
 def unit(dataflow, rows=4, cols=3, latency=2, mode="native", **changes):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from quant.errors import IntVitError
-from sim.gelu import gelu_cycles
-from sim.layernorm import layernorm_cycles
-from sim.softmax import softmax_cycles
+from intvit.quant.errors import IntVitError
+from intvit.sim.gelu import gelu_cycles
+from intvit.sim.layernorm import layernorm_cycles
+from intvit.sim.softmax import softmax_cycles
 
 
 def pipelined_schedule(beats: int, latency: int) -> int:

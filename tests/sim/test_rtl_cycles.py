@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from quant.errors import IntVitError
-from sim.gelu import gelu_cycles
-from sim.layernorm import layernorm_cycles
-from sim.matmul import compute_cycles
-from sim.requant import requant_cycles
-from sim.softmax import softmax_cycles
+from intvit.quant.errors import IntVitError
+from intvit.sim.gelu import gelu_cycles
+from intvit.sim.layernorm import layernorm_cycles
+from intvit.sim.matmul import compute_cycles
+from intvit.sim.requant import requant_cycles
+from intvit.sim.softmax import softmax_cycles
 
 CYCLES_DIR = Path(__file__).resolve().parents[1] / "rtl" / "cycles"
 TOLERANCE = 0.05

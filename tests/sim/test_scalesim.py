@@ -5,14 +5,14 @@ import re
 
 import pytest
 
-from quant.config import get_config
-from quant.errors import IntVitError
-from sim.cli import main
-from sim.scalesim import (
+from intvit.quant.config import get_config
+from intvit.quant.errors import IntVitError
+from intvit.cli import main
+from intvit.sim.scalesim import (
     COMPUTE_COLUMNS, DETAIL_COLUMNS, BANDWIDTH_COLUMNS, ScaleSimConfig, read_scale_config, read_topology,
     simulate_topology, write_topology,
 )
-from sim.topology import Gemm, vit_gemms
+from intvit.sim.topology import Gemm, vit_gemms
 
 scalesim_pkg = pytest.importorskip("scalesim.scale_sim")
 
@@ -184,9 +184,9 @@ def test_topology_matches_the_integer_programs_matmuls():
     import numpy as np
     import torch
 
-    from quant.model import ViT
-    from quant.ptq import quantize_model
-    from sim.simulator import gemm_shape
+    from intvit.quant.model import ViT
+    from intvit.quant.ptq import quantize_model
+    from intvit.sim.simulator import gemm_shape
 
     cfg = get_config("mnist")
     torch.manual_seed(0)

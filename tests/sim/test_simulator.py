@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 import torch
 
-from quant.checkpoint import load_embedded
-from quant.config import ViTConfig, get_config
-from quant.data import load_dataset, normalize
-from quant.executor import run_program
-from quant.model import ViT
-from quant.ptq import quantize_model
-from sim.config import AcceleratorConfig, config_from_dict
-from sim.simulator import simulate
+from intvit.quant.checkpoint import load_embedded
+from intvit.quant.config import ViTConfig, get_config
+from intvit.quant.data import load_dataset, normalize
+from intvit.quant.executor import run_program
+from intvit.quant.model import ViT
+from intvit.quant.ptq import quantize_model
+from intvit.sim.config import AcceleratorConfig, config_from_dict
+from intvit.sim.simulator import simulate
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 # Every dataflow, on arrays whose sides divide none of the models' K dimensions (partial K folds).

@@ -13,15 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from quant.checkpoint import save_weights
-from quant.config import get_config
-from quant.errors import IntVitError
-from quant.model import ViT
-from quant.program import IntProgram
-from quant.ptq import quantize_model
-from sim.cli import main
-from sim.scalesim import write_topology
-from sim.topology import vit_gemms
+from intvit.quant.checkpoint import save_weights
+from intvit.quant.config import get_config
+from intvit.quant.errors import IntVitError
+from intvit.quant.model import ViT
+from intvit.quant.program import IntProgram
+from intvit.quant.ptq import quantize_model
+from intvit.cli import main
+from intvit.sim.scalesim import write_topology
+from intvit.sim.topology import vit_gemms
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCALE_CFG = """\

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from quant.errors import IntVitError
-from sim.commands.common import (
+from intvit.quant.errors import IntVitError
+from intvit.commands.common import (
     add_calibration_arguments, add_model_arguments, build_program, load_images, load_model, positive_int, progress,
     write_json,
 )
-from sim.config import load_config
-from sim.matmul import MODES
-from sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, plot_unit_cycles
+from intvit.sim.config import load_config
+from intvit.sim.matmul import MODES
+from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, plot_unit_cycles
 
 __all__ = ["register", "run"]
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- model path
 def _input_images(args: argparse.Namespace, config) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Normalised float images for the simulated batch, their labels (if known) and class names."""
-    from quant.data import load_image, normalize
+    from intvit.quant.data import load_image, normalize
 
     if args.image:
         image = load_image(args.image, config)[None]
@@ -94,7 +94,7 @@ def _input_images(args: argparse.Namespace, config) -> tuple[np.ndarray, np.ndar
 
 
 def _simulate_model(args: argparse.Namespace):
-    from sim.simulator import simulate
+    from intvit.sim.simulator import simulate
 
     config = load_config(args.config)
     model = load_model(args)
@@ -188,7 +188,7 @@ def _run_model(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------- topology path
 def _run_topology(args: argparse.Namespace) -> int:
-    from sim.scalesim import read_scale_config, read_topology, simulate_topology
+    from intvit.sim.scalesim import read_scale_config, read_topology, simulate_topology
 
     if not args.topology:
         raise IntVitError("--scalesim-config needs --topology (the layers to run)")

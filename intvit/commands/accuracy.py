@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from quant.errors import IntVitError
-from sim.commands.common import (add_calibration_arguments, add_model_arguments, build_program,
+from intvit.quant.errors import IntVitError
+from intvit.commands.common import (add_calibration_arguments, add_model_arguments, build_program,
                                  check_output_file, load_images, load_model, positive_int, progress, write_json)
-from sim.report import check_plot_path
+from intvit.sim.report import check_plot_path
 
 __all__ = ["register", "run"]
 
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from quant.evaluate import compare
+    from intvit.quant.evaluate import compare
 
     # Output paths and the evaluation set are checked before calibration, the long part.
     if args.plot:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(model: str, data: str, r) -> str:
-    from sim.report import format_table
+    from intvit.sim.report import format_table
 
     head = format_table(
         ["", "top-1 %", "top-5 %"],

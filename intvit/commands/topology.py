@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from quant.config import PRESETS, get_config
-from sim.commands.common import load_model
-from sim.scalesim import write_topology
-from sim.topology import vit_gemms
+from intvit.quant.config import PRESETS, get_config
+from intvit.commands.common import load_model
+from intvit.sim.scalesim import write_topology
+from intvit.sim.topology import vit_gemms
 
 __all__ = ["register", "run"]
 

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from quant.calibrate import CALIBRATION_METHODS
-from quant.config import PRESETS, ViTConfig, get_config
-from quant.errors import IntVitError
-from quant.model import ViT
-from quant.program import IntProgram, load_program
+from intvit.quant.calibrate import CALIBRATION_METHODS
+from intvit.quant.config import PRESETS, ViTConfig, get_config
+from intvit.quant.errors import IntVitError
+from intvit.quant.model import ViT
+from intvit.quant.program import IntProgram, load_program
 
 __all__ = [
     "add_model_arguments", "add_calibration_arguments", "load_model", "load_images", "build_program",
@@ -62,7 +62,7 @@ def add_calibration_arguments(parser: argparse.ArgumentParser, program_option: b
 
 def load_model(args: argparse.Namespace) -> ViT:
     """The float model the options name, in eval mode."""
-    from quant.checkpoint import load_checkpoint, load_embedded, load_weights
+    from intvit.quant.checkpoint import load_checkpoint, load_embedded, load_weights
 
     config = get_config(args.model)
     if args.weights:
@@ -83,7 +83,7 @@ def load_model(args: argparse.Namespace) -> ViT:
 
 def load_images(spec: str, config: ViTConfig, split: str, limit: int | None):
     """Normalised float images, labels and class names from ``mnist``, ``digits`` or a directory."""
-    from quant.data import load_dataset, normalize
+    from intvit.quant.data import load_dataset, normalize
 
     images, labels, classes = load_dataset(spec, config, split=split, limit=limit)
     return normalize(images, config), labels, classes
@@ -91,7 +91,7 @@ def load_images(spec: str, config: ViTConfig, split: str, limit: int | None):
 
 def build_program(args: argparse.Namespace, model: ViT, data: str) -> IntProgram:
     """Load ``--program`` (checked against the model) or quantise the model on calibration images."""
-    from quant.ptq import quantize_model
+    from intvit.quant.ptq import quantize_model
 
     if getattr(args, "program", None):
         program = load_program(args.program)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from quant.errors import IntVitError
-from sim.cli import main
-from sim.commands.common import write_json
+from intvit.quant.errors import IntVitError
+from intvit.cli import main
+from intvit.commands.common import write_json
 
 
 @pytest.mark.parametrize("argv", [["--debug", "accuracy", "--data", "/no/such/dir"],

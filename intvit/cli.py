@@ -1,6 +1,6 @@
 """The ``intvit`` command line: one console script, one subcommand per job.
 
-Each subcommand lives in ``sim/commands/<name>.py`` and exposes ``register(subparsers)``,
+Each subcommand lives in ``intvit/commands/<name>.py`` and exposes ``register(subparsers)``,
 which adds its parser and sets ``run=callable(args) -> int``. Modules are imported only
 when the command line is built, and commands that need ``rtl`` import it inside ``run``.
 """
@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from quant.errors import IntVitError
+from intvit.quant.errors import IntVitError
 
 __all__ = ["main", "build_parser"]
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"sim.commands.{name}").register(sub)
+        importlib.import_module(f"intvit.commands.{name}").register(sub)
     for command in sub.choices.values():     # `intvit accuracy --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser

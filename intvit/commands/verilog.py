@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from quant.config import PRESETS, ViTConfig, get_config
-from sim.commands.common import DEFAULT_MODEL
-from sim.config import AcceleratorConfig, load_config
+from intvit.quant.config import PRESETS, ViTConfig, get_config
+from intvit.commands.common import DEFAULT_MODEL
+from intvit.sim.config import AcceleratorConfig, load_config
 
 __all__ = ["register", "run", "add_top_arguments", "top_params", "latency_mismatches"]
 
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def top_params(config: AcceleratorConfig, model: ViTConfig):
     """The RTL top's parameters: array and lanes from the accelerator config, row lengths from the model."""
-    from rtl.top import TopParams
+    from intvit.rtl.top import TopParams
 
     return TopParams(rows=config.matmul.rows, cols=config.matmul.cols, requant_lanes=config.requant.lanes,
                      softmax_lanes=config.softmax.lanes, gelu_lanes=config.gelu.lanes,
@@ -61,7 +61,7 @@ def latency_mismatches(config: AcceleratorConfig, manifest: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtl.verilog import generate, lint
+    from intvit.rtl.verilog import generate, lint
 
     config = load_config(args.config)
     paths = generate(top_params(config, get_config(args.model)), args.out)

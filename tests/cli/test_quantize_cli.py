@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from quant.checkpoint import load_embedded, save_weights
-from quant.config import get_config
-from quant.data import load_mnist, normalize
-from quant.errors import IntVitError
-from quant.model import ViT
-from quant.program import load_program
-from quant.ptq import quantize_model
-from sim.cli import main
+from intvit.quant.checkpoint import load_embedded, save_weights
+from intvit.quant.config import get_config
+from intvit.quant.data import load_mnist, normalize
+from intvit.quant.errors import IntVitError
+from intvit.quant.model import ViT
+from intvit.quant.program import load_program
+from intvit.quant.ptq import quantize_model
+from intvit.cli import main
 
 CALIB = ["--calib-size", "32", "--calib-method", "percentile"]
 LIMIT = ["--limit", "40"]

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from quant.config import get_config
-from quant.data import load_mnist
-from quant.errors import IntVitError
-from quant.model import ViT
-from sim.cli import main
+from intvit.quant.config import get_config
+from intvit.quant.data import load_mnist
+from intvit.quant.errors import IntVitError
+from intvit.quant.model import ViT
+from intvit.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Small runs: enough images to exercise every path, few enough to keep each run near a second.
@@ -136,7 +136,8 @@ def test_batch_size_does_not_change_the_integer_results(capsys):
     small, large = (accuracy_json(capsys, *QUICK, "--batch-size", size) for size in ("3", "64"))
     for key in ("int_top1", "int_top5", "float_top1", "agreement"):
         assert small[key] == large[key]
-    assert small["layer_sqnr_db"] == pytest.approx(large["layer_sqnr_db"], rel=1e-9)
+    # SQNR compares against float torch, whose GEMM sums in a batch-size-dependent order.
+    assert small["layer_sqnr_db"] == pytest.approx(large["layer_sqnr_db"], rel=1e-6)
     assert small["saturation"] == pytest.approx(large["saturation"], rel=1e-9)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from quant.config import get_config
-from sim.commands.common import write_json
-from sim.commands.verilog import add_top_arguments, top_params
-from sim.config import load_config
+from intvit.quant.config import get_config
+from intvit.commands.common import write_json
+from intvit.commands.verilog import add_top_arguments, top_params
+from intvit.sim.config import load_config
 
 __all__ = ["register", "run"]
 
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtl.verilog import synth
+    from intvit.rtl.verilog import synth
 
     params = top_params(load_config(args.config), get_config(args.model))
     start = time.perf_counter()

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from quant.checkpoint import save_weights
-from quant.config import get_config
-from quant.errors import IntVitError
-from quant.model import ViT
-from quant.ptq import quantize_model
-from sim.cli import main
-from sim.commands.sweep import COLUMNS, parse_arrays, parse_bandwidths, parse_dataflows
-from sim.config import AcceleratorConfig
-from sim.simulator import simulate
+from intvit.quant.checkpoint import save_weights
+from intvit.quant.config import get_config
+from intvit.quant.errors import IntVitError
+from intvit.quant.model import ViT
+from intvit.quant.ptq import quantize_model
+from intvit.cli import main
+from intvit.commands.sweep import COLUMNS, parse_arrays, parse_bandwidths, parse_dataflows
+from intvit.sim.config import AcceleratorConfig
+from intvit.sim.simulator import simulate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sim.commands.common import (add_calibration_arguments, add_model_arguments, build_program,
+from intvit.commands.common import (add_calibration_arguments, add_model_arguments, build_program,
                                  check_output_file, load_model)
 
 __all__ = ["register", "run"]

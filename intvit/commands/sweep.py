@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from quant.errors import IntVitError
-from sim.commands.common import add_model_arguments, build_program, load_model, positive_int, progress
-from sim.config import DATAFLOWS, load_config
-from sim.matmul import MODES
-from sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, plot_sweep
+from intvit.quant.errors import IntVitError
+from intvit.commands.common import add_model_arguments, build_program, load_model, positive_int, progress
+from intvit.sim.config import DATAFLOWS, load_config
+from intvit.sim.matmul import MODES
+from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, plot_sweep
 
 __all__ = ["register", "run", "parse_arrays", "parse_bandwidths", "parse_dataflows", "COLUMNS"]
 
@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def shape_program(args: argparse.Namespace):
     """The program whose shapes the sweep costs: ``--program``, or the model quantised on random images."""
-    from quant.ptq import quantize_model
+    from intvit.quant.ptq import quantize_model
 
     model = load_model(args)
     if args.program:
@@ -107,7 +107,7 @@ def sweep_rows(program, base, arrays, dataflows, bandwidths, mode: str, batch: i
     A configuration whose buffers cannot hold one tile (native mode) gets ``None`` metrics
     and the reason in ``note``.
     """
-    from sim.simulator import simulate
+    from intvit.sim.simulator import simulate
 
     grid = [(a, d, b) for a in arrays for d in dataflows for b in bandwidths]
     rows = []
