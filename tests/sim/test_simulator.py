@@ -111,6 +111,16 @@ def test_custom_vit_bit_exact(custom, rows, cols, dataflow):
     assert_bit_exact(*custom, rows, cols, dataflow)
 
 
+def test_deit_shaped_bit_exact():
+    """DeiT-Tiny's shapes (224 px, 197 tokens, width 192, 3 heads) at reduced depth, every dataflow:
+    the default run covers a DeiT-sized token count and width; the full presets are slow."""
+    config = dataclasses.replace(get_config("deit-tiny"), name="deit-tiny-depth2", depth=2)
+    program = random_program(config, images=2)
+    x = random_input(program, 1)
+    for dataflow in DATAFLOWS:
+        assert_bit_exact(program, x, 16, 16, dataflow)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "dataflows"), [
     ("deit-tiny", DATAFLOWS), ("deit-small", ("ws",)), ("deit-base", ("is",)),
