@@ -5,6 +5,19 @@ is ``int_matmul``: signed INT8 operands, products summed exactly into an INT32
 accumulator that starts at the INT32 bias. The sum cannot leave INT32 when
 ``K * 2**14 + max|bias| <= 2**31 - 1``; ``check_accumulator`` enforces that bound
 before any work, so an accumulator never wraps silently.
+
+Two kernels compute the same integers:
+
+* ``int_matmul`` runs the products on the float32 BLAS GEMM, which holds them exactly:
+  the proof is the comment on ``FLOAT32_EXACT_DEPTH``. It is as fast as a float model's
+  own GEMMs on any x86 (AVX2 or AVX-512, VNNI or not), at every shape measured.
+* ``int_matmul_reference`` is a numba loop of INT32 multiply-adds, the plain statement
+  of the semantics that the tests hold the BLAS path to. It is 2-10x slower than BLAS
+  on the model's shapes and not faster on tiny ones, so the executor does not use it.
+
+``torch._int_mm`` was measured and is not used: with oneDNN limited to AVX2 (no VNNI) its
+int8 GEMM saturates 16-bit pair sums (``vpmaddubsw``) and returns wrong sums, e.g. 32640
+instead of 4129024 for 256 products of 127 * 127.
 """
 
 from __future__ import annotations
@@ -15,9 +28,21 @@ from numba import njit, prange
 from intvit.quant.errors import IntVitError
 from intvit.quant.requant import INT8_MIN, INT32_MAX
 
-__all__ = ["int_matmul", "check_accumulator", "MAX_PRODUCT"]
+__all__ = ["int_matmul", "int_matmul_reference", "check_accumulator", "MAX_PRODUCT", "FLOAT32_EXACT_DEPTH"]
 
 MAX_PRODUCT = INT8_MIN * INT8_MIN   # 2**14, the largest |a * b| of two INT8 values
+
+# Deepest dot product that float32 sums exactly. float32 has a 24-bit significand, so every
+# integer of magnitude <= 2**24 is representable. Each INT8 product is an integer with
+# |a * b| <= MAX_PRODUCT = 2**14 (exact in float32). Whatever order, blocking or fused
+# multiply-adds a BLAS uses, each intermediate it rounds is a sum of some of the K products,
+# an integer of magnitude <= K * 2**14 <= 2**24 when K <= 2**24 // 2**14 = 1024; a
+# representable result is returned unrounded, so every step is exact and the GEMM yields the
+# exact integer sum. Deeper products are cut into K chunks of this depth, each chunk's exact
+# sum is converted to INT32 and the chunks are added in INT32, where ``check_accumulator``'s
+# bound covers every partial sum.
+FLOAT32_SIGNIFICAND_BITS = 24
+FLOAT32_EXACT_DEPTH = 2**FLOAT32_SIGNIFICAND_BITS // MAX_PRODUCT
 
 
 def check_accumulator(depth: int, bias: np.ndarray | None, name: str = "matmul") -> None:
@@ -47,9 +72,44 @@ def _matmul_kernel(a, b_t, bias, out):
             out[p, i, j] = acc
 
 
+def _blas_products(a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
+    # a3 (P, M, K), b3 (Pb, N, K) with Pb in {1, P} -> INT32 (P, M, N), exact by FLOAT32_EXACT_DEPTH.
+    p, m, depth = a3.shape
+    shared = b3.shape[0] == 1
+    a_f = a3.reshape(p * m, depth).astype(np.float32) if shared else a3.astype(np.float32)   # (P*M, K) | (P, M, K)
+    b_f = np.swapaxes(b3[0] if shared else b3, -1, -2).astype(np.float32)                   # (K, N) | (P, K, N)
+    out = None
+    for start in range(0, max(depth, 1), FLOAT32_EXACT_DEPTH):     # K = 0 still gives one (zero) chunk
+        stop = start + FLOAT32_EXACT_DEPTH
+        part = np.matmul(a_f[..., start:stop], b_f[..., start:stop, :]).astype(np.int32)
+        out = part if out is None else np.add(out, part, out=out)
+    return out.reshape(p, m, -1)
+
+
+def _operands(a, b, bias, transpose_b: bool, name: str):
+    """Checked 3-D operands: a (P, M, K), b as (Pb, N, K), INT32 bias (N,), and the leading dims."""
+    if a.dtype != np.int8 or b.dtype != np.int8:
+        raise IntVitError(f"{name}: operands must be int8, got {a.dtype} and {b.dtype}")
+    b_t = b if transpose_b else np.swapaxes(b, -1, -2)          # (..., N, K)
+    depth = a.shape[-1]
+    if b_t.shape[-1] != depth:
+        raise IntVitError(f"{name}: inner dimensions differ ({a.shape} @ {b.shape})")
+    lead = a.shape[:-2]
+    m, n = a.shape[-2], b_t.shape[-2]
+    bias = np.zeros(n, dtype=np.int32) if bias is None else np.ascontiguousarray(bias, dtype=np.int32)
+    check_accumulator(depth, bias, name)
+    if b_t.ndim == 2:
+        b3 = b_t[None]
+    else:
+        if b_t.shape[:-2] != lead:
+            raise IntVitError(f"{name}: batch dimensions differ ({a.shape} @ {b.shape})")
+        b3 = b_t.reshape(-1, n, depth)
+    return a.reshape(-1, m, depth), b3, bias, lead
+
+
 def int_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None, *,
                transpose_b: bool = False, name: str = "matmul") -> np.ndarray:
-    """Exact INT8 matrix product with INT32 accumulation.
+    """Exact INT8 matrix product with INT32 accumulation (float32 BLAS, exact by construction).
 
     Parameters
     ----------
@@ -62,26 +122,21 @@ def int_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None, *,
 
     Returns
     -------
-    int32 array (..., M, N)
+    int32 array (..., M, N), equal to ``int_matmul_reference`` bit for bit.
     """
-    if a.dtype != np.int8 or b.dtype != np.int8:
-        raise IntVitError(f"{name}: operands must be int8, got {a.dtype} and {b.dtype}")
-    b_t = b if transpose_b else np.swapaxes(b, -1, -2)          # (..., N, K)
-    depth = a.shape[-1]
-    if b_t.shape[-1] != depth:
-        raise IntVitError(f"{name}: inner dimensions differ ({a.shape} @ {b.shape})")
-    lead = a.shape[:-2]
-    m, n = a.shape[-2], b_t.shape[-2]
-    if bias is None:
-        bias = np.zeros(n, dtype=np.int32)
-    check_accumulator(depth, bias, name)
-    a3 = np.ascontiguousarray(a.reshape(-1, m, depth))
-    if b_t.ndim == 2:
-        b3 = np.ascontiguousarray(b_t)[None]
-    else:
-        if b_t.shape[:-2] != lead:
-            raise IntVitError(f"{name}: batch dimensions differ ({a.shape} @ {b.shape})")
-        b3 = np.ascontiguousarray(b_t.reshape(-1, n, depth))
-    out = np.empty((a3.shape[0], m, n), dtype=np.int32)
-    _matmul_kernel(a3, b3, np.ascontiguousarray(bias, dtype=np.int32), out)
-    return out.reshape(*lead, m, n)
+    a3, b3, bias, lead = _operands(a, b, bias, transpose_b, name)
+    out = _blas_products(a3, b3)
+    out += bias
+    return out.reshape(*lead, *out.shape[1:])
+
+
+def int_matmul_reference(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None, *,
+                         transpose_b: bool = False, name: str = "matmul") -> np.ndarray:
+    """``int_matmul`` as INT32 multiply-adds in a numba loop: the reference the fast path is tested against.
+
+    Parameters and result as for ``int_matmul``.
+    """
+    a3, b3, bias, lead = _operands(a, b, bias, transpose_b, name)
+    out = np.empty((a3.shape[0], a3.shape[1], b3.shape[1]), dtype=np.int32)
+    _matmul_kernel(np.ascontiguousarray(a3), np.ascontiguousarray(b3), bias, out)
+    return out.reshape(*lead, *out.shape[1:])

@@ -35,6 +35,9 @@ INTEGER_KINDS = "iu"
 QUANTISATION_TIME = {
     quant.requant: {"dyadic", "dyadic_value", "add_multipliers"},
     quant.layernorm: {"layernorm_divisors"},
+    # The float32 GEMM carries integers exactly (the bound is quant.matmul.FLOAT32_EXACT_DEPTH,
+    # tested bit for bit against the INT32 reference kernel in test_matmul).
+    quant.matmul: {"_blas_products"},
 }
 KERNEL_MODULES = (quant.executor, quant.requant, quant.matmul, quant.softmax, quant.gelu, quant.layernorm)
 # Float dtypes and conversions, as bare names or attributes (``float(x)``, ``np.float32``).

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intvit.quant.errors import IntVitError
-from intvit.quant.matmul import MAX_PRODUCT, check_accumulator, int_matmul
+from intvit.quant.matmul import FLOAT32_EXACT_DEPTH, MAX_PRODUCT, check_accumulator, int_matmul, int_matmul_reference
 from intvit.quant.requant import INT32_MAX
 
 # Deepest dot product of INT8 values whose worst case still fits INT32 with no bias.
@@ -124,3 +124,75 @@ def test_shape_errors():
         int_matmul(a, np.zeros((5, 4), dtype=np.int8), transpose_b=True)
     with pytest.raises(IntVitError, match=r"^matmul: batch dimensions differ \(\(2, 2, 3\) @ \(3, 3, 4\)\)$"):
         int_matmul(np.zeros((2, 2, 3), dtype=np.int8), np.zeros((3, 3, 4), dtype=np.int8))
+
+
+# ------------------------------------------------------------- the BLAS path against the reference kernel
+def test_float32_exact_depth_is_derived_from_the_significand():
+    assert FLOAT32_EXACT_DEPTH * MAX_PRODUCT == 2**24 == 2 ** (np.finfo(np.float32).nmant + 1)
+    # One more product could make a sum that float32 cannot hold: 2**24 + 1.
+    assert np.float32(2**24) + np.float32(1) == np.float32(2**24)
+
+
+# K at, just below and just past each chunk bound, and through several chunks.
+DEPTHS = (1, 2, 63, FLOAT32_EXACT_DEPTH - 1, FLOAT32_EXACT_DEPTH, FLOAT32_EXACT_DEPTH + 1,
+          2 * FLOAT32_EXACT_DEPTH - 1, 2 * FLOAT32_EXACT_DEPTH, 2 * FLOAT32_EXACT_DEPTH + 1, 3 * FLOAT32_EXACT_DEPTH + 7)
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_all_minus_128_at_each_chunk_bound(depth):
+    a = np.full((3, depth), -128, dtype=np.int8)
+    b = np.full((depth, 5), -128, dtype=np.int8)
+    out = int_matmul(a, b)
+    assert np.array_equal(out, int_matmul_reference(a, b))
+    assert np.all(out == depth * MAX_PRODUCT)
+
+
+@pytest.mark.parametrize("depth, b_value", [(d, v) for d in DEPTHS for v in (-128, 127)
+                                             if (d - 1) * abs(-128 * v) > 2**24])
+def test_an_odd_sum_past_2_to_the_24_is_exact(depth, b_value):
+    # depth - 1 extreme products and one +-1: an odd sum of magnitude > 2**24, which float32 cannot
+    # hold; a chunk deeper than FLOAT32_EXACT_DEPTH would come back rounded to an even number.
+    a = np.full((2, depth), -128, dtype=np.int8)
+    b = np.full((depth, 3), b_value, dtype=np.int8)
+    a[:, -1], b[-1] = 1, np.sign(-128 * b_value)
+    expected = (depth - 1) * (-128 * b_value) + int(np.sign(-128 * b_value))
+    assert abs(expected) > 2**24 and expected % 2
+    assert np.all(int_matmul(a, b) == expected)
+    assert np.all(int_matmul_reference(a, b) == expected)
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_random_extremes_match_the_reference_kernel(depth):
+    # Operands drawn from the edge values only: every product is +-2**14, +-128*127, 127*127 or small.
+    rng = np.random.default_rng(depth)
+    edges = np.array([-128, -127, -1, 0, 1, 127], dtype=np.int8)
+    a = rng.choice(edges, (4, 9, depth))
+    b = rng.choice(edges, (depth, 6))
+    bias = rng.integers(-1000, 1000, 6, dtype=np.int32)
+    assert np.array_equal(int_matmul(a, b, bias), int_matmul_reference(a, b, bias))
+    assert np.array_equal(int_matmul(a, b, bias), reference(a, b, bias))
+
+
+def test_thousands_of_random_products_match_the_reference_kernel():
+    # Seeded random shapes over every layout: shared weights, per-batch operands, transposed B,
+    # strided views; K spans one, two and three chunks.
+    rng = np.random.default_rng(12)
+    vectors = 0
+    for case in range(60):
+        depth = int(rng.choice([rng.integers(1, 200), rng.integers(900, 1100), rng.integers(2000, 3200)]))
+        m, n = (int(v) for v in rng.integers(1, 24, 2))
+        lead = [(), (3,), (2, 2)][case % 3]
+        transpose_b = bool(case & 4)
+        shared = bool(case & 8) or not lead
+        a = int8(rng, (*lead, m, depth))
+        b_shape = (n, depth) if transpose_b else (depth, n)
+        b = int8(rng, b_shape if shared else (*lead, *b_shape))
+        if case % 5 == 0:
+            a = np.ascontiguousarray(a[..., ::-1])[..., ::1]
+            b = np.asfortranarray(b)
+        bias = rng.integers(-(1 << 24), 1 << 24, n, dtype=np.int32) if case % 2 else None
+        out = int_matmul(a, b, bias, transpose_b=transpose_b)
+        assert out.dtype == np.int32
+        assert np.array_equal(out, int_matmul_reference(a, b, bias, transpose_b=transpose_b)), case
+        vectors += out.size
+    assert vectors > 5000
