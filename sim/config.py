@@ -41,6 +41,7 @@ DATAFLOWS = ("os", "ws", "is")
 KIB = 1024
 # Sections that hold a UnitConfig: the element-wise pipelines behind the MatMul unit.
 ELEMENTWISE_UNITS = ("requant", "softmax", "gelu", "layernorm")
+AXI_DATA_BITS = (32, 64, 128, 256, 512, 1024)
 
 
 def _is_int(value: Any) -> bool:
@@ -114,25 +115,49 @@ class UnitConfig:
 
 @dataclass(frozen=True)
 class BufferConfig:
-    """On-chip SRAM sizes in bytes, one per MatMul operand (SCALE-Sim's ifmap, filter, ofmap)."""
+    """On-chip SRAM sizes in bytes, one per MatMul operand (SCALE-Sim's ifmap, filter, ofmap).
+
+    The compiled accelerator (``docs/isa.md``) uses them as its scratchpads: ``ifmap_bytes``
+    is A (``matmul.rows`` banks), ``weight_bytes`` is B (``matmul.cols`` banks),
+    ``ofmap_bytes`` is ACC (words of ``matmul.cols`` INT32), and ``param_bytes`` holds the
+    128-bit per-channel parameter records.
+    """
 
     ifmap_bytes: int = 64 * KIB
     weight_bytes: int = 64 * KIB
     ofmap_bytes: int = 64 * KIB
+    param_bytes: int = 16 * KIB
 
     def __post_init__(self):
-        for name in ("ifmap_bytes", "weight_bytes", "ofmap_bytes"):
+        for name in ("ifmap_bytes", "weight_bytes", "ofmap_bytes", "param_bytes"):
             _check_positive_int(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """Off-chip interface: bytes moved per accelerator clock cycle."""
+    """Off-chip interface.
+
+    ``bandwidth_bytes_per_cycle`` is the op-level model's (``sim.simulator``); the compiled
+    schedule (``sim.schedule``) models the AXI4 port instead: ``axi_data_bits`` per beat, a
+    read burst costing ``read_latency_cycles`` plus its beats, a write burst
+    ``write_latency_cycles`` plus its beats, at most ``max_burst_beats`` beats per burst.
+    """
 
     bandwidth_bytes_per_cycle: int | float = 16
+    axi_data_bits: int = 128
+    read_latency_cycles: int = 8
+    write_latency_cycles: int = 8
+    max_burst_beats: int = 16
 
     def __post_init__(self):
         _check_positive_number("bandwidth_bytes_per_cycle", self.bandwidth_bytes_per_cycle)
+        if self.axi_data_bits not in AXI_DATA_BITS:
+            raise IntVitError(f"axi_data_bits must be one of {', '.join(map(str, AXI_DATA_BITS))}, "
+                              f"not {self.axi_data_bits!r}")
+        _check_nonnegative_int("read_latency_cycles", self.read_latency_cycles)
+        _check_nonnegative_int("write_latency_cycles", self.write_latency_cycles)
+        if not _is_int(self.max_burst_beats) or not 1 <= self.max_burst_beats <= 256:
+            raise IntVitError(f"max_burst_beats must be an integer in 1..256 (AXI4 INCR), not {self.max_burst_beats!r}")
 
 
 @dataclass(frozen=True)
