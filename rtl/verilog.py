@@ -20,13 +20,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from amaranth import __version__ as amaranth_version
-from amaranth.back import rtlil, verilog
+from amaranth._toolchain.yosys import find_yosys
+from amaranth.back import rtlil
 
 from intvit.quant.errors import IntVitError
 from intvit.rtl.pe import ProcessingElement
 from intvit.rtl.top import Accelerator, TopParams, unit_builders
 
-__all__ = ["TOP_NAME", "LINT_WAIVERS", "SYNTH_SCRIPT", "designs", "generate", "lint", "synth"]
+__all__ = ["TOP_NAME", "LINT_WAIVERS", "SYNTH_SCRIPT", "designs", "to_verilog", "generate", "lint", "synth"]
 
 TOP_NAME = "intvit_top"
 MANIFEST_NAME = "manifest.json"
@@ -64,6 +65,29 @@ def designs(params: TopParams) -> dict[str, Callable[[], object]]:
     return {**units, "intvit_pe": ProcessingElement, TOP_NAME: lambda: Accelerator(params)}
 
 
+def to_verilog(design, name: str, ports=None) -> str:
+    """Verilog text of an Amaranth component (or elaboratable + ``ports``) as ``intvit verilog`` ships it.
+
+    Amaranth's ``verilog.convert`` with one step more: the registers' ``init`` attributes are
+    dropped, so no ``reg`` is declared with an initial value. Every register of these designs
+    is reset synchronously to its ``init`` value, so after ``rst`` the state is the same; before
+    it, simulators show X rather than a value the reset would give anyway. The declared
+    initial values broke the start-up in Icarus: a register that keeps its initial value
+    through reset never changes, so the ``always @*`` block of a combinational output that
+    reads only such registers (an FSM's ``ready``) is never evaluated and the output reads X
+    (amaranth-lang/amaranth#1629). Without them, reset is an event on every register. It also
+    leaves Verilator's PROCASSINIT (procedural assignment to a variable with an initial value)
+    nothing to flag.
+    """
+    text = rtlil.convert(design, name=name, ports=ports, emit_src=False)
+    yosys = find_yosys(lambda version: version >= (0, 40))
+    # Amaranth's own script (amaranth.back.verilog), plus the attrmap.
+    script = [f"read_rtlil <<rtlil\n{text}\nrtlil", "proc -nomux -norom", "memory_collect", "attrmap -remove init",
+              "write_verilog -norename"]
+    # Yosys warns that not every process can be written; Amaranth emits only ones that can.
+    return yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True)
+
+
 def generate(params: TopParams, out_dir: str | Path) -> list[Path]:
     """Write ``<module>.v`` for every unit and the top, and ``manifest.json``; return their paths.
 
@@ -81,7 +105,7 @@ def generate(params: TopParams, out_dir: str | Path) -> list[Path]:
     for name, build in designs(params).items():
         design = build()
         path = out_dir / f"{name}.v"
-        path.write_text(verilog.convert(design, name=name, emit_src=False))
+        path.write_text(to_verilog(design, name))
         paths.append(path)
         modules[name] = {"file": path.name, "latency_cycles": getattr(design, "latency", None),
                          "ports": _ports(design.signature)}

