@@ -1,0 +1,516 @@
+"""``compile_program``: an ``IntProgram`` and an accelerator config to an instruction stream and a memory image.
+
+The compiler walks the program's ops in order and emits, per op, the LOADs, compute
+instructions and STOREs of its tiles (``docs/isa.md``, "The compiler's conventions"):
+
+* a ``matmul`` and the element-wise ops that consume only its result (requantisers, GELU,
+  Softmax of whole score rows) run tile by tile in ACC: ``R`` rows of A, a group of column
+  blocks of ``C``, K in chunks that fit half an A or B bank; A and B stay resident when the
+  whole operand fits half its scratchpad, and are streamed (double-buffered) otherwise;
+* ``layernorm``, ``add`` and any element-wise op left over run row block by row block in ACC;
+* ``concat_token`` copies the class token through ACC; the other data-layout ops are views.
+
+Every instruction declares the scratchpad halves and external-memory tensors it reads and
+writes; ``_Emitter`` turns read-after-write, write-after-read and write-after-write between
+modules into dependency tokens (through a SYNC in the compute queue between load and store),
+so the three modules overlap exactly as far as the data allows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from intvit.compiler.isa import (
+    ISA_VERSION, PARAM_RECORD_BYTES, QUEUE_OF, REQUANT_WIDTHS, Geometry, Instruction, Memory, Opcode, Queue,
+    encode_program, pack_params,
+)
+from intvit.compiler.layout import MemoryMap, PatchSource, Place, plan_memory
+from intvit.quant.errors import IntVitError
+from intvit.quant.layernorm import layernorm_divisors
+from intvit.quant.program import IntProgram, Op
+
+__all__ = ["CompiledProgram", "compile_program", "geometry_for"]
+
+CHAIN_KINDS = ("requant", "gelu", "softmax")
+VECTOR_OPCODES = {"requant": Opcode.REQUANT, "gelu": Opcode.GELU, "softmax": Opcode.SOFTMAX,
+                  "layernorm": Opcode.LAYERNORM, "add": Opcode.ADD}
+ELEM_CODE = {1: 0, 4: 1, 16: 2}
+
+
+def geometry_for(program: IntProgram, config) -> Geometry:
+    """The scratchpads and units of ``config`` (an ``AcceleratorConfig``) for ``program``'s model."""
+    m, b = config.matmul, config.buffers
+    if m.dataflow != "os":
+        raise IntVitError(f"compile: matmul.dataflow {m.dataflow!r} is not supported; the compiled "
+                          "accelerator's array is output stationary (\"os\")")
+    return Geometry(
+        rows=m.rows, cols=m.cols, a_depth=b.ifmap_bytes // m.rows, b_depth=b.weight_bytes // m.cols,
+        acc_words=b.ofmap_bytes // (4 * m.cols), param_records=b.param_bytes // PARAM_RECORD_BYTES,
+        lanes={unit: getattr(config, unit).lanes for unit in ("requant", "softmax", "gelu", "layernorm")},
+        softmax_max_length=program.config.num_tokens, layernorm_width=program.config.embed_dim,
+    )
+
+
+@dataclass
+class CompiledProgram:
+    """An instruction stream, its memory image and the address manifest.
+
+    Attributes
+    ----------
+    instructions : list of Instruction
+    image : uint8 array
+        External memory from address 0 up to the end of the input region (constants,
+        parameter records, a zero input); activations and logits follow up to ``memory_bytes``.
+    memory : MemoryMap
+    geometry : Geometry
+    manifest : dict
+        JSON-ready description: regions, input, output, geometry, counts.
+    """
+
+    instructions: list[Instruction]
+    image: np.ndarray
+    memory: MemoryMap
+    geometry: Geometry
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory.size
+
+    def stream(self) -> bytes:
+        """The binary instruction stream (``isa.encode_program``)."""
+        return encode_program(self.instructions)
+
+    def input_region(self) -> tuple[int, int]:
+        return self.memory.regions["input"]
+
+    def output_place(self) -> Place:
+        return self.memory.places[self.manifest["output"]["name"]].matrix()
+
+
+class _Emitter:
+    """Instructions in program order, with dependency tokens derived from declared accesses."""
+
+    def __init__(self):
+        self.ops: list[list] = []                        # [opcode, fields dict]
+        self.last_writer: dict = {}
+        self.readers: dict = {}
+        self.popped: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def queue(self, index: int) -> Queue:
+        return QUEUE_OF[self.ops[index][0]]
+
+    def emit(self, opcode: Opcode, reads=(), writes=(), **fields) -> int:
+        queue = QUEUE_OF[opcode]
+        deps: dict[Queue, int] = {}
+
+        def need(index):
+            if index is not None and self.queue(index) != queue:
+                q = self.queue(index)
+                deps[q] = max(deps.get(q, -1), index)
+
+        for key in reads:
+            need(self.last_writer.get(key))
+        for key in writes:
+            need(self.last_writer.get(key))
+            for index in self.readers.get(key, {}).values():
+                need(index)
+        far = {Queue.LOAD: Queue.STORE, Queue.STORE: Queue.LOAD}.get(queue)
+        if far in deps:                                  # load <-> store meet through a SYNC in compute
+            sync = self._append(Opcode.SYNC, {})
+            self._tokens(sync, {far: deps.pop(far)})
+            deps[Queue.COMPUTE] = sync
+        index = self._append(opcode, fields)
+        self._tokens(index, deps)
+        for key in reads:
+            self.readers.setdefault(key, {})[queue] = index
+        for key in writes:
+            self.last_writer[key] = index
+            self.readers[key] = {}
+        return index
+
+    def _append(self, opcode: Opcode, fields: dict) -> int:
+        self.ops.append([opcode, dict(fields)])
+        return len(self.ops) - 1
+
+    def _tokens(self, index: int, deps: dict) -> None:
+        queue = self.queue(index)
+        for producer_queue, producer in deps.items():
+            pair = (producer_queue, queue)
+            if producer <= self.popped.get(pair, -1):
+                continue                                 # an earlier pop already ordered it
+            self.popped[pair] = producer
+            forward = producer_queue < queue
+            self.ops[producer][1]["push_next" if forward else "push_prev"] = 1
+            self.ops[index][1]["pop_prev" if forward else "pop_next"] = 1
+
+    def finish(self) -> list[Instruction]:
+        deps = {}
+        for q in (Queue.LOAD, Queue.STORE):
+            last = max((i for i in range(len(self.ops)) if self.queue(i) == q), default=None)
+            if last is not None:
+                deps[q] = last
+        end = self._append(Opcode.END, {})
+        self._tokens(end, deps)
+        return [Instruction(opcode, **fields) for opcode, fields in self.ops]
+
+
+class _Buffers:
+    """Alternating halves of each scratchpad: the compiler's double buffering."""
+
+    def __init__(self, geometry: Geometry):
+        self.half = {Memory.A: geometry.a_depth // 2, Memory.B: geometry.b_depth // 2,
+                     Memory.ACC: geometry.acc_words // 2, Memory.PARAM: geometry.param_records // 2}
+        self.turn = {memory: 0 for memory in self.half}
+
+    def take(self, memory: Memory) -> tuple[int, tuple]:
+        """The next half: (base offset, resource key)."""
+        h = self.turn[memory]
+        self.turn[memory] ^= 1
+        return h * self.half[memory], ((memory, h),)
+
+
+def _bits(program: IntProgram, name: str) -> int:
+    info = program.tensors.get(name)
+    return 8 if info is None else info.bits
+
+
+class _Compiler:
+    def __init__(self, program: IntProgram, geometry: Geometry):
+        self.program = program
+        self.geo = geometry
+        self.out = _Emitter()
+        self.buffers = _Buffers(geometry)
+        self.consumers: dict[str, int] = {}
+        for op in program.ops:
+            for name in op.inputs:
+                self.consumers[name] = self.consumers.get(name, 0) + 1
+        self.params: dict[str, np.ndarray] = {}
+        self.constants: dict[str, np.ndarray] = {}
+        self.plan: list[tuple[str, Op, list[Op]]] = []
+        self.memory: MemoryMap | None = None
+        self.param_cache: dict | None = None
+
+    # ------------------------------------------------------------------ planning
+    def prepare(self) -> None:
+        """Group ops into jobs, build parameter blocks and the constants the stream reads."""
+        ops = self.program.ops
+        i = 0
+        c = self.geo.cols
+        while i < len(ops):
+            op = ops[i]
+            if op.kind == "matmul":
+                chain = []
+                while i + 1 < len(ops) and ops[i + 1].kind in CHAIN_KINDS:
+                    nxt, prev = ops[i + 1], (chain[-1] if chain else op)
+                    if nxt.inputs[0] != prev.output or self.consumers.get(prev.output) != 1 \
+                            or prev.output == self.program.output:
+                        break
+                    chain.append(nxt)
+                    i += 1
+                self.plan.append(("matmul", op, chain))
+                weight = op.inputs[1]
+                if weight in self.program.constants:
+                    self.constants[weight] = np.ascontiguousarray(self.program.constants[weight].T)   # (N, K)
+                n = self._matmul_n(op)
+                width = -(-n // c) * c
+                if len(op.inputs) > 2:
+                    self.params[f"{op.name}.params.bias"] = pack_params(
+                        width, bias=np.pad(self.program.constants[op.inputs[2]], (0, width - n)))
+                for rq in chain:
+                    if rq.kind == "requant":
+                        self.params[f"{rq.name}.params"] = self._requant_params(rq, n, width)
+            elif op.kind in VECTOR_OPCODES:
+                self.plan.append(("vector", op, []))
+                width = self._shape(op.inputs[0])[-1]
+                if op.kind == "requant":
+                    self.params[f"{op.name}.params"] = self._requant_params(op, width, width)
+                elif op.kind == "add":
+                    a = op.attrs
+                    self.params[f"{op.name}.params"] = pack_params(width, multiplier=a["m_a"], multiplier_b=a["m_b"],
+                                                                   shift=a["shift"])
+                elif op.kind == "layernorm":
+                    self._check_layernorm(op, width)
+                    gamma, beta, mult, shift = (self.program.constants[n] for n in op.inputs[1:])
+                    self.params[f"{op.name}.params"] = pack_params(width, gamma=gamma, bias=beta,
+                                                                   multiplier=mult, shift=shift)
+                for name in op.inputs[1:2] if op.kind == "add" else ():
+                    if name in self.program.constants:
+                        self.constants[name] = self.program.constants[name]
+            elif op.kind == "concat_token":
+                self.plan.append(("concat", op, []))
+                self.constants[op.inputs[1]] = self.program.constants[op.inputs[1]]
+            elif op.kind in ("patchify", "split_heads", "merge_heads", "select_token"):
+                pass                                     # views (compiler.layout)
+            else:
+                raise IntVitError(f"compile: op {op.name!r} of kind {op.kind!r} is not supported by the accelerator")
+            i += 1
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        if name in self.program.constants:
+            return self.program.constants[name].shape
+        return self.program.tensor_shapes(1)[name][1:]
+
+    def _matmul_n(self, op: Op) -> int:
+        b = self._shape(op.inputs[1])
+        return b[-2] if op.attrs.get("transpose_b") else b[-1]
+
+    def _requant_params(self, op: Op, n: int, width: int) -> np.ndarray:
+        mult, shift = (np.broadcast_to(self.program.constants[name], (n,)) for name in op.inputs[1:3])
+        return pack_params(width, multiplier=np.pad(mult, (0, width - n)), shift=np.pad(shift, (0, width - n)))
+
+    def _check_layernorm(self, op: Op, width: int) -> None:
+        if width != self.geo.layernorm_width:
+            raise IntVitError(f"compile: layernorm {op.name!r} has rows of {width}, the LayerNorm unit is built "
+                              f"for {self.geo.layernorm_width}")
+        divisors = tuple(op.attrs[k] for k in ("mean_multiplier", "mean_shift", "var_multiplier", "var_shift"))
+        if divisors != layernorm_divisors(width):
+            raise IntVitError(f"compile: layernorm {op.name!r} divisors {divisors} differ from the unit's "
+                              f"{layernorm_divisors(width)}")
+
+    # ------------------------------------------------------------------ emission helpers
+    def load(self, memory: Memory, keys, dram: tuple, addr: int, *, elem: int = 1, z: int = 1,
+             z_stride: int = 0, y: int = 1, y_stride: int = 0, x: int, sp_addr: int = 0, sp_bank: int = 0,
+             sp_stride: int = 0, transpose: int = 0) -> None:
+        self.out.emit(Opcode.LOAD, reads=dram, writes=keys, mem=memory, transpose=transpose, elem=ELEM_CODE[elem],
+                      dram_addr=addr, x_count=x, y_count=y, z_count=z, y_stride=y_stride, z_stride=z_stride,
+                      sp_addr=sp_addr, sp_bank=sp_bank, sp_stride=sp_stride)
+
+    def load_rows(self, keys, name: str, place: Place, row0: int, rows: int, col0: int, cols: int,
+                  acc_addr: int, words: int) -> None:
+        """``rows`` rows of a matrix place into ACC words from ``acc_addr``, ``words`` per row."""
+        self.load(Memory.ACC, keys, self.dram(name), place.addr + row0 * place.strides[0] + col0 * place.elem,
+                  elem=place.elem, z=rows, z_stride=place.strides[0], x=cols, sp_addr=acc_addr, sp_stride=words)
+
+    def store_rows(self, keys, name: str, place: Place, row0: int, rows: int, col0: int, cols: int,
+                   acc_addr: int, words: int) -> None:
+        self.out.emit(Opcode.STORE, reads=keys, writes=self.dram(name), mem=Memory.ACC, elem=ELEM_CODE[place.elem],
+                      dram_addr=place.addr + row0 * place.strides[0] + col0 * place.elem, x_count=cols, y_count=1,
+                      z_count=rows, z_stride=place.strides[0], sp_addr=acc_addr, sp_stride=words)
+
+    def dram(self, name: str) -> tuple:
+        """The hazard key of a tensor in external memory: the region its view belongs to."""
+        return (("dram", self.memory.roots.get(name, name)),)
+
+    def params_for(self, blocks: list[tuple[str, int, int]]) -> dict:
+        """Records ``(block, first, count)`` in a PARAM half: ``{key: (offset, resource keys)}``.
+
+        The set loaded last is reused when it holds them all; otherwise they load into the next half.
+        """
+        if not blocks:
+            return {}
+        if self.param_cache and all(key in self.param_cache for key in blocks):
+            return self.param_cache
+        total = sum(count for _, _, count in blocks)
+        if total > self.buffers.half[Memory.PARAM]:
+            raise IntVitError(f"compile: {total} parameter records do not fit half of PARAM "
+                              f"({self.buffers.half[Memory.PARAM]} records)")
+        base, keys = self.buffers.take(Memory.PARAM)
+        cache, offset = {}, base
+        for block, first, count in blocks:
+            addr = self.memory.regions[block][0] + first * PARAM_RECORD_BYTES
+            self.load(Memory.PARAM, keys, (), addr, elem=PARAM_RECORD_BYTES, x=count, sp_addr=offset)
+            cache[(block, first, count)] = (offset, keys)
+            offset += count
+        self.param_cache = cache
+        return cache
+
+    # ------------------------------------------------------------------ jobs
+    def run(self) -> None:
+        for kind, op, chain in self.plan:
+            {"matmul": self.matmul, "vector": self.vector, "concat": self.concat}[kind](op, chain)
+
+    def concat(self, op: Op, chain) -> None:
+        token, out = op.inputs[1], op.output
+        place = self.memory.places[out].matrix()
+        width = place.shape[1]
+        words = -(-width // self.geo.cols)
+        base, keys = self.buffers.take(Memory.ACC)
+        src = self.memory.places[token].matrix()
+        self.load_rows(keys, token, src, 0, 1, 0, width, base, words)
+        self.store_rows(keys, out, place, 0, 1, 0, width, base, words)
+
+    def vector(self, op: Op, chain) -> None:
+        geo = self.geo
+        x = self.memory.places[op.inputs[0]].matrix()
+        out = self.memory.places[op.output].matrix()
+        rows, length = x.shape
+        words = -(-length // geo.cols)
+        operands = 2 if op.kind == "add" else 1
+        per_tile = self.buffers.half[Memory.ACC] // (words * operands)
+        if per_tile < 1:
+            raise IntVitError(f"compile: {op.kind} {op.name!r}: a row of {length} elements needs {words * operands} "
+                              f"ACC words, half of ACC holds {self.buffers.half[Memory.ACC]}")
+        if op.kind == "softmax" and length > geo.softmax_max_length:
+            raise IntVitError(f"compile: softmax {op.name!r}: rows of {length} exceed the unit's "
+                              f"{geo.softmax_max_length}")
+        has_params = op.kind in ("requant", "add", "layernorm")
+        param_addr, param_keys = self.params_for([(f"{op.name}.params", 0, length)]).get(
+            (f"{op.name}.params", 0, length), (0, ())) if has_params else (0, ())
+        for row0 in range(0, rows, per_tile):
+            n = min(per_tile, rows - row0)
+            base, keys = self.buffers.take(Memory.ACC)
+            self.load_rows(keys, op.inputs[0], x, row0, n, 0, length, base, words)
+            src_b = base + n * words
+            if op.kind == "add":
+                b = self.memory.places[op.inputs[1]].matrix()
+                self.load_rows(keys, op.inputs[1], b, row0, n, 0, length, src_b, words)
+            self.out.emit(VECTOR_OPCODES[op.kind], reads=keys + param_keys, writes=keys,
+                          width=REQUANT_WIDTHS.index(op.attrs["bits"]) if op.kind == "requant" else 0,
+                          src=base, src_b=src_b if op.kind == "add" else 0, dst=base, rows=n, length=length,
+                          stride=words, param_addr=param_addr)
+            self.store_rows(keys, op.output, out, row0, n, 0, length, base, words)
+
+    def matmul(self, op: Op, chain: list[Op]) -> None:
+        geo, mem = self.geo, self.memory
+        r_, c_ = geo.rows, geo.cols
+        a_all = mem.places[op.inputs[0]]
+        b_all = mem.places[op.inputs[1]]
+        final = chain[-1].output if chain else op.output
+        out_all = mem.places[final]
+        transpose_b = bool(op.attrs.get("transpose_b"))
+        heads = a_all.shape[0] if isinstance(a_all, Place) and len(a_all.shape) == 3 else 1
+        m, k = a_all.shape if isinstance(a_all, PatchSource) else a_all.matrix().shape
+        n = self._matmul_n(op)
+        n_rb, n_cb = -(-m // r_), -(-n // c_)
+        half_a, half_b, half_acc = (self.buffers.half[x] for x in (Memory.A, Memory.B, Memory.ACC))
+        k_chunk = min(k, half_a, half_b)
+        n_kc = -(-k // k_chunk)
+        if isinstance(a_all, PatchSource) and n_kc > 1:
+            raise IntVitError(f"compile: matmul {op.name!r}: patch rows of {k} bytes exceed half an A bank ({half_a})")
+        blocks = ([f"{op.name}.params.bias"] if len(op.inputs) > 2 else []) + \
+                 [f"{rq.name}.params" for rq in chain if rq.kind == "requant"]
+        group = min(half_acc // r_, self.buffers.half[Memory.PARAM] // (c_ * max(len(blocks), 1)))
+        if group < 1:
+            raise IntVitError(f"compile: matmul {op.name!r}: one {r_}x{c_} tile does not fit half of ACC "
+                              f"({half_acc} words) and PARAM")
+        if any(rq.kind == "softmax" for rq in chain):
+            if n_cb > group:
+                raise IntVitError(f"compile: softmax {chain[-1].name!r}: {r_} rows of {n} scores need "
+                                  f"{r_ * n_cb} ACC words, half of ACC holds {half_acc}")
+            if n > geo.softmax_max_length:
+                raise IntVitError(f"compile: softmax {chain[-1].name!r}: rows of {n} exceed the unit's "
+                                  f"{geo.softmax_max_length}")
+        n_groups = -(-n_cb // group)
+        group = -(-n_cb // n_groups)                     # even groups
+        a_resident = n_rb * k <= half_a
+        b_resident = n_cb * k <= half_b
+        for h in range(heads):
+            a = a_all if isinstance(a_all, PatchSource) else a_all.matrix(h)
+            b = b_all.matrix(h)
+            out = out_all.matrix(h)
+            a_loaded: dict = {}
+            b_loaded: dict = {}
+            a_base = self.buffers.take(Memory.A) if a_resident else None
+            b_base = self.buffers.take(Memory.B) if b_resident else None
+            for rb in range(n_rb):
+                m0, rows = rb * r_, min(r_, m - rb * r_)
+                for g0 in range(0, n_cb, group):
+                    cbs = min(group, n_cb - g0)
+                    cols = min(cbs * c_, n - g0 * c_)
+                    params = self.params_for([(blk, g0 * c_, cbs * c_) for blk in blocks])
+                    acc_base, acc_keys = self.buffers.take(Memory.ACC)
+                    for kc in range(n_kc):
+                        k0, kl = kc * k_chunk, min(k_chunk, k - kc * k_chunk)
+                        a_off, a_keys = self._operand(a_loaded, (rb, kc), a_base, rb * k + k0, Memory.A,
+                                                      lambda off, keys: self._load_a(op, a, m0, rows, k0, kl, off, keys))
+                        for cb in range(g0, g0 + cbs):
+                            n0, cv = cb * c_, min(c_, n - cb * c_)
+                            b_off, b_keys = self._operand(
+                                b_loaded, (kc, cb), b_base, cb * k + k0, Memory.B,
+                                lambda off, keys: self._load_b(op, b, transpose_b, n0, cv, k0, kl, off, keys))
+                            bias_key = (f"{op.name}.params.bias", g0 * c_, cbs * c_)
+                            bias = kc == 0 and bias_key in params
+                            p_off, p_keys = params[bias_key] if bias else (0, ())
+                            self.out.emit(Opcode.MATMUL, reads=a_keys + b_keys + p_keys,
+                                          writes=acc_keys,
+                                          accumulate=int(kc > 0), bias=int(bias), a_addr=a_off, b_addr=b_off, k=kl,
+                                          acc_addr=acc_base + cb - g0, acc_stride=cbs,
+                                          param_addr=p_off + (cb - g0) * c_)
+                    for step in chain:
+                        p_off, p_keys = params.get((f"{step.name}.params", g0 * c_, cbs * c_), (0, ()))
+                        self.out.emit(VECTOR_OPCODES[step.kind], reads=acc_keys + p_keys, writes=acc_keys,
+                                      width=REQUANT_WIDTHS.index(step.attrs["bits"]) if step.kind == "requant" else 0,
+                                      src=acc_base, dst=acc_base, rows=rows, length=cols, stride=cbs,
+                                      param_addr=p_off)
+                    self.store_rows(acc_keys, final, out, m0, rows, g0 * c_, cols, acc_base, cbs)
+
+    def _operand(self, loaded: dict, key, resident, offset: int, memory: Memory, load) -> tuple[int, tuple]:
+        """Where operand block ``key`` sits: resident blocks load once, streamed ones into a fresh half."""
+        if key in loaded:
+            return loaded[key]
+        if resident is not None:
+            base, keys = resident
+            where = (base + offset, keys)
+        else:
+            loaded.clear()                               # a streamed half holds one block at a time
+            where = self.buffers.take(memory)
+        load(*where)
+        loaded[key] = where
+        return where
+
+    def _load_a(self, op: Op, a, m0: int, rows: int, k0: int, kl: int, offset: int, keys) -> None:
+        if isinstance(a, Place):
+            self.load(Memory.A, keys, self.dram(op.inputs[0]), a.addr + m0 * a.strides[0] + k0, z=rows,
+                      z_stride=a.strides[0], x=kl, sp_addr=offset)
+            return
+        # Patch rows: per channel, a run of patches along one grid row is a plane each.
+        grid, p = a.size // a.patch, a.patch
+        dram = self.dram("input")
+        m = m0
+        while m < m0 + rows:
+            gh, gw = divmod(m, grid)
+            run = min(grid - gw, m0 + rows - m)
+            for ch in range(a.channels):
+                self.load(Memory.A, keys, dram, a.addr + ch * a.size * a.size + gh * p * a.size + gw * p,
+                          z=run, z_stride=p, y=p, y_stride=a.size, x=p, sp_addr=offset + ch * p * p, sp_bank=m - m0)
+            m += run
+
+    def _load_b(self, op: Op, b: Place, transpose_b: bool, n0: int, cv: int, k0: int, kl: int, offset: int,
+                keys) -> None:
+        name = op.inputs[1]
+        if name in self.program.constants or transpose_b:   # (N, K) rows: a row per bank
+            self.load(Memory.B, keys, self.dram(name), b.addr + n0 * b.strides[0] + k0, z=cv,
+                      z_stride=b.strides[0], x=kl, sp_addr=offset)
+        else:                                               # (K, N) rows spread over the banks
+            self.load(Memory.B, keys, self.dram(name), b.addr + k0 * b.strides[0] + n0, z=kl,
+                      z_stride=b.strides[0], x=cv, sp_addr=offset, transpose=1)
+
+
+def compile_program(program: IntProgram, config) -> CompiledProgram:
+    """Compile ``program`` for the accelerator ``config`` (an ``AcceleratorConfig``), batch 1.
+
+    Raises
+    ------
+    IntVitError
+        One line naming the op and the sizes when the program does not fit the config.
+    """
+    geometry = geometry_for(program, config)
+    compiler = _Compiler(program, geometry)
+    compiler.prepare()
+    internal = {step.inputs[0] for _, _, chain in compiler.plan for step in chain}
+    compiler.memory, contents = plan_memory(program, compiler.constants, compiler.params, internal)
+    compiler.run()
+    instructions = compiler.out.finish()
+    memory = compiler.memory
+    image = np.zeros(memory.image_bytes, dtype=np.uint8)
+    for name, data in contents.items():
+        addr, size = memory.regions[name]
+        image[addr:addr + size] = np.frombuffer(data, dtype=np.uint8)
+    out = memory.places[program.output].matrix()
+    manifest = {
+        "format": "intvit-compiled", "isa_version": ISA_VERSION, "model": program.config.name,
+        "instructions": len(instructions), "image_bytes": memory.image_bytes, "memory_bytes": memory.size,
+        "input": {"addr": memory.regions["input"][0], "shape": list(memory.places["input"].shape), "dtype": "int8"},
+        "output": {"name": program.output, "addr": out.addr, "shape": list(out.shape),
+                   "dtype": "int32" if out.elem == 4 else "int8"},
+        "geometry": {k: (dict(v) if isinstance(v, dict) else v) for k, v in geometry.__dict__.items()},
+        "regions": {name: {"addr": addr, "bytes": size} for name, (addr, size) in memory.regions.items()},
+    }
+    return CompiledProgram(instructions, image, memory, geometry, manifest)

@@ -1,0 +1,204 @@
+"""Where every tensor of a compiled program lives in external memory, and the memory image.
+
+Each tensor of the integer program (batch 1) is a ``Place``: a base byte address, a shape,
+byte strides and an element size, like a numpy view. Tensors that ops only re-index are
+views of another tensor's region, so they cost no instruction: ``split_heads`` outputs are
+column windows of the QKV tensor, the input of ``merge_heads`` is a column window of the
+context, the input of ``concat_token`` is rows 1.. of the token tensor and ``select_token``
+a row. The patch rows that ``patchify`` would make are never materialised: the patch
+embedding's LOADs gather them from the image (``PatchSource``).
+
+The memory image is laid out as: constants (INT8 weights transposed to ``(N, K)``, so
+that a block of B is one contiguous run; the position embedding and class token), parameter-record blocks, the input
+image, then every activation and the logits. Regions are aligned to ``ALIGN`` bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from intvit.quant.errors import IntVitError
+from intvit.quant.program import IntProgram
+
+__all__ = ["ALIGN", "Place", "PatchSource", "MemoryMap", "plan_memory"]
+
+ALIGN = 64
+VIEW_KINDS = ("split_heads", "merge_heads", "concat_token", "select_token")
+
+
+def _align(value: int) -> int:
+    return -(-value // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True)
+class Place:
+    """A strided window of external memory: element ``idx`` is at ``addr + sum(idx * strides)``.
+
+    Attributes
+    ----------
+    addr : int
+    shape, strides : tuple of int
+        Logical shape (batch dimension dropped) and byte strides.
+    elem : int
+        Bytes per element: 1 (INT8) or 4 (wider integers, stored as INT32).
+    """
+
+    addr: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    elem: int
+
+    def matrix(self, index: int = 0) -> Place:
+        """The 2-D ``(rows, cols)`` matrix ``index`` of a stacked (heads, rows, cols) place."""
+        if len(self.shape) == 2:
+            return self
+        if len(self.shape) == 1:
+            return Place(self.addr, (1, self.shape[0]), (self.shape[0] * self.elem, self.strides[0]), self.elem)
+        return Place(self.addr + index * self.strides[0], self.shape[1:], self.strides[1:], self.elem)
+
+    @property
+    def contiguous_rows(self) -> bool:
+        return self.strides[-1] == self.elem
+
+
+@dataclass(frozen=True)
+class PatchSource:
+    """The patch rows of an INT8 image ``(channels, size, size)`` at ``addr``, cut into ``patch`` squares."""
+
+    addr: int
+    channels: int
+    size: int
+    patch: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        grid = self.size // self.patch
+        return grid * grid, self.channels * self.patch * self.patch
+
+
+def _dense(addr: int, shape: tuple[int, ...], elem: int) -> Place:
+    strides = [elem] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        strides[i] = strides[i + 1] * shape[i + 1]
+    return Place(addr, tuple(shape), tuple(strides), elem)
+
+
+@dataclass
+class MemoryMap:
+    """The external-memory layout of one compiled program.
+
+    Attributes
+    ----------
+    places : dict of tensor or constant name -> Place or PatchSource
+    roots : dict of view name -> the tensor whose region it shares
+    regions : dict of region name -> (addr, bytes); the manifest's address table
+    size : int
+        Bytes of external memory the program uses (image, input, activations, logits).
+    image_bytes : int
+        Bytes that the memory image file holds (everything before the activations).
+    """
+
+    places: dict
+    regions: dict
+    roots: dict = field(default_factory=dict)
+    size: int = 0
+    image_bytes: int = 0
+
+    def reserve(self, name: str, nbytes: int) -> int:
+        """A fresh aligned region of ``nbytes``; returns its address."""
+        addr = _align(self.size)
+        self.regions[name] = (addr, nbytes)
+        self.size = addr + nbytes
+        return addr
+
+
+def _elem(program: IntProgram, name: str) -> int:
+    if name in program.constants:
+        return program.constants[name].dtype.itemsize
+    info = program.tensors.get(name)
+    return 1 if info is None or info.bits <= 8 else 4
+
+
+def plan_memory(program: IntProgram, constants: dict[str, np.ndarray],
+                params: dict[str, np.ndarray], internal: set[str] = frozenset()) -> tuple[MemoryMap, dict]:
+    """Lay out constants, parameter blocks, the input and every activation of ``program``.
+
+    Parameters
+    ----------
+    program : IntProgram
+    constants : name -> INT8 array the instruction stream reads (weights, already in the
+        layout the compiler wants, e.g. transposed; tokens)
+    params : name -> (n, 16) uint8 parameter records, each a block in the image
+    internal : tensors that never leave the scratchpads (a fused chain's intermediates); no region
+
+    Returns
+    -------
+    (MemoryMap, image contents as name -> bytes to place at the region's address)
+    """
+    shapes = {name: shape[1:] if name not in program.constants else shape
+              for name, shape in program.tensor_shapes(1).items()}
+    memory = MemoryMap({}, {})
+    contents = {}
+    for name, value in constants.items():
+        value = np.ascontiguousarray(value)
+        memory.places[name] = _dense(memory.reserve(name, value.nbytes), value.shape, value.itemsize)
+        contents[name] = value.tobytes()
+    for name, records in params.items():
+        memory.reserve(name, records.nbytes)
+        contents[name] = records.tobytes()
+    c = program.config
+    input_addr = memory.reserve("input", math.prod(shapes["input"]))
+    memory.places["input"] = _dense(input_addr, shapes["input"], 1)
+    memory.image_bytes = memory.size
+
+    # Views point from a tensor to the one whose region it shares; allocate roots first.
+    parent: dict[str, tuple[str, object]] = {}
+    for op in program.ops:
+        if op.kind in ("split_heads", "select_token"):
+            for out in op.outputs:
+                parent[out] = (op.inputs[0], op)
+        elif op.kind in ("merge_heads", "concat_token"):
+            parent[op.inputs[0]] = (op.output, op)
+        elif op.kind == "patchify":
+            memory.places[op.output] = PatchSource(input_addr, c.in_chans, c.img_size, op.attrs["patch"])
+            memory.roots[op.output] = "input"
+
+    def place(name: str) -> Place:
+        if name in memory.places:
+            return memory.places[name]
+        if name not in parent:
+            shape = shapes[name]
+            elem = _elem(program, name)
+            memory.places[name] = _dense(memory.reserve(name, math.prod(shape) * elem), shape, elem)
+            return memory.places[name]
+        base_name, op = parent[name]
+        base = place(base_name)
+        memory.roots[name] = memory.roots.get(base_name, base_name)
+        if op.kind == "split_heads":                     # (N, 3D) -> (H, N, d) windows
+            heads = op.attrs["heads"]
+            n, three_d = base.shape
+            d = three_d // (3 * heads)
+            part = op.outputs.index(name)
+            view = Place(base.addr + part * heads * d * base.elem, (heads, n, d),
+                         (d * base.elem, base.strides[0], base.elem), base.elem)
+        elif op.kind == "merge_heads":                   # (H, N, d) windows of (N, H*d)
+            heads, n, d = shapes[name]
+            view = Place(base.addr, (heads, n, d), (d * base.elem, base.strides[0], base.elem), base.elem)
+        elif op.kind == "concat_token":                  # rows 1.. of the token tensor
+            view = Place(base.addr + base.strides[0], shapes[name], base.strides, base.elem)
+        else:                                            # select_token: one row
+            index = op.attrs["index"]
+            view = Place(base.addr + index * base.strides[0], shapes[name], base.strides[1:], base.elem)
+        memory.places[name] = view
+        return view
+
+    for op in program.ops:
+        for name in op.outputs:
+            if name not in internal:
+                place(name)
+    if program.output not in memory.places:
+        raise IntVitError(f"program output {program.output!r} is produced by no op")
+    return memory, contents
