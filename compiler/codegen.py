@@ -298,7 +298,7 @@ class _Compiler:
         """The hazard key of a tensor in external memory: the region its view belongs to."""
         return (("dram", self.memory.roots.get(name, name)),)
 
-    def params_for(self, blocks: list[tuple[str, int, int]]) -> dict:
+    def params_for(self, op: Op, blocks: list[tuple[str, int, int]]) -> dict:
         """Records ``(block, first, count)`` in a PARAM half: ``{key: (offset, resource keys)}``.
 
         The set loaded last is reused when it holds them all; otherwise they load into the next half.
@@ -309,7 +309,7 @@ class _Compiler:
             return self.param_cache
         total = sum(count for _, _, count in blocks)
         if total > self.buffers.half[Memory.PARAM]:
-            raise IntVitError(f"compile: {total} parameter records do not fit half of PARAM "
+            raise IntVitError(f"compile: {op.kind} {op.name!r}: {total} parameter records do not fit half of PARAM "
                               f"({self.buffers.half[Memory.PARAM]} records)")
         base, keys = self.buffers.take(Memory.PARAM)
         cache, offset = {}, base
@@ -351,7 +351,7 @@ class _Compiler:
             raise IntVitError(f"compile: softmax {op.name!r}: rows of {length} exceed the unit's "
                               f"{geo.softmax_max_length}")
         has_params = op.kind in ("requant", "add", "layernorm")
-        param_addr, param_keys = self.params_for([(f"{op.name}.params", 0, length)]).get(
+        param_addr, param_keys = self.params_for(op, [(f"{op.name}.params", 0, length)]).get(
             (f"{op.name}.params", 0, length), (0, ())) if has_params else (0, ())
         for row0 in range(0, rows, per_tile):
             n = min(per_tile, rows - row0)
@@ -381,9 +381,12 @@ class _Compiler:
         n_rb, n_cb = -(-m // r_), -(-n // c_)
         half_a, half_b, half_acc = (self.buffers.half[x] for x in (Memory.A, Memory.B, Memory.ACC))
         k_chunk = min(k, half_a, half_b)
+        if isinstance(a_all, PatchSource):               # chunks of whole pixel rows of a patch
+            k_chunk = min(k, k_chunk // a_all.patch * a_all.patch)
+            if k_chunk < 1:
+                raise IntVitError(f"compile: matmul {op.name!r}: a patch row of {a_all.patch} bytes exceeds half an "
+                                  f"A or B bank ({min(half_a, half_b)})")
         n_kc = -(-k // k_chunk)
-        if isinstance(a_all, PatchSource) and n_kc > 1:
-            raise IntVitError(f"compile: matmul {op.name!r}: patch rows of {k} bytes exceed half an A bank ({half_a})")
         blocks = ([f"{op.name}.params.bias"] if len(op.inputs) > 2 else []) + \
                  [f"{rq.name}.params" for rq in chain if rq.kind == "requant"]
         group = min(half_acc // r_, self.buffers.half[Memory.PARAM] // (c_ * max(len(blocks), 1)))
@@ -414,7 +417,7 @@ class _Compiler:
                 for g0 in range(0, n_cb, group):
                     cbs = min(group, n_cb - g0)
                     cols = min(cbs * c_, n - g0 * c_)
-                    params = self.params_for([(blk, g0 * c_, cbs * c_) for blk in blocks])
+                    params = self.params_for(op, [(blk, g0 * c_, cbs * c_) for blk in blocks])
                     acc_base, acc_keys = self.buffers.take(Memory.ACC)
                     for kc in range(n_kc):
                         k0, kl = kc * k_chunk, min(k_chunk, k - kc * k_chunk)
@@ -460,16 +463,22 @@ class _Compiler:
             self.load(Memory.A, keys, self.dram(op.inputs[0]), a.addr + m0 * a.strides[0] + k0, z=rows,
                       z_stride=a.strides[0], x=kl, sp_addr=offset)
             return
-        # Patch rows: per channel, a run of patches along one grid row is a plane each.
+        # Patch rows: a run of patches along one grid row is a plane per patch, a pixel row of
+        # the patch a row; one LOAD per run and channel, for the pixel rows of this K chunk.
         grid, p = a.size // a.patch, a.patch
         dram = self.dram("input")
         m = m0
         while m < m0 + rows:
             gh, gw = divmod(m, grid)
             run = min(grid - gw, m0 + rows - m)
-            for ch in range(a.channels):
-                self.load(Memory.A, keys, dram, a.addr + ch * a.size * a.size + gh * p * a.size + gw * p,
-                          z=run, z_stride=p, y=p, y_stride=a.size, x=p, sp_addr=offset + ch * p * p, sp_bank=m - m0)
+            q = k0 // p                                   # pixel row (channel * p + i) of the patch vector
+            while q < (k0 + kl) // p:
+                ch, i = divmod(q, p)
+                count = min(p - i, (k0 + kl) // p - q)
+                self.load(Memory.A, keys, dram, a.addr + ch * a.size * a.size + (gh * p + i) * a.size + gw * p,
+                          z=run, z_stride=p, y=count, y_stride=a.size, x=p, sp_addr=offset + q * p - k0,
+                          sp_bank=m - m0)
+                q += count
             m += run
 
     def _load_b(self, op: Op, b: Place, transpose_b: bool, n0: int, cv: int, k0: int, kl: int, offset: int,
