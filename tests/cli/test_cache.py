@@ -1,0 +1,208 @@
+"""Calibrated programs are cached between runs; cycle-only runs need no calibration at all.
+
+The cache: a second run with the same options loads the program instead of calibrating (and
+builds no float model); every input of calibration changes the key; ``--no-cache`` bypasses it;
+entries are written atomically and a damaged or foreign entry is reported and rebuilt.
+The shape-only program: no weights and no data are read, and its cycles equal a calibrated
+program's on every op, for mnist and deit-tiny.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import intvit
+import intvit.quant.ptq
+from intvit.cache import cache_dir
+from intvit.cli import build_parser, main
+from intvit.commands.common import calibrated_program, load_model, shape_program
+from intvit.quant.program import load_program
+from intvit.sim.config import load_config
+from intvit.sim.simulator import simulate
+
+CALIB = ["--calib-size", "16", "--batch-size", "8"]
+
+
+def options(*argv):
+    return build_parser().parse_args(["simulate", *argv])
+
+
+@pytest.fixture
+def calibrations(monkeypatch):
+    """Counts quantize_model calls (calibrations) while keeping their results."""
+    calls = []
+    original = intvit.quant.ptq.quantize_model
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("method"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(intvit.quant.ptq, "quantize_model", counted)
+    return calls
+
+
+def program(args):
+    return calibrated_program(args, args.data, lambda: load_model(args))
+
+
+def same_program(a, b):
+    assert [op.__dict__ for op in a.ops] == [op.__dict__ for op in b.ops]
+    assert a.constants.keys() == b.constants.keys()
+    assert all(np.array_equal(a.constants[k], b.constants[k]) for k in a.constants)
+    assert a.tensors == b.tensors and a.input_scale == b.input_scale
+
+
+def entries():
+    return sorted(cache_dir().glob("*")) if cache_dir().is_dir() else []
+
+
+# ------------------------------------------------------------------------------------------ the cache
+def test_the_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "intvit"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "intvit"
+
+
+def test_second_run_loads_the_program_and_builds_no_model(calibrations):
+    args = options(*CALIB)
+    first = program(args)
+    assert len(calibrations) == 1 and len(entries()) == 1
+    second = calibrated_program(args, args.data, lambda: pytest.fail("a cache hit must not build the model"))
+    assert len(calibrations) == 1
+    same_program(first, second)
+
+
+@pytest.mark.parametrize("change", [
+    ["--calib-size", "8"], ["--calib-method", "percentile"], ["--batch-size", "4"], ["--data", "digits"],
+    ["--model", "deit-tiny", "--depth", "1", "--img-size", "32"],
+])
+def test_every_calibration_input_changes_the_key(calibrations, change):
+    program(options(*CALIB))
+    program(options(*CALIB, *change))
+    assert len(calibrations) == 2 and len(entries()) == 2
+
+
+def test_percentile_and_seed_change_the_key_only_where_they_matter(calibrations):
+    program(options(*CALIB, "--calib-method", "percentile", "--percentile", "99.9"))
+    program(options(*CALIB, "--calib-method", "percentile", "--percentile", "99.0"))
+    program(options(*CALIB, "--seed", "3"))              # the embedded weights take no seed
+    assert len(calibrations) == 3 and len(entries()) == 3
+    tiny = ["--model", "deit-tiny", "--depth", "1", "--img-size", "32", "--calib-size", "2"]
+    program(options(*tiny))
+    program(options(*tiny, "--seed", "1"))               # seeded random weights do
+    assert len(calibrations) == 5
+
+
+def test_weights_bytes_and_intvit_version_change_the_key(calibrations, tmp_path, monkeypatch):
+    from intvit.cache import EMBEDDED_FILES
+
+    weights = tmp_path / "mnist.safetensors"
+    weights.write_bytes(EMBEDDED_FILES[0].read_bytes())
+    weights.with_suffix(".json").write_bytes(EMBEDDED_FILES[1].read_bytes())
+    program(options(*CALIB, "--weights", str(weights)))
+    program(options(*CALIB, "--weights", str(weights)))
+    assert len(calibrations) == 1
+    sidecar = weights.with_suffix(".json")
+    sidecar.write_text(sidecar.read_text() + "\n")      # same model, other bytes: calibrated again
+    program(options(*CALIB, "--weights", str(weights)))
+    assert len(calibrations) == 2
+    monkeypatch.setattr(intvit, "__version__", "99.0")
+    program(options(*CALIB, "--weights", str(weights)))
+    assert len(calibrations) == 3
+
+
+def test_no_cache_calibrates_and_stores_nothing(calibrations):
+    program(options(*CALIB))
+    program(options(*CALIB, "--no-cache"))
+    assert len(calibrations) == 2 and len(entries()) == 1
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other model"])
+def test_a_damaged_or_foreign_entry_is_reported_and_rebuilt(calibrations, capsys, damage):
+    args = options(*CALIB)
+    good = program(args)
+    (entry,) = entries()
+    if damage == "garbage":
+        entry.write_bytes(b"not a program")
+    elif damage == "truncated":
+        entry.write_bytes(entry.read_bytes()[:1000])
+    else:
+        program(options("--model", "deit-tiny", "--depth", "1", "--img-size", "32", "--calib-size", "2"))
+        other = next(e for e in entries() if e != entry)
+        os.replace(other, entry)
+    capsys.readouterr()
+    rebuilt = program(args)
+    assert f"intvit: ignoring cache entry {entry.name}: " in capsys.readouterr().err
+    assert len(calibrations) == 2 + (damage == "other model")
+    same_program(good, rebuilt)
+    same_program(good, load_program(entry))             # and the entry is whole again
+
+
+def test_a_failed_write_leaves_no_entry_and_no_temporary_file(calibrations, capsys, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", fail)
+    program(options(*CALIB))
+    assert "intvit: cannot write the program cache" in capsys.readouterr().err
+    assert entries() == []
+
+
+def test_an_unwritable_cache_folder_only_costs_time(calibrations, capsys, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))          # intvit/ cannot be created under a file
+    program(options(*CALIB))
+    program(options(*CALIB))
+    assert len(calibrations) == 2
+    assert "cannot write the program cache" in capsys.readouterr().err
+
+
+def test_simulate_twice_prints_the_same_report_and_calibrates_once(calibrations, capsys):
+    argv = ["simulate", *CALIB]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first and len(calibrations) == 1
+
+
+# ------------------------------------------------------------------------------- cycle-only programs
+@pytest.fixture
+def no_weights_no_data(monkeypatch):
+    import intvit.quant.architecture
+    import intvit.quant.checkpoint
+    import intvit.quant.data
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cycle-only program must not read weights or data")
+
+    monkeypatch.setattr(intvit.quant.checkpoint, "load_embedded", refuse)
+    monkeypatch.setattr(intvit.quant.checkpoint, "read_state_dict", refuse)
+    monkeypatch.setattr(intvit.quant.data, "load_dataset", refuse)
+
+
+@pytest.mark.parametrize("model, calib_size", [("mnist", 16), ("deit-tiny", 4)])
+def test_shape_program_costs_what_a_calibrated_program_does(model, calib_size, monkeypatch, no_weights_no_data):
+    args = options("--model", model, "--calib-size", str(calib_size), "--batch-size", str(calib_size))
+    shapes = shape_program(args)
+    monkeypatch.undo()
+    calibrated = calibrated_program(args, args.data, lambda: load_model(args))
+    assert [op.name for op in shapes.ops] == [op.name for op in calibrated.ops]
+    for flow in ("os", "ws"):
+        config = load_config(None).with_(matmul__dataflow=flow)
+        for batch in (1, 3):
+            a = simulate(shapes, config, batch=batch, functional=False)
+            b = simulate(calibrated, config, batch=batch, functional=False)
+            assert [(op.name, op.cycles, op.exposed_cycles, op.dram_bytes) for op in a.ops] == \
+                   [(op.name, op.cycles, op.exposed_cycles, op.dram_bytes) for op in b.ops]
+            assert a.total_cycles == b.total_cycles > 0
+
+
+def test_simulate_no_functional_reads_no_weights_or_data(no_weights_no_data, calibrations, capsys):
+    assert main(["simulate", "--no-functional", "--data", "/no/such/dir"]) == 0
+    assert "cycles" in capsys.readouterr().out
+    assert calibrations == [None]                   # the shape program's one quantisation, no data
+    assert entries() == []
