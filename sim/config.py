@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from intvit.quant.errors import IntVitError
+from intvit.sim.gelu import GELU_LATENCY
+from intvit.sim.layernorm import layernorm_latency
+from intvit.sim.requant import REQUANT_LATENCY
+from intvit.sim.softmax import softmax_latency
 
 __all__ = [
     "DATAFLOWS",
@@ -176,10 +180,11 @@ class AcceleratorConfig:
 
     clock_mhz: int | float = 500
     matmul: MatMulConfig = field(default_factory=MatMulConfig)
-    requant: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=3))
-    softmax: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=40))
-    gelu: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=4))
-    layernorm: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=133))
+    # The units' latencies as their cycle models predict them for the RTL (one place each).
+    requant: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=REQUANT_LATENCY))
+    softmax: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=softmax_latency()))
+    gelu: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=GELU_LATENCY))
+    layernorm: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=layernorm_latency()))
     buffers: BufferConfig = field(default_factory=BufferConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from intvit.sim.stream import stream_cycles
 
-__all__ = ["gelu_cycles"]
+__all__ = ["GELU_LATENCY", "gelu_cycles"]
+
+GELU_LATENCY = 4                # registers: the clipped gap, its square, erf, the product x * (1 + erf)
 
 
 def gelu_cycles(lanes: int, latency: int, elements: int) -> int:
@@ -24,7 +26,7 @@ def gelu_cycles(lanes: int, latency: int, elements: int) -> int:
     lanes : int
         Elements per cycle.
     latency : int
-        Pipeline depth in cycles (``rtl.gelu.Gelu.latency`` is 4).
+        Pipeline depth in cycles; ``GELU_LATENCY`` (4) for the RTL.
     elements : int
         Values to transform; 0 costs nothing.
     """

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from intvit.sim.stream import stream_cycles
 
-__all__ = ["requant_cycles"]
+__all__ = ["REQUANT_LATENCY", "requant_cycles"]
+
+REQUANT_LATENCY = 3             # registers: the product, the rounding shift, the saturated result
 
 
 def requant_cycles(lanes: int, latency: int, elements: int) -> int:
@@ -25,7 +27,7 @@ def requant_cycles(lanes: int, latency: int, elements: int) -> int:
     lanes : int
         Values per beat.
     latency : int
-        Pipeline register stages; ``rtl.requant.Requantiser.LATENCY`` is 3.
+        Pipeline register stages; ``REQUANT_LATENCY`` (3) for the RTL.
     elements : int
         Values to requantise; 0 costs nothing.
 

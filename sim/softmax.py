@@ -14,9 +14,25 @@ both included, as the cocotb bench measures (``tests/rtl/cycles/softmax.json``).
 
 from __future__ import annotations
 
-from intvit.sim.stream import row_cycles
+from intvit.quant.softmax import SOFTMAX_RECIP_BITS
+from intvit.sim.stream import divider_cycles, row_cycles
 
-__all__ = ["softmax_cycles"]
+__all__ = ["EXP_DRAIN_CYCLES", "OUT_FILL_CYCLES", "softmax_latency", "softmax_cycles"]
+
+EXP_DRAIN_CYCLES = 1 + 4        # the EXP pass: buffer read, then 4 exponential stages
+DIVIDE_ISSUE_CYCLES = 1         # the cycle that hands the row total to the divider
+OUT_FILL_CYCLES = 2             # the OUT pass: buffer read, then the output register
+
+
+def softmax_latency(recip_bits: int = SOFTMAX_RECIP_BITS) -> int:
+    """Per-row cycles of the Softmax unit beyond its three passes over the row's beats.
+
+    ``EXP_DRAIN_CYCLES + DIVIDE_ISSUE_CYCLES + divider_cycles(recip_bits + 1) + OUT_FILL_CYCLES``
+    (5 + 1 + 32 + 2 = 40): the division ``2**30 // total`` runs on a divider of
+    ``recip_bits + 1`` quotient bits (the quotient ``2**30`` of a total of 1 needs 31).
+    Independent of ``lanes``: every lane has its own exponential and output datapath.
+    """
+    return EXP_DRAIN_CYCLES + DIVIDE_ISSUE_CYCLES + divider_cycles(recip_bits + 1) + OUT_FILL_CYCLES
 
 
 def softmax_cycles(lanes: int, latency: int, rows: int, length: int) -> int:
@@ -27,7 +43,7 @@ def softmax_cycles(lanes: int, latency: int, rows: int, length: int) -> int:
     lanes : int
         Scores per beat.
     latency : int
-        Per-row cycles beyond the three passes (``rtl.softmax.Softmax.latency`` is 40).
+        Per-row cycles beyond the three passes (``softmax_latency()`` for the RTL: 40).
     rows : int
         Rows to normalise; 0 costs nothing.
     length : int

@@ -13,9 +13,18 @@ from __future__ import annotations
 
 from intvit.quant.errors import IntVitError
 
-__all__ = ["ROW_PASSES", "check_count", "stream_cycles", "row_cycles"]
+__all__ = ["ROW_PASSES", "check_count", "divider_cycles", "stream_cycles", "row_cycles"]
 
 ROW_PASSES = 3
+
+
+def divider_cycles(quotient_bits: int) -> int:
+    """One division on the row units' sequential divider, issue to result taken: ``quotient_bits + 1``.
+
+    The operands are registered on the issue edge, each of the next ``quotient_bits`` edges
+    retires one quotient bit, and the result is taken on the edge after the last one.
+    """
+    return quotient_bits + 1
 
 
 def check_count(unit: str, name: str, value, minimum: int) -> None:

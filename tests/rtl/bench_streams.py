@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from cocotb.clock import Clock
+from cocotb_coverage.coverage import CoverPoint, coverage_db
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
-from runner import bench_ports, bench_result
+from runner import bench_ports, bench_result, bench_result_value
 
-__all__ = ["CLOCK_NS", "StreamRun", "pack", "unpack", "check_rows", "reset", "stream_through"]
+__all__ = ["CLOCK_NS", "StreamRun", "pack", "unpack", "check_rows", "cover", "reset", "stream_through"]
 
 CLOCK_NS = 10
 RESET_CYCLES = 2
@@ -65,6 +66,25 @@ def check_rows(words: Sequence[int], rows: Sequence[np.ndarray], want: Sequence[
         bad = np.flatnonzero(got[:len(row)] != expected)
         assert bad.size == 0, (f"row {index} (length {len(row)}): {bad.size} mismatches, first at {bad[0]}: "
                                f"got {got[bad[0]]}, want {expected[bad[0]]}; row {np.asarray(row).tolist()}")
+
+
+def cover(name: str, bins: Sequence[str], samples: Sequence[str]) -> dict[str, int]:
+    """Sample edge classes into a cocotb-coverage point; every bin must be hit.
+
+    ``samples`` name the class of each checked vector (a row, a job). The hits per bin are
+    handed back under ``coverage[name]`` for the pytest summary, and a bin never hit fails
+    the bench: the vectors did not reach that edge.
+    """
+    point = CoverPoint(name, xf=lambda sample: sample, bins=list(bins))(lambda sample: None)
+    for sample in samples:
+        point(sample)
+    hits = dict(coverage_db[name].detailed_coverage)
+    missed = [name for name, count in hits.items() if count == 0]
+    assert not missed, f"coverage {name}: no vector in {', '.join(missed)}"
+    merged = bench_result_value("coverage", {})
+    merged[name] = hits
+    bench_result(coverage=merged)
+    return hits
 
 
 async def reset(dut) -> None:

@@ -41,6 +41,8 @@ def bench(tmp_path, record_property):
         result = run_bench(design, build_dir=tmp_path / f"bench{next(counter)}", **kwargs)
         record_property(BENCH_WALL, round(result.wall_s, 2))
         record_property(VECTORS, result["vectors"])
+        for point, hits in result.get("coverage", {}).items():
+            record_property(REPORT, f"coverage {point}: " + ", ".join(f"{name} {n}" for name, n in hits.items()))
         return result
 
     return run

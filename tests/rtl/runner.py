@@ -34,7 +34,7 @@ from intvit.rtl.verilog import to_verilog
 __all__ = [
     "BENCH_DIR", "CYCLES_DIR", "PARAMS_ENV", "RESULT_ENV", "PORTS_ENV", "SKIP_ENV", "UPDATE_CYCLES_ENV",
     "BenchRun", "tool_missing", "require", "write_verilog", "run_bench",
-    "bench_params", "bench_result", "bench_ports", "load_cycles", "check_cycles",
+    "bench_params", "bench_result", "bench_result_value", "bench_ports", "load_cycles", "check_cycles",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -177,6 +177,12 @@ def bench_result(**values) -> None:
     merged = json.loads(path.read_text()) if path.exists() else {}
     merged.update(values)
     path.write_text(json.dumps(merged))
+
+
+def bench_result_value(name: str, default):
+    """Inside a cocotb bench: the value handed back so far under ``name``, else ``default``."""
+    path = Path(os.environ[RESULT_ENV])
+    return json.loads(path.read_text()).get(name, default) if path.exists() else default
 
 
 def bench_ports() -> dict[str, list[str]]:

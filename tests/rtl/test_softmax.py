@@ -12,8 +12,10 @@ from intvit.quant.softmax import int_softmax
 from intvit.rtl.softmax import SOFTMAX_ROW_OVERHEAD_CYCLES, Softmax
 
 SEED = 2024
-MAX_LENGTH = 200
 CYCLE_CASES = [[1, 1], [2, 50], [3, 197], [4, 8]]
+# (lanes, max_length, random rows): the shipped MNIST unit (8 lanes, 50 tokens) carries the
+# volume; DeiT's 197 tokens on 4 lanes and a 1-lane unit cover the other shapes. With the
+# 12 edge rows per run, 2,036 rows in all.
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -34,13 +36,18 @@ def test_properties():
         unit.max_length = 3
 
 
-@pytest.mark.parametrize("lanes, rows", [(1, 40), (4, 150), (8, 60)])
-def test_bench_matches_int_softmax(bench, lanes, rows):
-    unit = Softmax(lanes, max_length=MAX_LENGTH)
+@pytest.mark.parametrize("lanes, max_length, rows", [(8, 50, 1600), (4, 197, 340), (1, 200, 60)])
+def test_bench_matches_int_softmax(bench, lanes, max_length, rows):
+    unit = Softmax(lanes, max_length=max_length)
+    cases = [[count, length] for count, length in CYCLE_CASES if length <= max_length]
     run = bench(unit, toplevel="softmax", test_module="bench_softmax",
-                params={"lanes": lanes, "max_length": MAX_LENGTH, "latency": unit.latency, "seed": SEED + lanes,
-                        "rows": rows, "cycle_cases": CYCLE_CASES})
-    print(f"bench_softmax lanes={lanes} rows={rows}: {run.wall_s:.2f} s")
+                params={"lanes": lanes, "max_length": max_length, "latency": unit.latency, "seed": SEED + lanes,
+                        "rows": rows, "cycle_cases": cases})
+    print(f"bench_softmax lanes={lanes} rows={run['rows']}: {run.wall_s:.2f} s")
+    assert run["rows"] == rows + 12
+    # The RTL's declared per-row latency against its measured cycles.
+    for record in run["records"]:
+        assert record["cycles"] == record["rows"] * (3 * -(-record["length"] // lanes) + unit.latency), record
     check_cycles("softmax", run["records"])
 
 
