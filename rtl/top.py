@@ -10,7 +10,7 @@ operand buffers and the DMA that feed these streams are the simulator's model, n
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from amaranth import Module
+from amaranth import Module, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out, connect, flipped
 
@@ -21,7 +21,7 @@ from intvit.rtl.matmul import MatMulArray
 from intvit.rtl.requant import PROGRAM_WIDTHS, Requantiser
 from intvit.rtl.softmax import Softmax
 
-__all__ = ["TopParams", "Accelerator", "unit_builders"]
+__all__ = ["TopParams", "Accelerator", "unit_builders", "flat_ports"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,15 @@ class Accelerator(wiring.Component):
             m.submodules[name] = unit
             connect(m, flipped(getattr(self, name)), unit)
         return m
+
+
+def flat_ports(component: wiring.Component, separator: str = "_") -> dict:
+    """``verilog.convert``'s ``ports`` for ``component``: signature paths joined by ``separator``.
+
+    Amaranth joins paths with ``__`` (``m_axi__araddr``); SoC tools and cocotbext-axi's
+    ``AxiBus.from_prefix(dut, "m_axi")`` expect AMBA names (``m_axi_araddr``), so the
+    accelerator is written with single underscores.
+    """
+    # Amaranth infers each port's direction from its drivers.
+    return {separator.join(map(str, path)): (Value.cast(value), None)
+            for path, _flow, value in component.signature.flatten(component)}
