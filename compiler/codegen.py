@@ -169,6 +169,10 @@ class _Buffers:
                      Memory.ACC: geometry.acc_words // 2, Memory.PARAM: geometry.param_records // 2}
         self.turn = {memory: 0 for memory in self.half}
 
+    def whole(self, memory: Memory) -> tuple[int, tuple]:
+        """Both halves at once, for an operand that fits only the whole scratchpad."""
+        return 0, ((memory, 0), (memory, 1))
+
     def take(self, memory: Memory) -> tuple[int, tuple]:
         """The next half: (base offset, resource key)."""
         h = self.turn[memory]
@@ -400,49 +404,58 @@ class _Compiler:
             if n > geo.softmax_max_length:
                 raise IntVitError(f"compile: softmax {chain[-1].name!r}: rows of {n} exceed the unit's "
                                   f"{geo.softmax_max_length}")
+        # Column groups outer when all of A stays on chip but B does not: every B block then
+        # loads once, its group resident while the row blocks pass; row blocks outer otherwise
+        # (and always for Softmax, which needs whole rows).
+        b_whole = n_cb * k <= half_b
+        cols_outer = not b_whole and n_kc == 1 and n_rb * k <= geo.a_depth \
+            and not any(step.kind == "softmax" for step in chain)
+        if cols_outer:
+            group = min(group, half_b // k)
         n_groups = -(-n_cb // group)
         group = -(-n_cb // n_groups)                     # even groups
-        a_resident = n_rb * k <= half_a
-        b_resident = n_cb * k <= half_b
+        groups = range(0, n_cb, group)
         for h in range(heads):
             a = a_all if isinstance(a_all, PatchSource) else a_all.matrix(h)
             b = b_all.matrix(h)
             out = out_all.matrix(h)
             a_loaded: dict = {}
             b_loaded: dict = {}
-            a_base = self.buffers.take(Memory.A) if a_resident else None
-            b_base = self.buffers.take(Memory.B) if b_resident else None
-            for rb in range(n_rb):
+            a_region = self.buffers.take(Memory.A) if n_rb * k <= half_a else \
+                self.buffers.whole(Memory.A) if cols_outer else None
+            b_region = self.buffers.take(Memory.B) if b_whole else None
+            order = [(g0, rb) for g0 in groups for rb in range(n_rb)] if cols_outer else \
+                [(g0, rb) for rb in range(n_rb) for g0 in groups]
+            for g0, rb in order:
+                if cols_outer and rb == 0:
+                    b_region, b_loaded = self.buffers.take(Memory.B), {}
+                b_first = g0 if cols_outer else 0
                 m0, rows = rb * r_, min(r_, m - rb * r_)
-                for g0 in range(0, n_cb, group):
-                    cbs = min(group, n_cb - g0)
-                    cols = min(cbs * c_, n - g0 * c_)
-                    params = self.params_for(op, [(blk, g0 * c_, cbs * c_) for blk in blocks])
-                    acc_base, acc_keys = self.buffers.take(Memory.ACC)
-                    for kc in range(n_kc):
-                        k0, kl = kc * k_chunk, min(k_chunk, k - kc * k_chunk)
-                        a_off, a_keys = self._operand(a_loaded, (rb, kc), a_base, rb * k + k0, Memory.A,
-                                                      lambda off, keys: self._load_a(op, a, m0, rows, k0, kl, off, keys))
-                        for cb in range(g0, g0 + cbs):
-                            n0, cv = cb * c_, min(c_, n - cb * c_)
-                            b_off, b_keys = self._operand(
-                                b_loaded, (kc, cb), b_base, cb * k + k0, Memory.B,
-                                lambda off, keys: self._load_b(op, b, transpose_b, n0, cv, k0, kl, off, keys))
-                            bias_key = (f"{op.name}.params.bias", g0 * c_, cbs * c_)
-                            bias = kc == 0 and bias_key in params
-                            p_off, p_keys = params[bias_key] if bias else (0, ())
-                            self.out.emit(Opcode.MATMUL, reads=a_keys + b_keys + p_keys,
-                                          writes=acc_keys,
-                                          accumulate=int(kc > 0), bias=int(bias), a_addr=a_off, b_addr=b_off, k=kl,
-                                          acc_addr=acc_base + cb - g0, acc_stride=cbs,
-                                          param_addr=p_off + (cb - g0) * c_)
-                    for step in chain:
-                        p_off, p_keys = params.get((f"{step.name}.params", g0 * c_, cbs * c_), (0, ()))
-                        self.out.emit(VECTOR_OPCODES[step.kind], reads=acc_keys + p_keys, writes=acc_keys,
-                                      width=REQUANT_WIDTHS.index(step.attrs["bits"]) if step.kind == "requant" else 0,
-                                      src=acc_base, dst=acc_base, rows=rows, length=cols, stride=cbs,
-                                      param_addr=p_off)
-                    self.store_rows(acc_keys, final, out, m0, rows, g0 * c_, cols, acc_base, cbs)
+                cbs = min(group, n_cb - g0)
+                cols = min(cbs * c_, n - g0 * c_)
+                params = self.params_for(op, [(blk, g0 * c_, cbs * c_) for blk in blocks])
+                acc_base, acc_keys = self.buffers.take(Memory.ACC)
+                for kc in range(n_kc):
+                    k0, kl = kc * k_chunk, min(k_chunk, k - kc * k_chunk)
+                    a_off, a_keys = self._operand(a_loaded, (rb, kc), a_region, rb * k + k0, Memory.A,
+                                                  lambda off, keys: self._load_a(op, a, m0, rows, k0, kl, off, keys))
+                    for cb in range(g0, g0 + cbs):
+                        n0, cv = cb * c_, min(c_, n - cb * c_)
+                        b_off, b_keys = self._operand(
+                            b_loaded, (kc, cb), b_region, (cb - b_first) * k + k0, Memory.B,
+                            lambda off, keys: self._load_b(op, b, transpose_b, n0, cv, k0, kl, off, keys))
+                        bias_key = (f"{op.name}.params.bias", g0 * c_, cbs * c_)
+                        bias = kc == 0 and bias_key in params
+                        p_off, p_keys = params[bias_key] if bias else (0, ())
+                        self.out.emit(Opcode.MATMUL, reads=a_keys + b_keys + p_keys, writes=acc_keys,
+                                      accumulate=int(kc > 0), bias=int(bias), a_addr=a_off, b_addr=b_off, k=kl,
+                                      acc_addr=acc_base + cb - g0, acc_stride=cbs, param_addr=p_off + (cb - g0) * c_)
+                for step in chain:
+                    p_off, p_keys = params.get((f"{step.name}.params", g0 * c_, cbs * c_), (0, ()))
+                    self.out.emit(VECTOR_OPCODES[step.kind], reads=acc_keys + p_keys, writes=acc_keys,
+                                  width=REQUANT_WIDTHS.index(step.attrs["bits"]) if step.kind == "requant" else 0,
+                                  src=acc_base, dst=acc_base, rows=rows, length=cols, stride=cbs, param_addr=p_off)
+                self.store_rows(acc_keys, final, out, m0, rows, g0 * c_, cols, acc_base, cbs)
 
     def _operand(self, loaded: dict, key, resident, offset: int, memory: Memory, load) -> tuple[int, tuple]:
         """Where operand block ``key`` sits: resident blocks load once, streamed ones into a fresh half."""

@@ -1,0 +1,285 @@
+"""Cycle model of a compiled instruction stream: what the RTL's cycle counter must read.
+
+It evaluates the "Timing" section of ``docs/isa.md`` exactly, instruction by instruction in
+program order (every dependency points backwards, so one pass suffices):
+
+* **fetch**: bursts of ``FETCH_BURST_INSTRUCTIONS`` on the instruction port, issued when the
+  fetch FIFO has room, each costing ``read_latency_cycles`` plus its beats;
+* **dispatch**: one instruction per cycle in program order, stalled while the target queue
+  holds ``QUEUE_DEPTH`` instructions that have not started;
+* **start**: after dispatch, after the module's previous instruction, and after the pushes
+  of the tokens it pops (the n-th pop of a counter takes its n-th push);
+* **duration**: DMA bursts at ``axi_data_bits`` with the memory latencies, and the units'
+  own closed forms (``sim.matmul.fold_cycles``, ``sim.requant.requant_cycles``,
+  ``sim.softmax.softmax_cycles``, ``sim.gelu.gelu_cycles``, ``sim.layernorm.layernorm_cycles``)
+  plus ``ISSUE_CYCLES``, so a change to a unit's formula carries over here.
+
+``schedule`` takes instructions (from ``compiler.compile_program`` or a binary stream);
+``predict_cycles`` is the one number ``intvit rtl-run`` compares with the RTL.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from intvit.compiler.isa import (
+    AXI_BOUNDARY_BYTES, CONTROL_CYCLES, ELEMENT_BYTES, FETCH_BURST_INSTRUCTIONS, FETCH_QUEUE_DEPTH,
+    INSTRUCTION_BYTES, ISSUE_CYCLES, QUEUE_DEPTH, QUEUE_OF, TOKEN_BITS, Instruction, Opcode, Queue,
+)
+from intvit.quant.errors import IntVitError
+from intvit.sim.config import AcceleratorConfig
+from intvit.sim.gelu import gelu_cycles
+from intvit.sim.layernorm import layernorm_cycles
+from intvit.sim.matmul import fold_cycles, fold_plan
+from intvit.sim.requant import requant_cycles
+from intvit.sim.softmax import softmax_cycles
+
+__all__ = ["UNIT_OF", "ScheduleReport", "burst_cost", "instruction_cycles", "schedule", "predict_cycles"]
+
+UNIT_OF = {
+    Opcode.LOAD: "dma_load", Opcode.STORE: "dma_store", Opcode.MATMUL: "matmul", Opcode.REQUANT: "requant",
+    Opcode.ADD: "requant", Opcode.SOFTMAX: "softmax", Opcode.GELU: "gelu", Opcode.LAYERNORM: "layernorm",
+    Opcode.SYNC: "control", Opcode.END: "control",
+}
+# Token counters by (producer queue, consumer queue); which flag pushes and which pops.
+COUNTERS = ((Queue.LOAD, Queue.COMPUTE), (Queue.COMPUTE, Queue.LOAD), (Queue.COMPUTE, Queue.STORE),
+            (Queue.STORE, Queue.COMPUTE))
+
+
+@dataclass
+class ScheduleReport:
+    """One compiled inference on the accelerator, cycle by cycle.
+
+    Attributes
+    ----------
+    config : AcceleratorConfig
+    total_cycles : int
+        From ``start`` to END's completion: the RTL's cycle counter.
+    start, end : int64 arrays
+        Start and completion cycle of every instruction.
+    opcodes : int array
+    classes : dict of opcode name -> {"count", "busy_cycles"}
+    units : dict of unit -> busy cycles (``dma_load``, ``dma_store``, ``matmul``, ...)
+    dram_read_bytes, dram_write_bytes : int
+    macs : int
+        The program's useful multiply-accumulates, when the caller gives them.
+    """
+
+    config: AcceleratorConfig
+    total_cycles: int
+    start: np.ndarray
+    end: np.ndarray
+    opcodes: np.ndarray
+    classes: dict = field(default_factory=dict)
+    units: dict = field(default_factory=dict)
+    dram_read_bytes: int = 0
+    dram_write_bytes: int = 0
+    macs: int = 0
+
+    @property
+    def latency_us(self) -> float:
+        return self.total_cycles / self.config.clock_mhz
+
+    @property
+    def mac_utilization(self) -> float:
+        m = self.config.matmul
+        return self.macs / (m.rows * m.cols * self.total_cycles)
+
+    def as_dict(self) -> dict:
+        m = self.config.matmul
+        return {
+            "total_cycles": self.total_cycles, "latency_us": self.latency_us,
+            "array": f"{m.rows}x{m.cols}", "clock_mhz": self.config.clock_mhz,
+            "instructions": int(self.opcodes.size), "macs": self.macs, "mac_utilization": self.mac_utilization,
+            "dram_read_bytes": self.dram_read_bytes, "dram_write_bytes": self.dram_write_bytes,
+            "classes": self.classes,
+            "units": {unit: {"busy_cycles": busy, "utilization": busy / self.total_cycles}
+                      for unit, busy in self.units.items()},
+        }
+
+
+@lru_cache(maxsize=1 << 16)
+def burst_cost(offset: int, size: int, beat_bytes: int, max_beats: int) -> tuple[int, int]:
+    """``(bursts, beats)`` of one contiguous run of ``size`` bytes starting ``offset`` bytes into a 4 KiB page.
+
+    A burst ends at the run's end, at a 4 KiB boundary or after ``max_beats`` beats; it has
+    ``ceil(end / W) - floor(start / W)`` beats (``W = beat_bytes``).
+    """
+    bursts = beats = 0
+    position, end = offset, offset + size
+    while position < end:
+        first = position // beat_bytes
+        limit = min(end, (position // AXI_BOUNDARY_BYTES + 1) * AXI_BOUNDARY_BYTES, (first + max_beats) * beat_bytes)
+        bursts += 1
+        beats += -(-limit // beat_bytes) - first
+        position = limit
+    return bursts, beats
+
+
+def _runs(ins: Instruction) -> tuple[np.ndarray, int]:
+    """Start addresses and length of the contiguous runs of a LOAD or STORE (docs/isa.md, "Runs")."""
+    row = ins.x_count * ELEMENT_BYTES[ins.elem]
+    if ins.y_count == 1 or ins.y_stride == row:
+        plane = row * ins.y_count
+        if ins.z_count == 1 or ins.z_stride == plane:
+            return np.array([ins.dram_addr]), plane * ins.z_count
+        return ins.dram_addr + np.arange(ins.z_count) * ins.z_stride, plane
+    starts = ins.dram_addr + (np.arange(ins.z_count)[:, None] * ins.z_stride
+                              + np.arange(ins.y_count)[None, :] * ins.y_stride)
+    return starts.reshape(-1), row
+
+
+def dma_cycles(ins: Instruction, config: AcceleratorConfig) -> int:
+    """Cycles of one LOAD or STORE: ``ISSUE_CYCLES`` plus ``latency + beats`` per burst."""
+    mem = config.memory
+    latency = mem.read_latency_cycles if ins.opcode == Opcode.LOAD else mem.write_latency_cycles
+    starts, size = _runs(ins)
+    offsets, counts = np.unique(starts % AXI_BOUNDARY_BYTES, return_counts=True)
+    total = ISSUE_CYCLES
+    for offset, count in zip(offsets.tolist(), counts.tolist()):
+        bursts, beats = burst_cost(offset, size, mem.axi_data_bits // 8, mem.max_burst_beats)
+        total += count * (bursts * latency + beats)
+    return total
+
+
+def instruction_cycles(ins: Instruction, config: AcceleratorConfig) -> int:
+    """Cycles from start to completion of one instruction (docs/isa.md, "Timing")."""
+    op = ins.opcode
+    if op in (Opcode.LOAD, Opcode.STORE):
+        return dma_cycles(ins, config)
+    if op in (Opcode.SYNC, Opcode.END):
+        return CONTROL_CYCLES
+    if op == Opcode.MATMUL:
+        m = config.matmul
+        return ISSUE_CYCLES + fold_cycles(fold_plan(m.rows, ins.k, m.cols, m.rows, m.cols, "os"), "native", m.latency)
+    unit = UNIT_OF[op]
+    lanes, latency = getattr(config, unit).lanes, getattr(config, unit).latency
+    beats = ins.rows * -(-ins.length // lanes)
+    if op in (Opcode.REQUANT, Opcode.ADD):
+        return ISSUE_CYCLES + requant_cycles(lanes, latency, beats * lanes)
+    if op == Opcode.GELU:
+        return ISSUE_CYCLES + gelu_cycles(lanes, latency, beats * lanes)
+    if op == Opcode.SOFTMAX:
+        return ISSUE_CYCLES + softmax_cycles(lanes, latency, ins.rows, ins.length)
+    return ISSUE_CYCLES + -(-ins.length // lanes) + layernorm_cycles(lanes, latency, ins.rows, ins.length)
+
+
+def _durations(instructions: list[Instruction], config: AcceleratorConfig) -> np.ndarray:
+    cache: dict = {}
+    out = np.empty(len(instructions), dtype=np.int64)
+    for i, ins in enumerate(instructions):
+        if ins.opcode in (Opcode.LOAD, Opcode.STORE):
+            out[i] = dma_cycles(ins, config)
+            continue
+        key = (ins.opcode, ins.fields.get("k"), ins.fields.get("rows"), ins.fields.get("length"))
+        if key not in cache:
+            cache[key] = instruction_cycles(ins, config)
+        out[i] = cache[key]
+    return out
+
+
+def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: int = 0) -> ScheduleReport:
+    """Start and completion cycle of every instruction of a compiled stream, and the totals.
+
+    ``macs`` (the program's useful multiply-accumulates) only feeds ``mac_utilization``.
+
+    Raises
+    ------
+    IntVitError
+        If the stream has no END, pops a token that no earlier instruction pushes (the
+        controller would hang) or overflows a ``TOKEN_BITS`` counter.
+    """
+    ends = [i for i, ins in enumerate(instructions) if ins.opcode == Opcode.END]
+    if not ends:
+        raise IntVitError("instruction stream has no END")
+    instructions = instructions[:ends[0] + 1]
+    n = len(instructions)
+    mem = config.memory
+    duration = _durations(instructions, config)
+    fetch_beats = -(-FETCH_BURST_INSTRUCTIONS * INSTRUCTION_BYTES // (mem.axi_data_bits // 8))
+    fetch_cost = mem.read_latency_cycles + fetch_beats
+    dispatch = np.zeros(n, dtype=np.int64)
+    start = np.zeros(n, dtype=np.int64)
+    end = np.zeros(n, dtype=np.int64)
+    arrival: list[int] = []
+    queue_members: dict[Queue, list[int]] = {q: [] for q in Queue}
+    last_end = {q: 0 for q in Queue}
+    pushes: dict[tuple, list[int]] = {c: [] for c in COUNTERS}     # completion cycles, in push order
+    pops: dict[tuple, list[int]] = {c: [] for c in COUNTERS}
+    for i, ins in enumerate(instructions):
+        burst = i // FETCH_BURST_INSTRUCTIONS
+        while len(arrival) <= burst:
+            b = len(arrival)
+            issue = arrival[-1] if arrival else 0
+            room = b * FETCH_BURST_INSTRUCTIONS - FETCH_QUEUE_DEPTH + FETCH_BURST_INSTRUCTIONS - 1
+            if room >= 0:
+                issue = max(issue, int(dispatch[room]) + 1)
+            arrival.append(issue + fetch_cost)
+        queue = QUEUE_OF[ins.opcode]
+        members = queue_members[queue]
+        d = max(arrival[burst], int(dispatch[i - 1]) + 1 if i else 0)
+        if len(members) >= QUEUE_DEPTH:
+            d = max(d, int(start[members[-QUEUE_DEPTH]]) + 1)
+        dispatch[i] = d
+        s = max(d + 1, last_end[queue])
+        f = ins.fields
+        for counter in COUNTERS:
+            producer, consumer = counter
+            if consumer == queue and f.get("pop_prev" if producer < consumer else "pop_next"):
+                taken = len(pops[counter])
+                if taken >= len(pushes[counter]):
+                    raise IntVitError(f"instruction {i} ({ins.opcode.name}) waits for a {producer.name.lower()}->"
+                                      f"{consumer.name.lower()} token that no earlier instruction gives: "
+                                      "the controller would hang")
+                s = max(s, pushes[counter][taken])
+        start[i], end[i] = s, s + int(duration[i])
+        for counter in COUNTERS:
+            producer, consumer = counter
+            if consumer == queue and f.get("pop_prev" if producer < consumer else "pop_next"):
+                pops[counter].append(s)
+            if producer == queue and f.get("push_next" if producer < consumer else "push_prev"):
+                pushes[counter].append(int(end[i]))
+        members.append(i)
+        last_end[queue] = int(end[i])
+    _check_counters(pushes, pops)
+    report = _report(instructions, config, start, end, duration)
+    report.macs = macs
+    return report
+
+
+def _check_counters(pushes: dict, pops: dict) -> None:
+    limit = (1 << TOKEN_BITS) - 1
+    for counter, times in pushes.items():
+        if len(times) <= limit:
+            continue
+        given = np.arange(1, len(times) + 1)
+        taken = np.searchsorted(np.sort(pops[counter]), np.asarray(times), side="left")
+        if np.max(given - taken) > limit:
+            raise IntVitError(f"{counter[0].name.lower()}->{counter[1].name.lower()} token counter overflows "
+                              f"its {TOKEN_BITS} bits")
+
+
+def _report(instructions, config, start, end, duration) -> ScheduleReport:
+    opcodes = np.array([int(ins.opcode) for ins in instructions])
+    classes, units = {}, {}
+    for op in Opcode:
+        mask = opcodes == op
+        if mask.any():
+            busy = int(duration[mask].sum())
+            classes[op.name] = {"count": int(mask.sum()), "busy_cycles": busy}
+            units[UNIT_OF[op]] = units.get(UNIT_OF[op], 0) + busy
+    moved = {Opcode.LOAD: 0, Opcode.STORE: 0}
+    for ins in instructions:
+        if ins.opcode in moved:
+            moved[ins.opcode] += ins.x_count * ins.y_count * ins.z_count * ELEMENT_BYTES[ins.elem]
+    return ScheduleReport(config, int(end[-1]), start, end, opcodes, classes, units,
+                          moved[Opcode.LOAD], moved[Opcode.STORE])
+
+
+def predict_cycles(instructions: list[Instruction], config: AcceleratorConfig) -> int:
+    """The cycles the RTL should count for this stream on this config (``schedule(...).total_cycles``)."""
+    return schedule(instructions, config).total_cycles
