@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +12,7 @@ from intvit.quant.executor import run_program, saturation_counts
 from intvit.quant.model import ViT
 from intvit.quant.program import IntProgram
 
-__all__ = ["Comparison", "compare", "sqnr_db", "topk_correct"]
+__all__ = ["BatchComparison", "Comparison", "combine", "compare", "compare_batch", "sqnr_db", "topk_correct"]
 
 
 def sqnr_db(signal_energy: float, noise_energy: float) -> float:
@@ -63,29 +64,72 @@ class Comparison:
         return dict(self.__dict__)
 
 
-def compare(model: ViT, program: IntProgram, images: np.ndarray, labels: np.ndarray, *,
-            batch_size: int = 64, progress=None) -> Comparison:
-    """Run float and integer inference on normalised ``images`` and compare them."""
-    compared = [(name, info) for name, info in program.tensors.items() if info.float_name and info.scale]
+@dataclass(frozen=True)
+class BatchComparison:
+    """What one batch contributes to a :class:`Comparison`; :func:`combine` adds these in batch order.
+
+    Attributes
+    ----------
+    float_logits, int_logits : numpy.ndarray
+        ``(batch, classes)``: float logits and dequantised integer logits (float64).
+    signal, noise : dict of str -> float
+        Per compared tensor, sum of squared float values and of squared integer-minus-float errors.
+    saturation : dict of str -> tuple of int
+        Per requantised tensor, ``(elements at a bound, elements)``.
+    """
+
+    float_logits: np.ndarray
+    int_logits: np.ndarray
+    signal: dict
+    noise: dict
+    saturation: dict
+
+
+def _compared(program: IntProgram) -> list:
+    return [(name, info) for name, info in program.tensors.items() if info.float_name and info.scale]
+
+
+def compare_batch(model: ViT, program: IntProgram, chunk: np.ndarray) -> BatchComparison:
+    """Float and integer inference on one batch of normalised images, reduced to its sums.
+
+    A pure function of its arguments, so batches can run anywhere (another process, another
+    machine) and :func:`combine` still gives the single-process numbers bit for bit.
+    """
+    floats = {}
+    float_logits = record_activations(model, chunk, floats.__setitem__)
+    logits, tensors = run_program(program, program.quantize_input(chunk), collect=True)
+    signal, noise = {}, {}
+    for name, info in _compared(program):
+        reference = floats[info.float_name].astype(np.float64)
+        signal[name] = float(np.square(reference).sum())
+        noise[name] = float(np.square(reference - tensors[name] * info.scale).sum())
+    return BatchComparison(
+        float_logits=float_logits,
+        int_logits=logits.astype(np.float64) * program.tensors[program.output].scale,
+        signal=signal, noise=noise,
+        saturation=saturation_counts(program, tensors))
+
+
+def combine(program: IntProgram, parts: Sequence[BatchComparison], labels: np.ndarray) -> Comparison:
+    """Reduce per-batch results, in the order given (batch order), to one :class:`Comparison`.
+
+    Float sums are accumulated in exactly this order, so the same batches give the same bits
+    wherever they were computed.
+    """
+    compared = _compared(program)
     signal = {name: 0.0 for name, _ in compared}
     noise = {name: 0.0 for name, _ in compared}
-    float_logits, int_logits = [], []
     saturated: dict[str, list[int]] = {}
-    chunks = batches(images, batch_size)
-    for chunk in progress(chunks) if progress else chunks:
-        floats = {}
-        float_logits.append(record_activations(model, chunk, floats.__setitem__))
-        logits, tensors = run_program(program, program.quantize_input(chunk), collect=True)
-        int_logits.append(logits.astype(np.float64) * program.tensors[program.output].scale)
-        for name, (hits, size) in saturation_counts(program, tensors).items():
+    for part in parts:
+        for name, (hits, size) in part.saturation.items():
             counts = saturated.setdefault(name, [0, 0])
             counts[0] += hits
             counts[1] += size
-        for name, info in compared:
-            reference = floats[info.float_name].astype(np.float64)
-            signal[name] += float(np.square(reference).sum())
-            noise[name] += float(np.square(reference - tensors[name] * info.scale).sum())
-    f, q = np.concatenate(float_logits), np.concatenate(int_logits)
+        for name, _ in compared:
+            signal[name] += part.signal[name]
+            noise[name] += part.noise[name]
+    f = np.concatenate([part.float_logits for part in parts])
+    q = np.concatenate([part.int_logits for part in parts])
     error = np.abs(f - q)
     percent = lambda hits: float(100.0 * hits.mean())
     return Comparison(
@@ -98,3 +142,28 @@ def compare(model: ViT, program: IntProgram, images: np.ndarray, labels: np.ndar
         layer_sqnr_db={name: sqnr_db(signal[name], noise[name]) for name, _ in compared},
         saturation={name: 100.0 * hits / size for name, (hits, size) in saturated.items() if hits},
     )
+
+
+def compare(model: ViT, program: IntProgram, images: np.ndarray, labels: np.ndarray, *,
+            batch_size: int = 64, progress=None, map_batches=None) -> Comparison:
+    """Run float and integer inference on normalised ``images`` and compare them.
+
+    Parameters
+    ----------
+    model, program : ViT, IntProgram
+    images, labels : numpy.ndarray
+    batch_size : int
+        Images per batch; the float model's results depend on the batching, so every way of
+        running keeps these batches.
+    progress : callable, optional
+        Wraps the batch iterable of the in-process run (a progress bar).
+    map_batches : callable, optional
+        ``map_batches(compare_batch, (model, program), chunks)`` returning the per-batch results
+        in chunk order, e.g. on a cluster (``intvit.cluster``); default: in this process.
+    """
+    chunks = batches(images, batch_size)
+    if map_batches is not None:
+        parts = map_batches(compare_batch, (model, program), chunks)
+    else:
+        parts = [compare_batch(model, program, chunk) for chunk in (progress(chunks) if progress else chunks)]
+    return combine(program, parts, labels)

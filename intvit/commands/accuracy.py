@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from intvit.quant.errors import IntVitError
+from intvit.cluster.engine import add_cluster_arguments, cluster_mapper
 from intvit.commands.common import (add_calibration_arguments, add_model_arguments, build_program,
                                  check_output_file, load_images, load_model, positive_int, progress, write_json)
 from intvit.sim.report import check_plot_path
@@ -25,6 +26,7 @@ def register(subparsers) -> None:
     add_calibration_arguments(parser)
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write results as JSON (stdout: -)")
     parser.add_argument("--plot", metavar="FILE.png", help="write a per-layer SQNR chart")
+    add_cluster_arguments(parser, "image batches (--batch-size each)")
     parser.set_defaults(run=run)
 
 
@@ -41,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
     if len(classes) != model.config.num_classes:
         raise IntVitError(f"{args.data}: {len(classes)} classes but model {model.config.name!r} "
                           f"has num_classes {model.config.num_classes}")
-    program = build_program(args, model, args.data)
-    result = compare(model, program, images, labels, batch_size=args.batch_size,
-                     progress=lambda it: progress(it, "evaluate", -(-len(images) // args.batch_size)))
+    # The cluster starts first: a missing engine or a wrong address fails before calibration.
+    with cluster_mapper(args, "evaluate", "batch") as map_batches:
+        program = build_program(args, model, args.data)
+        result = compare(model, program, images, labels, batch_size=args.batch_size, map_batches=map_batches,
+                         progress=lambda it: progress(it, "evaluate", -(-len(images) // args.batch_size)))
     if args.json:
         write_json({"model": model.config.name, "data": args.data, **result.as_dict()}, args.json)
     if args.json != "-":

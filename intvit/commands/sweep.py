@@ -18,12 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from intvit.quant.errors import IntVitError
+from intvit.cluster.engine import add_cluster_arguments, cluster_mapper
+from intvit.cluster.sweep_search import add_search_arguments, run_search
 from intvit.commands.common import add_model_arguments, build_program, load_model, positive_int, progress
 from intvit.sim.config import DATAFLOWS, load_config
 from intvit.sim.matmul import MODES
 from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, plot_sweep
 
-__all__ = ["register", "run", "parse_arrays", "parse_bandwidths", "parse_dataflows", "COLUMNS"]
+__all__ = ["register", "run", "parse_arrays", "parse_bandwidths", "parse_dataflows", "simulate_point", "sweep_rows",
+           "COLUMNS"]
 
 # Shapes are all a cycle-only program needs; a couple of images make calibration well defined.
 SHAPE_CALIBRATION_IMAGES = 2
@@ -85,6 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="FILE.csv", help="write one CSV row per configuration")
     parser.add_argument("--plot", metavar="FILE.png", help="latency against array size, one line per "
                         "dataflow and bandwidth")
+    add_cluster_arguments(parser, "configurations")
+    add_search_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -101,35 +106,59 @@ def shape_program(args: argparse.Namespace):
     return quantize_model(model, images, batch_size=SHAPE_CALIBRATION_IMAGES)
 
 
-def sweep_rows(program, base, arrays, dataflows, bandwidths, mode: str, batch: int) -> list[dict]:
-    """One dict per configuration, keys ``COLUMNS``, in array, dataflow, bandwidth order.
+def sweep_rows(program, base, arrays, dataflows, bandwidths, mode: str, batch: int, map_configs=None,
+               lanes=None, buffers=None, fmax_mhz: float = ECP5_FMAX_MHZ) -> list[dict]:
+    """One dict per configuration, keys ``COLUMNS``, in array, dataflow, bandwidth, lanes, buffer order.
 
     A configuration whose buffers cannot hold one tile (native mode) gets ``None`` metrics
-    and the reason in ``note``.
+    and the reason in ``note``. ``map_configs(simulate_point, shared, configs)``, if given,
+    computes the configurations elsewhere (``intvit.cluster``) and returns them in order.
+    ``lanes`` (of every element-wise unit) and ``buffers`` (bytes of each operand buffer) keep
+    the base config's when not given.
     """
+    grid = [(a, d, b, n, s) for a in arrays for d in dataflows for b in bandwidths
+            for n in (lanes or [None]) for s in (buffers or [None])]
+    points, configs = [], []
+    for (r, c), flow, bandwidth, n, size in grid:
+        config = base.with_(matmul__rows=r, matmul__cols=c, matmul__dataflow=flow,
+                            memory__bandwidth_bytes_per_cycle=bandwidth,
+                            **({f"{unit}__lanes": n for unit in ELEMENT_UNITS} if n else {}),
+                            **({f"buffers__{b}_bytes": size for b in ("ifmap", "weight", "ofmap")} if size else {}))
+        points.append({"array": f"{r}x{c}", "rows": r, "cols": c, "dataflow": flow, "bandwidth": bandwidth,
+                       "lanes": config.requant.lanes, "buffer_bytes": config.buffers.ifmap_bytes})
+        configs.append(config)
+    shared = (program, mode, batch)
+    point = functools.partial(simulate_point, fmax_mhz=fmax_mhz)
+    if map_configs is not None:
+        metrics = map_configs(point, shared, configs)
+    else:
+        metrics = [point(*shared, config) for config in progress(configs, "sweep", len(configs), unit="config")]
+    return [{**point, **values} for point, values in zip(points, metrics)]
+
+
+def simulate_point(program, mode: str, batch: int, config, *, fmax_mhz: float = ECP5_FMAX_MHZ) -> dict:
+    """The ``METRIC_COLUMNS`` and ``note`` for one accelerator ``config``; ``fmax_mhz`` caps the clock of
+    ``fmax_latency_us`` (none when 0)."""
+    from intvit.sim.energy import area_um2, energy_report
     from intvit.sim.simulator import simulate
 
-    grid = [(a, d, b) for a in arrays for d in dataflows for b in bandwidths]
-    rows = []
-    for (r, c), flow, bandwidth in progress(grid, "sweep", len(grid), unit="config"):
-        point = {"array": f"{r}x{c}", "rows": r, "cols": c, "dataflow": flow, "bandwidth": bandwidth}
-        config = base.with_(matmul__rows=r, matmul__cols=c, matmul__dataflow=flow,
-                            memory__bandwidth_bytes_per_cycle=bandwidth)
-        try:
-            report = simulate(program, config, batch=batch, mode=mode, functional=False)
-        except IntVitError as exc:     # a tile that does not fit the buffers: a point of the space, not a bug
-            rows.append({**point, **dict.fromkeys(COLUMNS[5:-1]), "note": str(exc)})
-            continue
-        total = report.total_cycles
-        units = report.unit_cycles()
-        memory = sum(op.exposed_cycles for op in report.ops if op.bound == "memory")
-        rows.append({
-            **point, "cycles": total, "latency_us": report.latency_us, "images_per_second": report.images_per_second,
-            "utilization": report.utilization, "dram_bytes": report.dram_bytes(),
-            "memory_bound_share": memory / total,
-            **{f"{unit}_cycles": units.get(unit, 0) for unit in UNIT_ORDER}, "note": "",
-        })
-    return rows
+    try:
+        report = simulate(program, config, batch=batch, mode=mode, functional=False)
+    except IntVitError as exc:     # a tile that does not fit the buffers: a point of the space, not a bug
+        return {**dict.fromkeys(METRIC_COLUMNS), "note": str(exc)}
+    energy = energy_report(program, report, mode)
+    clock = min(config.clock_mhz, fmax_mhz) if fmax_mhz > 0 else config.clock_mhz
+    total = report.total_cycles
+    units = report.unit_cycles()
+    memory = sum(op.exposed_cycles for op in report.ops if op.bound == "memory")
+    return {
+        "cycles": total, "latency_us": report.latency_us, "images_per_second": report.images_per_second,
+        "utilization": report.utilization, "dram_bytes": report.dram_bytes(),
+        "memory_bound_share": memory / total,
+        **{f"{unit}_cycles": units.get(unit, 0) for unit in UNIT_ORDER},
+        "energy_uj": energy.energy_uj, "area_mm2": area_um2(config) * 1e-6,
+        "edp_uj_us": energy.energy_uj * report.latency_us / batch, "fmax_latency_us": total / clock, "note": "",
+    }
 
 
 def _table_row(row: dict) -> list[str]:
@@ -155,8 +184,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot_path(args.plot)
     base = load_config(args.config)
-    program = shape_program(args)
-    rows = sweep_rows(program, base, arrays, dataflows, bandwidths, args.mode, args.batch)
+    with cluster_mapper(args, "sweep", "config") as map_configs:
+        program = shape_program(args)
+        if args.search:
+            return run_search(args, program, base, arrays, dataflows, bandwidths, map_configs)
+        rows = sweep_rows(program, base, arrays, dataflows, bandwidths, args.mode, args.batch, map_configs)
     if all(row["note"] for row in rows):
         raise IntVitError(f"no configuration fits: array {rows[0]['array']}, {rows[0]['dataflow']}: {rows[0]['note']}")
     print(f"{program.config.name}: {len(rows)} configurations, {args.mode} cycles, batch {args.batch}, "
