@@ -106,48 +106,34 @@ def shape_program(args: argparse.Namespace):
     return quantize_model(model, images, batch_size=SHAPE_CALIBRATION_IMAGES)
 
 
-def sweep_rows(program, base, arrays, dataflows, bandwidths, mode: str, batch: int, map_configs=None,
-               lanes=None, buffers=None, fmax_mhz: float = ECP5_FMAX_MHZ) -> list[dict]:
-    """One dict per configuration, keys ``COLUMNS``, in array, dataflow, bandwidth, lanes, buffer order.
+def sweep_rows(program, base, arrays, dataflows, bandwidths, mode: str, batch: int, map_configs=None) -> list[dict]:
+    """One dict per configuration, keys ``COLUMNS``, in array, dataflow, bandwidth order.
 
     A configuration whose buffers cannot hold one tile (native mode) gets ``None`` metrics
     and the reason in ``note``. ``map_configs(simulate_point, shared, configs)``, if given,
     computes the configurations elsewhere (``intvit.cluster``) and returns them in order.
-    ``lanes`` (of every element-wise unit) and ``buffers`` (bytes of each operand buffer) keep
-    the base config's when not given.
     """
-    grid = [(a, d, b, n, s) for a in arrays for d in dataflows for b in bandwidths
-            for n in (lanes or [None]) for s in (buffers or [None])]
-    points, configs = [], []
-    for (r, c), flow, bandwidth, n, size in grid:
-        config = base.with_(matmul__rows=r, matmul__cols=c, matmul__dataflow=flow,
-                            memory__bandwidth_bytes_per_cycle=bandwidth,
-                            **({f"{unit}__lanes": n for unit in ELEMENT_UNITS} if n else {}),
-                            **({f"buffers__{b}_bytes": size for b in ("ifmap", "weight", "ofmap")} if size else {}))
-        points.append({"array": f"{r}x{c}", "rows": r, "cols": c, "dataflow": flow, "bandwidth": bandwidth,
-                       "lanes": config.requant.lanes, "buffer_bytes": config.buffers.ifmap_bytes})
-        configs.append(config)
+    grid = [(a, d, b) for a in arrays for d in dataflows for b in bandwidths]
+    points = [{"array": f"{r}x{c}", "rows": r, "cols": c, "dataflow": flow, "bandwidth": bandwidth}
+              for (r, c), flow, bandwidth in grid]
+    configs = [base.with_(matmul__rows=p["rows"], matmul__cols=p["cols"], matmul__dataflow=p["dataflow"],
+                          memory__bandwidth_bytes_per_cycle=p["bandwidth"]) for p in points]
     shared = (program, mode, batch)
-    point = functools.partial(simulate_point, fmax_mhz=fmax_mhz)
     if map_configs is not None:
-        metrics = map_configs(point, shared, configs)
+        metrics = map_configs(simulate_point, shared, configs)
     else:
-        metrics = [point(*shared, config) for config in progress(configs, "sweep", len(configs), unit="config")]
+        metrics = [simulate_point(*shared, config) for config in progress(configs, "sweep", len(configs), unit="config")]
     return [{**point, **values} for point, values in zip(points, metrics)]
 
 
-def simulate_point(program, mode: str, batch: int, config, *, fmax_mhz: float = ECP5_FMAX_MHZ) -> dict:
-    """The ``METRIC_COLUMNS`` and ``note`` for one accelerator ``config``; ``fmax_mhz`` caps the clock of
-    ``fmax_latency_us`` (none when 0)."""
-    from intvit.sim.energy import area_um2, energy_report
+def simulate_point(program, mode: str, batch: int, config) -> dict:
+    """The metric columns of ``COLUMNS`` (after the point's own) for one accelerator ``config``."""
     from intvit.sim.simulator import simulate
 
     try:
         report = simulate(program, config, batch=batch, mode=mode, functional=False)
     except IntVitError as exc:     # a tile that does not fit the buffers: a point of the space, not a bug
-        return {**dict.fromkeys(METRIC_COLUMNS), "note": str(exc)}
-    energy = energy_report(program, report, mode)
-    clock = min(config.clock_mhz, fmax_mhz) if fmax_mhz > 0 else config.clock_mhz
+        return {**dict.fromkeys(COLUMNS[5:-1]), "note": str(exc)}
     total = report.total_cycles
     units = report.unit_cycles()
     memory = sum(op.exposed_cycles for op in report.ops if op.bound == "memory")
@@ -155,9 +141,7 @@ def simulate_point(program, mode: str, batch: int, config, *, fmax_mhz: float = 
         "cycles": total, "latency_us": report.latency_us, "images_per_second": report.images_per_second,
         "utilization": report.utilization, "dram_bytes": report.dram_bytes(),
         "memory_bound_share": memory / total,
-        **{f"{unit}_cycles": units.get(unit, 0) for unit in UNIT_ORDER},
-        "energy_uj": energy.energy_uj, "area_mm2": area_um2(config) * 1e-6,
-        "edp_uj_us": energy.energy_uj * report.latency_us / batch, "fmax_latency_us": total / clock, "note": "",
+        **{f"{unit}_cycles": units.get(unit, 0) for unit in UNIT_ORDER}, "note": "",
     }
 
 
