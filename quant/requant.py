@@ -21,7 +21,8 @@ from numba import njit, prange
 from intvit.quant.errors import IntVitError
 
 __all__ = [
-    "INT8_MIN", "INT8_MAX", "INT32_MIN", "INT32_MAX", "MULTIPLIER_BITS", "MAX_SHIFT",
+    "INT8_MIN", "INT8_MAX", "INT32_MIN", "INT32_MAX", "MULTIPLIER_BITS", "MIN_SHIFT", "MAX_SHIFT",
+    "ADD_MULTIPLIER_BITS", "check_dyadic", "check_add",
     "int_range", "out_dtype", "round_shift", "clamp", "requantize_value", "as_rows", "broadcast_rows", "rounding_shift", "dyadic", "dyadic_value",
     "requantize", "int_add", "add_multipliers",
 ]
@@ -29,8 +30,57 @@ __all__ = [
 INT8_MIN, INT8_MAX = -128, 127
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MULTIPLIER_BITS = 31          # multiplier is a positive INT32: [2**30, 2**31)
+MIN_SHIFT = 1                 # a rounding shift needs a half to add
 MAX_SHIFT = 62                # the shifter's range; products of INT32 x multiplier stay inside int64
 ADD_MULTIPLIER_BITS = 22      # residual-add multipliers leave 9 bits for the INT8 operands
+
+
+def _first_outside(values, lo: int, hi: int):
+    """The first element of ``values`` outside ``[lo, hi]`` (Python ints compared exactly), or None."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "iu":
+        values = np.asarray(values, dtype=object)
+    bad = (values < lo) | (values > hi)
+    return values[bad].flat[0] if np.any(bad) else None
+
+
+def check_dyadic(multiplier, shift, what: str) -> None:
+    """Raise unless every ``(multiplier, shift)`` pair is one that ``dyadic`` produces.
+
+    The bounds the quantiser guarantees and the requantiser's datapath assumes: ``shift`` in
+    [MIN_SHIFT, MAX_SHIFT]; ``multiplier`` a 31-bit integer with its top bit set
+    (``2**30 <= m < 2**31``), fewer significant bits (down to 0) only at ``MAX_SHIFT``,
+    where ``dyadic`` drops bits of a tiny scale.
+    ``multiplier`` and ``shift`` are integers or integer arrays of one shape.
+    """
+    bad = _first_outside(shift, MIN_SHIFT, MAX_SHIFT)
+    if bad is not None:
+        raise IntVitError(f"{what}: shift must be in [{MIN_SHIFT}, {MAX_SHIFT}], not {bad}")
+    bad = _first_outside(multiplier, 0, (1 << MULTIPLIER_BITS) - 1)
+    if bad is not None:
+        raise IntVitError(f"{what}: multiplier must be in [0, 2**{MULTIPLIER_BITS}), not {bad}")
+    multiplier, shift = np.broadcast_arrays(np.asarray(multiplier, dtype=np.int64), np.asarray(shift, dtype=np.int64))
+    short = (multiplier < (1 << (MULTIPLIER_BITS - 1))) & (shift < MAX_SHIFT)
+    if np.any(short):
+        raise IntVitError(f"{what}: multiplier {int(multiplier[short].flat[0])} has fewer than {MULTIPLIER_BITS} "
+                          f"significant bits at shift {int(shift[short].flat[0])} (only shift {MAX_SHIFT} allows it)")
+
+
+def check_add(m_a, m_b, shift, what: str) -> None:
+    """Raise unless ``(m_a, m_b, shift)`` is a triple that ``add_multipliers`` produces.
+
+    Both multipliers in [0, 2**ADD_MULTIPLIER_BITS), the larger at least
+    ``2**(ADD_MULTIPLIER_BITS - 2)`` (smaller only at ``MAX_SHIFT``), ``shift`` in
+    [MIN_SHIFT, MAX_SHIFT]: so ``a*m_a + b*m_b`` of two INT8 values fits 31 bits.
+    """
+    if _first_outside(shift, MIN_SHIFT, MAX_SHIFT) is not None:
+        raise IntVitError(f"{what}: shift must be in [{MIN_SHIFT}, {MAX_SHIFT}], not {shift}")
+    for name, value in (("m_a", m_a), ("m_b", m_b)):
+        if _first_outside(value, 0, (1 << ADD_MULTIPLIER_BITS) - 1) is not None:
+            raise IntVitError(f"{what}: {name} must be in [0, 2**{ADD_MULTIPLIER_BITS}), not {value}")
+    if max(m_a, m_b) < 1 << (ADD_MULTIPLIER_BITS - 2) and shift < MAX_SHIFT:
+        raise IntVitError(f"{what}: the larger multiplier {max(m_a, m_b)} is below 2**{ADD_MULTIPLIER_BITS - 2} "
+                          f"at shift {shift} (only shift {MAX_SHIFT} allows it)")
 
 
 def int_range(bits: int) -> tuple[int, int]:
@@ -120,8 +170,9 @@ def dyadic(scale, bits: int = MULTIPLIER_BITS) -> tuple[np.ndarray, np.ndarray]:
     excess = np.maximum(shift - MAX_SHIFT, 0)
     multiplier = (multiplier + ((np.int64(1) << excess) >> 1)) >> excess
     shift = shift - excess
-    if np.any(shift < 1):
+    if np.any(shift < MIN_SHIFT):
         raise IntVitError(f"requantisation scale {float(scale.max()):.3g} is too large for a right shift")
+    check_dyadic(multiplier, shift, "requantisation")
     return multiplier, shift
 
 
@@ -152,9 +203,10 @@ def add_multipliers(scale_a: float, scale_b: float, scale_out: float) -> tuple[i
     ratios = np.array([scale_a / scale_out, scale_b / scale_out])
     shift = ADD_MULTIPLIER_BITS - 1 - math.frexp(float(ratios.max()))[1]
     shift = min(shift, MAX_SHIFT)
-    if shift < 1:
+    if shift < MIN_SHIFT:
         raise IntVitError(f"residual scales {scale_a:.3g}, {scale_b:.3g} are too far above {scale_out:.3g}")
     m_a, m_b = (int(v) for v in np.round(ratios * 2.0**shift))
+    check_add(m_a, m_b, shift, "residual add")
     return m_a, m_b, shift
 
 

@@ -12,7 +12,7 @@ from intvit.quant.config import ViTConfig
 from intvit.quant.errors import IntVitError
 from intvit.quant.executor import run_program
 from intvit.quant.model import ViT
-from intvit.quant.program import FORMAT_VERSION, IntProgram, Op, load_program
+from intvit.quant.program import FORMAT_VERSION, OP_KINDS, OP_SPECS, IntProgram, Op, check_program, load_program
 from intvit.quant.ptq import quantize_model
 
 SMALL = ViTConfig("small", img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=2,
@@ -257,3 +257,267 @@ def test_calibration_batch_size_does_not_change_the_program(model, program):
     other = quantize_model(model, images(16), batch_size=5)
     assert other.ops == program.ops
     assert all(np.array_equal(other.constants[k], v) for k, v in program.constants.items())
+
+
+# ------------------------------------------------------------------- validation on load (issue 11)
+# Each case edits a saved program's manifest and arrays as a hostile or broken writer would; the
+# loader must refuse it with one line naming the file and the field. The program is SMALL:
+# embed_dim 32, 2 heads, patch 4 (patch_dim 48), 17 tokens, mlp_dim 64, 5 classes.
+def _set(arrays, name, index, value, dtype=None):
+    array = arrays[name].astype(dtype or arrays[name].dtype).copy()
+    array.flat[index] = value
+    arrays[name] = array
+
+
+def _op(manifest, name):
+    return next(op for op in manifest["ops"] if op["name"] == name)
+
+
+def _widen_qkv(manifest, arrays):
+    for suffix in ("weight", "bias", "multiplier", "shift"):
+        name = f"blocks.0.attn.qkv.{suffix}"
+        arrays[name] = np.concatenate([arrays[name], arrays[name]], axis=-1)
+        manifest["constants"][name][1] = list(arrays[name].shape)
+
+
+def _retype(manifest, arrays, name, value, dtype):
+    _set(arrays, name, 0, value, dtype)
+    manifest["constants"][name][0] = str(np.dtype(dtype))
+
+
+def _swap_first_ops(manifest, arrays):
+    manifest["ops"][0], manifest["ops"][1] = manifest["ops"][1], manifest["ops"][0]
+
+
+QKV_REQUANT = "op 'blocks.0.attn.qkv.requant'"
+BAD_PROGRAMS = {
+    # requantisation (shift range, multiplier width and sign)
+    "shift 0": (lambda m, a: _set(a, "blocks.0.attn.qkv.shift", 3, 0), rf"{QKV_REQUANT}: shift must be in \[1, 62\], not 0"),
+    "shift -5": (lambda m, a: _set(a, "blocks.0.attn.qkv.shift", 0, -5), rf"{QKV_REQUANT}: shift must be in \[1, 62\], not -5"),
+    "shift 100": (lambda m, a: _set(a, "blocks.0.attn.qkv.shift", 0, 100), rf"{QKV_REQUANT}: shift must be in \[1, 62\], not 100"),
+    "negative multiplier": (lambda m, a: _set(a, "blocks.0.attn.qkv.multiplier", 0, -7),
+                            rf"{QKV_REQUANT}: multiplier must be in \[0, 2\*\*31\), not -7"),
+    "multiplier 2**50": (lambda m, a: _retype(m, a, "blocks.0.attn.qkv.multiplier", 2**50, np.int64),
+                         rf"{QKV_REQUANT}: constant 'blocks.0.attn.qkv.multiplier' must be int32, not int64"),
+    "multiplier of 29 bits": (lambda m, a: _set(a, "blocks.0.attn.qkv.multiplier", 0, 2**29),
+                              rf"{QKV_REQUANT}: multiplier 536870912 has fewer than 31 significant bits at shift \d+ "
+                              r"\(only shift 62 allows it\)"),
+    "requant to 16 bits": (lambda m, a: _op(m, "blocks.0.attn.qkv.requant")["attrs"].update(bits=16),
+                           rf"{QKV_REQUANT}: bits must be one of 8, 17, 32, not 16"),
+    "layernorm shift 0": (lambda m, a: _set(a, "norm.shift", 0, 0), r"op 'norm': shift must be in \[1, 62\], not 0"),
+    "layernorm divisor": (lambda m, a: _op(m, "norm")["attrs"].update(mean_shift=30),
+                          r"op 'norm': mean_shift must be 29 for rows of 32, not 30"),
+    # residual add
+    "add shift 0": (lambda m, a: _op(m, "blocks.0.residual")["attrs"].update(shift=0),
+                    r"op 'blocks\.0\.residual': shift must be in \[1, 62\], not 0"),
+    "add multiplier 2**50": (lambda m, a: _op(m, "blocks.0.residual")["attrs"].update(m_a=2**50),
+                             r"op 'blocks\.0\.residual': m_a must be in \[0, 2\*\*22\), not 1125899906842624"),
+    "negative add multiplier": (lambda m, a: _op(m, "pos_embed")["attrs"].update(m_b=-3),
+                                r"op 'pos_embed': m_b must be in \[0, 2\*\*22\), not -3"),
+    "add multipliers too small": (lambda m, a: _op(m, "blocks.0")["attrs"].update(m_a=1000, m_b=1000),
+                                  r"op 'blocks\.0': the larger multiplier 1000 is below 2\*\*20 at shift 21 "
+                                  r"\(only shift 62 allows it\)"),
+    # scales
+    "input_scale 0": (lambda m, a: m.update(input_scale=0.0), r"input_scale must be a finite positive number, not 0\.0"),
+    "input_scale NaN": (lambda m, a: m.update(input_scale=float("nan")),
+                        r"input_scale must be a finite positive number, not nan"),
+    "input_scale negative": (lambda m, a: m.update(input_scale=-0.5),
+                             r"input_scale must be a finite positive number, not -0\.5"),
+    "input_scale true": (lambda m, a: m.update(input_scale=True), r"manifest: input_scale must be int or float, not True"),
+    "tensor scale inf": (lambda m, a: m["tensors"]["embed"].update(scale=float("inf")),
+                         r"tensors\['embed'\]\.scale must be a finite positive number, not inf"),
+    "logit scale missing": (lambda m, a: m["tensors"]["logits"].update(scale=None),
+                            r"tensors\['logits'\]\.scale must be a number: the logits' real scale"),
+    # shapes against the config
+    "qkv weight twice too wide": (_widen_qkv, r"op 'blocks\.0\.attn\.qkv': weight \(32, 192\) does not fit the config "
+                                              r"\(its widths are 5, 32, 48, 64, 96\)"),
+    "heads 3 in the config": (lambda m, a: m["config"].update(num_heads=3),
+                              r"config: embed_dim 32 is not a multiple of num_heads 3"),
+    "heads 4 in the config only": (lambda m, a: m["config"].update(num_heads=4),
+                                   r"op 'blocks\.0\.attn\.split': heads must be the config's num_heads 4, not 2"),
+    "heads 3 in an op": (lambda m, a: _op(m, "blocks.1.attn.split")["attrs"].update(heads=3),
+                         r"op 'blocks\.1\.attn\.split': heads must be the config's num_heads 2, not 3"),
+    "patch 7": (lambda m, a: _op(m, "patch_embed.patchify")["attrs"].update(patch=7),
+                r"op 'patch_embed\.patchify': patch must be the config's patch_size 4, not 7"),
+    "patch 7 in the config": (lambda m, a: m["config"].update(patch_size=7),
+                              r"config: img_size 16 is not a multiple of patch_size 7"),
+    "patch 8 everywhere": (lambda m, a: (m["config"].update(patch_size=8),
+                                         _op(m, "patch_embed.patchify")["attrs"].update(patch=8)),
+                           r"op 'patch_embed\.proj': inner dimensions differ \(\(1, 4, 192\) @ \(48, 32\)\)"),
+    "bias of the wrong length": (lambda m, a: (a.update({"head.bias": a["head.bias"][:4]}),
+                                               m["constants"]["head.bias"][1].__setitem__(0, 4)),
+                                 r"op 'head': bias must have shape \(5,\), not \(4,\)"),
+    "bias that overflows INT32": (lambda m, a: _set(a, "head.bias", 0, 2**31 - 1),
+                                  r"op 'head': INT32 accumulator can overflow \(K=32, worst-case \|sum\| \d+ > 2147483647\)"),
+    "select past the tokens": (lambda m, a: _op(m, "cls")["attrs"].update(index=17),
+                               r"op 'cls': index must be in \[0, 17\), not 17"),
+    "transpose 2": (lambda m, a: _op(m, "blocks.0.attn.qk")["attrs"].update(transpose_b=2),
+                    r"op 'blocks\.0\.attn\.qk': transpose_b must be 0 or 1, not 2"),
+    "weight as int16": (lambda m, a: _retype(m, a, "head.weight", 1, np.int16),
+                        r"op 'head': constant 'head\.weight' must be int8, not int16"),
+    # structure: keys, attributes, order
+    "missing ops": (lambda m, a: m.pop("ops"), r"manifest: missing key 'ops'"),
+    "missing input_scale": (lambda m, a: m.pop("input_scale"), r"manifest: missing key 'input_scale'"),
+    "missing config key": (lambda m, a: m["config"].pop("depth"), r"config: missing key 'depth'"),
+    "config mlp_ratio string": (lambda m, a: m["config"].update(mlp_ratio="2"),
+                                r"config\.mlp_ratio must be a finite number, not '2'"),
+    "unknown manifest key": (lambda m, a: m.update(extra=1), r"manifest: unexpected key 'extra'"),
+    "missing op attribute": (lambda m, a: _op(m, "patch_embed.patchify")["attrs"].pop("patch"),
+                             r"op 'patch_embed\.patchify': missing attribute patch"),
+    "unknown op attribute": (lambda m, a: _op(m, "blocks.0.attn.softmax")["attrs"].update(temperature=2),
+                             r"op 'blocks\.0\.attn\.softmax': unexpected attribute temperature"),
+    "missing op key": (lambda m, a: m["ops"][3].pop("inputs"), r"op 'cls_token': missing key 'inputs'"),
+    "op of an unknown kind": (lambda m, a: m["ops"][3].update(kind="conv"), r"op 'cls_token': unknown kind 'conv'"),
+    "operand used before it is written": (_swap_first_ops,
+                                          r"op 'patch_embed\.proj': operand 'patch_embed\.patches' is not written by "
+                                          r"an earlier op"),
+    "requant operand count": (lambda m, a: _op(m, "head")["inputs"].append("head.bias"),
+                              r"op 'head': matmul takes 2 or 3 operands and writes 1, not 4 and 1"),
+    "tensor bits disagree": (lambda m, a: m["tensors"]["embed"].update(bits=32),
+                             r"tensors\['embed'\]\.bits is 32, but its op writes 8 bits"),
+    "output that no op writes": (lambda m, a: m.update(output="nothing"),
+                                 r"output 'nothing' is not a tensor of the program"),
+    "output that is not the logits": (lambda m, a: m.update(output="norm"),
+                                      r"output 'norm' is 8-bit \(1, 32\), not INT32 logits of shape \(batch, 5\)"),
+    "array not in the manifest": (lambda m, a: a.update(extra=np.zeros(2, np.int8)),
+                                  r"array 'extra' is not in the manifest"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PROGRAMS)
+def test_bad_program_is_refused_naming_file_and_field(saved, case):
+    edit, message = BAD_PROGRAMS[case]
+    manifest, arrays = read_archive(saved)
+    edit(manifest, arrays)
+    write_archive(saved, manifest, arrays)
+    with error_for(saved, ": " + message + "$"):
+        load_program(saved)
+
+
+def test_every_op_kind_has_a_check():
+    assert set(OP_SPECS) == set(OP_KINDS)
+
+
+def test_quantised_programs_pass_the_loader_checks(program):
+    check_program(program)      # the bounds PTQ guarantees are the ones the loader enforces
+
+
+def _raw_manifest(path, text: bytes):
+    _, arrays = read_archive(path)
+    with open(path, "wb") as handle:
+        np.savez(handle, **{MANIFEST_KEY: np.frombuffer(text, dtype=np.uint8)}, **arrays)
+
+
+@pytest.mark.parametrize("text, message", [
+    (b'{"format": "intvit-program", "version": 1, "name": "\xff\xfe"}', r"corrupt manifest \('utf-8' codec .+\)"),
+    (b"[" * 100_000 + b"]" * 100_000, r"corrupt manifest \(nested too deeply\)"),
+    (b"[1, 2]", r"not an intvit program"),
+])
+def test_manifest_that_is_not_utf8_json_or_an_object(saved, text, message):
+    _raw_manifest(saved, text)
+    with error_for(saved, ": " + message + "$"):
+        load_program(saved)
+
+
+def test_corrupt_deflate_stream(saved):
+    data = bytearray(saved.read_bytes())
+    middle = len(data) // 3
+    data[middle:middle + 64] = bytes(64)          # inside a compressed member, headers intact
+    saved.write_bytes(bytes(data))
+    with error_for(saved, r": not a readable intvit program \(truncated or corrupt: .+\)$"):
+        load_program(saved)
+
+
+def test_declared_size_over_the_limit(saved, monkeypatch):
+    import intvit.quant.program as program_module
+
+    monkeypatch.setattr(program_module, "MAX_PROGRAM_BYTES", 1000)
+    with error_for(saved, r": holds [\d,]+ bytes uncompressed; a program is at most 1,000 bytes$"):
+        load_program(saved)
+
+
+# Fuzz: every number of a real program file replaced by values outside what the quantiser
+# writes. Each mutation must be refused on load, or give exactly the original results
+# (logits and every tensor shape): never a silent change.
+def _leaves(value, path=()):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _leaves(item, (*path, i))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, value
+
+
+def _mutations(path, value):
+    outside = [-1, -value, 2**63, 2**70, float("nan"), float("inf"), -float("inf"), 1e-310, None, True, "7", [value]]
+    if isinstance(value, int):
+        outside.append(value + 0.5)
+    if path[-1] not in ("m_a", "m_b"):      # a zero add multiplier is one the quantiser writes (a negligible operand)
+        outside.append(0)
+    return [v for v in outside if not (v == value and type(v) is type(value))]
+
+
+def _constant_mutations(arrays):
+    for name, value in arrays.items():
+        if name.endswith(".shift"):
+            values = (0, -1, 63, 127, -128)
+        elif name.endswith(".multiplier"):
+            values = (-1, -(2**31), 0, 2**30 - 1)
+        elif name.endswith(".bias"):
+            values = (2**31 - 1, -(2**31))
+        else:
+            continue
+        for v in values:
+            yield name, v
+
+
+def _fuzz_cases(manifest, arrays):
+    cases = [("manifest", path, v) for path, value in _leaves(manifest) for v in _mutations(path, value)]
+    return cases + [("constant", name, v) for name, v in _constant_mutations(arrays)]
+
+
+def _apply(manifest, arrays, case):
+    manifest, arrays = json.loads(json.dumps(manifest)), dict(arrays)
+    where, target, value = case
+    if where == "constant":
+        _set(arrays, target, 0, value)
+        return manifest, arrays
+    node = manifest
+    for key in target[:-1]:
+        node = node[key]
+    node[target[-1]] = value
+    return manifest, arrays
+
+
+def _run_fuzz(program, saved, sample: int | None):
+    manifest, arrays = read_archive(saved)
+    cases = _fuzz_cases(manifest, arrays)
+    if sample is not None:
+        rng = np.random.default_rng(11)
+        cases = [cases[i] for i in sorted(rng.choice(len(cases), size=min(sample, len(cases)), replace=False))]
+    x = program.quantize_input(images(3, seed=4))
+    expected, shapes = run_program(program, x), program.tensor_shapes(3)
+    refused = 0
+    for case in cases:
+        write_archive(saved, *_apply(manifest, arrays, case))
+        try:
+            loaded = load_program(saved)
+        except IntVitError as exc:
+            assert str(exc).startswith(f"{saved}: ") and "\n" not in str(exc), (case, exc)
+            refused += 1
+            continue
+        assert np.array_equal(run_program(loaded, x), expected), f"silent change of the logits: {case}"
+        assert loaded.tensor_shapes(3) == shapes, f"silent change of a shape: {case}"
+    return refused, len(cases)
+
+
+def test_fuzzed_numbers_are_refused_or_change_nothing(program, saved):
+    refused, total = _run_fuzz(program, saved, sample=100)
+    assert refused > 0.9 * total, (refused, total)
+
+
+@pytest.mark.slow
+def test_fuzzed_numbers_every_mutation(program, saved):
+    _run_fuzz(program, saved, sample=None)
