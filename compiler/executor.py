@@ -35,6 +35,13 @@ def _wrap32(x: np.ndarray) -> np.ndarray:
     return ((np.asarray(x, dtype=np.int64) + (1 << 31)) % (1 << 32)) - (1 << 31)
 
 
+def _write(target: np.ndarray, index, values):
+    """The deferred write of an instruction's results (``Machine.read`` returns it)."""
+    def commit():
+        target[index] = values
+    return commit
+
+
 def _low_bits(x: np.ndarray, bits: int) -> np.ndarray:
     """The low ``bits`` of each lane, sign-extended: what a unit with a ``bits``-wide input sees."""
     half = 1 << (bits - 1)
@@ -92,17 +99,22 @@ class Machine:
         return unpack_params(self.param[ins.param_addr:ins.param_addr + count])
 
     # ------------------------------------------------------------------ instructions
-    def step(self, index: int, ins: Instruction) -> None:
-        """Execute one instruction."""
+    def read(self, index: int, ins: Instruction):
+        """Read an instruction's operands and compute its result; returns the function that writes it."""
         op = ins.opcode
         if op == Opcode.LOAD:
-            self._load(index, ins)
-        elif op == Opcode.STORE:
-            self._store(index, ins)
-        elif op == Opcode.MATMUL:
-            self._matmul(index, ins)
-        elif op in (Opcode.REQUANT, Opcode.ADD, Opcode.SOFTMAX, Opcode.GELU, Opcode.LAYERNORM):
-            self._vector(index, ins)
+            return self._load(index, ins)
+        if op == Opcode.STORE:
+            return self._store(index, ins)
+        if op == Opcode.MATMUL:
+            return self._matmul(index, ins)
+        if op in (Opcode.REQUANT, Opcode.ADD, Opcode.SOFTMAX, Opcode.GELU, Opcode.LAYERNORM):
+            return self._vector(index, ins)
+        return lambda: None
+
+    def step(self, index: int, ins: Instruction) -> None:
+        """Execute one instruction."""
+        self.read(index, ins)()
 
     def _load(self, index: int, ins: Instruction) -> None:
         g = self.geometry
@@ -119,7 +131,7 @@ class Machine:
             if bank.max() >= target.shape[0] or offset.max() >= target.shape[1]:
                 self._fail(index, ins, f"{mem.name} bank {int(bank.max())} / byte {int(offset.max())} outside "
                                        f"{target.shape[0]} x {target.shape[1]}")
-            target[bank, offset] = values
+            return _write(target, (bank, offset), values)
         elif ins.transpose:
             self._fail(index, ins, "transpose applies to A and B only")
         elif mem == Memory.ACC:
@@ -127,14 +139,14 @@ class Machine:
                 self._fail(index, ins, "ACC takes 1- or 4-byte elements")
             values = raw.reshape(ins.z_count, -1, elem).view("<i1" if elem == 1 else "<i4")[..., 0]
             words, lanes = self._acc_rows(index, ins, ins.sp_addr, ins.z_count, e.size, ins.sp_stride)
-            self.acc[words, lanes] = values
+            return _write(self.acc, (words, lanes), values)
         else:
             if elem != PARAM_RECORD_BYTES:
                 self._fail(index, ins, "PARAM takes 16-byte records")
             record = ins.sp_addr + z * ins.sp_stride + e
             if record.max() >= g.param_records:
                 self._fail(index, ins, f"PARAM record {int(record.max())} outside {g.param_records}")
-            self.param[record] = raw.reshape(ins.z_count, -1, PARAM_RECORD_BYTES)
+            return _write(self.param, record, raw.reshape(ins.z_count, -1, PARAM_RECORD_BYTES))
 
     def _store(self, index: int, ins: Instruction) -> None:
         if ins.mem != Memory.ACC or ins.transpose:
@@ -146,7 +158,7 @@ class Machine:
         words, lanes = self._acc_rows(index, ins, ins.sp_addr, ins.z_count, ins.y_count * ins.x_count, ins.sp_stride)
         values = _wrap32(self.acc[words, lanes]).astype("<i4")
         data = values.astype("<i1") if elem == 1 else values          # a 1-byte store keeps the low 8 bits
-        self.dram[addr.reshape(-1)] = data.view(np.uint8).reshape(-1)
+        return _write(self.dram, addr.reshape(-1), data.view(np.uint8).reshape(-1))
 
     def _matmul(self, index: int, ins: Instruction) -> None:
         g = self.geometry
@@ -160,7 +172,7 @@ class Machine:
         rows = ins.acc_addr + np.arange(g.rows) * ins.acc_stride
         if rows.max() >= g.acc_words:
             self._fail(index, ins, f"ACC word {int(rows.max())} outside {g.acc_words}")
-        self.acc[rows] = _wrap32(result + (self.acc[rows] if ins.accumulate else 0))
+        return _write(self.acc, rows, _wrap32(result + (self.acc[rows] if ins.accumulate else 0)))
 
     def _vector(self, index: int, ins: Instruction) -> None:
         op, n = ins.opcode, ins.length
@@ -192,7 +204,23 @@ class Machine:
             p = self._params(index, ins, n)
             y = int_layernorm(_low_bits(x, 8).astype(np.int8), p["gamma"], p["bias"], p["multiplier"], p["shift"],
                               layernorm_divisors(n))
-        self.acc[dst] = np.asarray(y, dtype=np.int64)
+        return _write(self.acc, dst, np.asarray(y, dtype=np.int64))
+
+    def run_timed(self, instructions: list[Instruction], start: np.ndarray, end: np.ndarray) -> None:
+        """Execute as the decoupled modules would under a schedule: every instruction reads its
+        operands in its start cycle and writes its results in its completion cycle.
+
+        With correct dependency tokens the result equals ``run``'s; an instruction that
+        overtakes one it depends on reads stale data or is overwritten, and the outputs differ.
+        """
+        events = sorted([(int(end[i]), 0, i) for i in range(len(start))] +
+                        [(int(start[i]), 1, i) for i in range(len(start))])
+        pending = {}
+        for _, phase, i in events:          # in a cycle, completions (and their tokens) come first
+            if phase:
+                pending[i] = self.read(i, instructions[i])
+            else:
+                pending.pop(i)()
 
     def run(self, instructions: Iterable[Instruction]) -> int:
         """Execute until END; returns the number of instructions executed."""
@@ -203,7 +231,7 @@ class Machine:
         raise IntVitError("instruction stream ends without END")
 
 
-def execute(compiled: CompiledProgram, x: np.ndarray, *, progress=None) -> np.ndarray:
+def execute(compiled: CompiledProgram, x: np.ndarray, *, progress=None, timing=None) -> np.ndarray:
     """Run a compiled program on one INT8 image ``(1, C, H, W)`` or ``(C, H, W)``; INT32 logits ``(1, classes)``.
 
     Parameters
@@ -211,12 +239,18 @@ def execute(compiled: CompiledProgram, x: np.ndarray, *, progress=None) -> np.nd
     compiled : CompiledProgram
     x : int8 array from ``IntProgram.quantize_input``
     progress : optional callable wrapping the instruction iterator (e.g. tqdm)
+    timing : optional (start, end) cycle arrays, e.g. from ``sim.schedule.schedule``
+        Execute in that overlapped order (``Machine.run_timed``) instead of program order:
+        the logits then prove the dependency tokens order every access that matters.
     """
     machine = load_machine(compiled, x)
     threads = numba.get_num_threads()
     numba.set_num_threads(1)        # tiles are small: starting the parallel kernels' threads costs more
     try:
-        machine.run(progress(compiled.instructions) if progress else compiled.instructions)
+        if timing is not None:
+            machine.run_timed(compiled.instructions, *timing)
+        else:
+            machine.run(progress(compiled.instructions) if progress else compiled.instructions)
     finally:
         numba.set_num_threads(threads)
     return read_output(compiled, machine.dram)

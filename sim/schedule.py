@@ -182,10 +182,13 @@ def _durations(instructions: list[Instruction], config: AcceleratorConfig) -> np
     return out
 
 
-def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: int = 0) -> ScheduleReport:
+def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: int = 0,
+             durations: np.ndarray | None = None) -> ScheduleReport:
     """Start and completion cycle of every instruction of a compiled stream, and the totals.
 
-    ``macs`` (the program's useful multiply-accumulates) only feeds ``mac_utilization``.
+    ``macs`` (the program's useful multiply-accumulates) only feeds ``mac_utilization``;
+    ``durations`` replaces the instructions' cycle counts (tests jitter them to show that the
+    dependency tokens alone, not the particular timing, keep the data correct).
 
     Raises
     ------
@@ -199,7 +202,7 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
     instructions = instructions[:ends[0] + 1]
     n = len(instructions)
     mem = config.memory
-    duration = _durations(instructions, config)
+    duration = _durations(instructions, config) if durations is None else np.asarray(durations[:n], dtype=np.int64)
     fetch_beats = -(-FETCH_BURST_INSTRUCTIONS * INSTRUCTION_BYTES // (mem.axi_data_bits // 8))
     fetch_cost = mem.read_latency_cycles + fetch_beats
     dispatch = np.zeros(n, dtype=np.int64)
