@@ -18,6 +18,7 @@ integer, not 0``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,32 +40,57 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "dump_config",
+    "read_user_text",
 ]
 
 DATAFLOWS = ("os", "ws", "is")
 KIB = 1024
+MAX_CONFIG_BYTES = 1 << 20
 # Sections that hold a UnitConfig: the element-wise pipelines behind the MatMul unit.
 ELEMENTWISE_UNITS = ("requant", "softmax", "gelu", "layernorm")
 AXI_DATA_BITS = (32, 64, 128, 256, 512, 1024)
+
+
+# Size guards: beyond these a configuration describes no buildable accelerator, and the
+# closed forms' floats (or the RTL's elaboration) would overflow or run without end.
+MAX_ARRAY_SIDE = 1 << 16          # rows, cols
+MAX_LANES = 1 << 16
+MAX_LATENCY = 1 << 20             # cycles
+MAX_BUFFER_BYTES = 1 << 40        # 1 TiB of SRAM per operand
+MAX_CLOCK_MHZ = 1e6               # 1 THz
+MIN_BANDWIDTH = 1e-3              # one byte per thousand cycles; inf is allowed (no memory limit)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_positive_int(name: str, value: Any) -> None:
+def _check_positive_int(name: str, value: Any, limit: int) -> None:
     if not _is_int(value) or value <= 0:
-        raise IntVitError(f"{name} must be a positive integer, not {value!r}")
+        raise IntVitError(f"{name} must be a positive integer, not {_short(value)}")
+    if value > limit:
+        raise IntVitError(f"{name} must be at most {limit}, not {_short(value)}")
 
 
-def _check_nonnegative_int(name: str, value: Any) -> None:
+def _check_nonnegative_int(name: str, value: Any, limit: int) -> None:
     if not _is_int(value) or value < 0:
-        raise IntVitError(f"{name} must be a non-negative integer, not {value!r}")
+        raise IntVitError(f"{name} must be a non-negative integer, not {_short(value)}")
+    if value > limit:
+        raise IntVitError(f"{name} must be at most {limit}, not {_short(value)}")
 
 
-def _check_positive_number(name: str, value: Any) -> None:
+def _check_positive_number(name: str, value: Any, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise IntVitError(f"{name} must be a positive number, not {value!r}")
+        raise IntVitError(f"{name} must be a positive number, not {_short(value)}")
+    if not low <= value <= high:
+        bounds = f"at least {low:g}" if high == math.inf else f"from {low:g} to {high:g}"
+        raise IntVitError(f"{name} must be {bounds}, not {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value for a one-line message, huge integers abbreviated."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -87,11 +113,11 @@ class MatMulConfig:
     latency: int = 1
 
     def __post_init__(self):
-        _check_positive_int("rows", self.rows)
-        _check_positive_int("cols", self.cols)
+        _check_positive_int("rows", self.rows, MAX_ARRAY_SIDE)
+        _check_positive_int("cols", self.cols, MAX_ARRAY_SIDE)
         if self.dataflow not in DATAFLOWS:
-            raise IntVitError(f"dataflow must be one of {', '.join(DATAFLOWS)}, not {self.dataflow!r}")
-        _check_nonnegative_int("latency", self.latency)
+            raise IntVitError(f"dataflow must be one of {', '.join(DATAFLOWS)}, not {_short(self.dataflow)}")
+        _check_nonnegative_int("latency", self.latency, MAX_LATENCY)
 
 
 @dataclass(frozen=True)
@@ -113,8 +139,8 @@ class UnitConfig:
     latency: int = 4
 
     def __post_init__(self):
-        _check_positive_int("lanes", self.lanes)
-        _check_nonnegative_int("latency", self.latency)
+        _check_positive_int("lanes", self.lanes, MAX_LANES)
+        _check_nonnegative_int("latency", self.latency, MAX_LATENCY)
 
 
 @dataclass(frozen=True)
@@ -134,7 +160,7 @@ class BufferConfig:
 
     def __post_init__(self):
         for name in ("ifmap_bytes", "weight_bytes", "ofmap_bytes", "param_bytes"):
-            _check_positive_int(name, getattr(self, name))
+            _check_positive_int(name, getattr(self, name), MAX_BUFFER_BYTES)
 
 
 @dataclass(frozen=True)
@@ -154,12 +180,12 @@ class MemoryConfig:
     max_burst_beats: int = 16
 
     def __post_init__(self):
-        _check_positive_number("bandwidth_bytes_per_cycle", self.bandwidth_bytes_per_cycle)
+        _check_positive_number("bandwidth_bytes_per_cycle", self.bandwidth_bytes_per_cycle, MIN_BANDWIDTH, math.inf)
         if self.axi_data_bits not in AXI_DATA_BITS:
             raise IntVitError(f"axi_data_bits must be one of {', '.join(map(str, AXI_DATA_BITS))}, "
                               f"not {self.axi_data_bits!r}")
-        _check_nonnegative_int("read_latency_cycles", self.read_latency_cycles)
-        _check_nonnegative_int("write_latency_cycles", self.write_latency_cycles)
+        _check_nonnegative_int("read_latency_cycles", self.read_latency_cycles, MAX_LATENCY)
+        _check_nonnegative_int("write_latency_cycles", self.write_latency_cycles, MAX_LATENCY)
         if not _is_int(self.max_burst_beats) or not 1 <= self.max_burst_beats <= 256:
             raise IntVitError(f"max_burst_beats must be an integer in 1..256 (AXI4 INCR), not {self.max_burst_beats!r}")
 
@@ -281,11 +307,27 @@ def load_config(path: str | Path | None = None) -> AcceleratorConfig:
     if path is None:
         return AcceleratorConfig()
     path = Path(path)
+    text = read_user_text(path, MAX_CONFIG_BYTES)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise IntVitError(f"{path.name}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise IntVitError(f"{path.name}: invalid TOML: nested too deeply") from None
     return config_from_dict(data, source=path.name)
+
+
+def read_user_text(path: str | Path, limit: int) -> str:
+    """The UTF-8 text of a file a user gave (config, topology), refused if not text or over ``limit`` bytes."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise IntVitError(f"{path.name}: larger than {limit:,} bytes; not a plausible {path.suffix or 'text'} file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IntVitError(f"{path.name}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})") from None
 
 
 def dump_config(config: AcceleratorConfig) -> str:

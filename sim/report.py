@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from intvit.quant.atomic import atomic_file, check_output_file
 from intvit.quant.errors import IntVitError
 
 __all__ = ["format_table", "format_count", "op_groups", "check_plot_path", "plot_unit_cycles", "plot_sweep", "UNIT_ORDER"]
@@ -93,16 +94,17 @@ def op_groups(names: Sequence[str]) -> list[str]:
 
 
 def check_plot_path(path: str | Path) -> Path:
-    """``path`` as a Path if it names a PNG file; commands call this before any long work."""
+    """``path`` as a Path if it names a PNG file that can be written; commands call this before any long work."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise IntVitError(f"{path}: plots are written as PNG; give a file name ending in .png")
-    return path
+    return check_output_file(path)
 
 
 def _save(figure, path: str | Path) -> Path:
     path = check_plot_path(path)
-    figure.savefig(path, dpi=FIGURE_DPI)
+    with atomic_file(path) as temp:
+        figure.savefig(temp, dpi=FIGURE_DPI, format="png")
     return path
 
 

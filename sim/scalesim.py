@@ -15,8 +15,12 @@ import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from intvit.quant.atomic import atomic_folder, write_text
 from intvit.quant.errors import IntVitError
-from intvit.sim.config import DATAFLOWS, AcceleratorConfig, BufferConfig, MatMulConfig, MemoryConfig
+from intvit.sim.config import (
+    DATAFLOWS, MAX_ARRAY_SIDE, MAX_BUFFER_BYTES, AcceleratorConfig, BufferConfig, MatMulConfig, MemoryConfig,
+    read_user_text,
+)
 from intvit.sim.matmul import MODES, MatMulReport, MatMulUnit
 from intvit.sim.topology import Gemm
 
@@ -33,6 +37,17 @@ __all__ = [
 ]
 
 KB = 1024
+# Size guards: a topology file past these is not a network (and a depth-wise layer expands
+# into one GEMM per channel, so its channel count is what the layer limit bounds).
+MAX_TOPOLOGY_BYTES = 16 << 20
+MAX_TOPOLOGY_LAYERS = 100_000
+MAX_CONFIG_BYTES = 1 << 20
+MAX_BANDWIDTH_WORDS = 1 << 32
+
+
+def _clip(text: str) -> str:
+    """A cell of a user's file, cut to fit a one-line message."""
+    return text if len(text) <= 20 else text[:17] + "..."
 # Keys SCALE-Sim v2 reads from [architecture_presets]; offsets only move trace addresses.
 ARCHITECTURE_KEYS = (
     "arrayheight", "arraywidth", "ifmapsramszkb", "filtersramszkb", "ofmapsramszkb",
@@ -92,16 +107,21 @@ class ScaleSimConfig:
         )
 
 
-def _int_option(source: str, section: configparser.SectionProxy, key: str, name: str) -> int:
+def _int_option(source: str, section: configparser.SectionProxy, key: str, name: str, limit: int) -> int:
     raw = section.get(key)
     if raw is None:
         raise IntVitError(f"{source}: missing {name} in [{section.name}]")
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise IntVitError(f"{source}: {name} must be a positive integer, not {raw.strip()!r}") from None
+    text = raw.strip()
+    shown = repr(text) if len(text) <= 20 else f"a {len(text)}-character value"
+    if not text.isdigit() or len(text) > 20:
+        if text.isdigit():
+            raise IntVitError(f"{source}: {name} must be at most {limit}, not {shown}")
+        raise IntVitError(f"{source}: {name} must be a positive integer, not {shown}")
+    value = int(text)
     if value <= 0:
         raise IntVitError(f"{source}: {name} must be a positive integer, not {value}")
+    if value > limit:
+        raise IntVitError(f"{source}: {name} must be at most {limit}, not {value}")
     return value
 
 
@@ -118,7 +138,7 @@ def read_scale_config(path: str | Path) -> ScaleSimConfig:
     source = path.name
     parser = configparser.ConfigParser()
     try:
-        parser.read_string(path.read_text(), source=source)
+        parser.read_string(read_user_text(path, MAX_CONFIG_BYTES), source=source)
     except configparser.Error as exc:
         raise IntVitError(f"{source}: not a SCALE-Sim config: {' '.join(str(exc).split())}") from None
     for name in parser.sections():
@@ -145,22 +165,34 @@ def read_scale_config(path: str | Path) -> ScaleSimConfig:
         try:
             bandwidth = int(first)
         except ValueError:
-            raise IntVitError(f"{source}: Bandwidth must be a positive integer with InterfaceBandwidth USER, not {first!r}") from None
+            raise IntVitError(f"{source}: Bandwidth must be a positive integer with InterfaceBandwidth USER, "
+                              f"not {_clip(first)!r}") from None
         if bandwidth <= 0:
             raise IntVitError(f"{source}: Bandwidth must be a positive integer, not {bandwidth}")
-    return ScaleSimConfig(
-        run_name=parser.get("general", "run_name", fallback="scale_run").strip(),
-        rows=_int_option(source, arch, "arrayheight", "ArrayHeight"),
-        cols=_int_option(source, arch, "arraywidth", "ArrayWidth"),
-        ifmap_kb=_int_option(source, arch, "ifmapsramszkb", "IfmapSramSzkB"),
-        filter_kb=_int_option(source, arch, "filtersramszkb", "FilterSramSzkB"),
-        ofmap_kb=_int_option(source, arch, "ofmapsramszkb", "OfmapSramSzkB"),
+        if bandwidth > MAX_BANDWIDTH_WORDS:
+            shown = bandwidth if len(first) <= 20 else f"a {len(first)}-digit number"
+            raise IntVitError(f"{source}: Bandwidth must be at most {MAX_BANDWIDTH_WORDS}, not {shown}")
+    run_name = parser.get("general", "run_name", fallback="scale_run").strip()
+    if not run_name or run_name in (".", "..") or any(c in run_name for c in "/\\\0") or len(run_name) > 255:
+        raise IntVitError(f"{source}: run_name must be a plain folder name (no /, \\ or ..), not {run_name!r}")
+    scale = ScaleSimConfig(
+        run_name=run_name,
+        rows=_int_option(source, arch, "arrayheight", "ArrayHeight", MAX_ARRAY_SIDE),
+        cols=_int_option(source, arch, "arraywidth", "ArrayWidth", MAX_ARRAY_SIDE),
+        ifmap_kb=_int_option(source, arch, "ifmapsramszkb", "IfmapSramSzkB", MAX_BUFFER_BYTES // KB),
+        filter_kb=_int_option(source, arch, "filtersramszkb", "FilterSramSzkB", MAX_BUFFER_BYTES // KB),
+        ofmap_kb=_int_option(source, arch, "ofmapsramszkb", "OfmapSramSzkB", MAX_BUFFER_BYTES // KB),
         dataflow=dataflow,
         bandwidth=bandwidth,
     )
+    try:
+        scale.accelerator()
+    except IntVitError as exc:
+        raise IntVitError(f"{source}: {exc}") from None
+    return scale
 
 
-def _lower_conv(source: str, line: int, cells: list[str]) -> list[Gemm]:
+def _lower_conv(source: str, line: int, cells: list[str], budget: int) -> list[Gemm]:
     # SCALE-Sim's conv row: name, ifmap h, ifmap w, filter h, filter w, channels, filters, stride h[, stride w].
     if len(cells) not in (8, 9):
         raise IntVitError(f"{source}:{line}: a convolution row needs 8 or 9 fields, found {len(cells)}")
@@ -177,7 +209,11 @@ def _lower_conv(source: str, line: int, cells: list[str]) -> list[Gemm]:
     out_h, out_w = -(-(ih - fh + sh) // sh), -(-(iw - fw + sw) // sw)
     if "DP" in name:
         # Depth-wise: SCALE-Sim runs one single-channel layer per channel.
-        return [Gemm(f"{name}Channel_{c}", out_h * out_w, filters, fh * fw) for c in range(channels)]
+        if channels > budget:
+            raise IntVitError(f"{source}:{line}: depth-wise layer {name} of {channels} channels makes more than "
+                              f"{MAX_TOPOLOGY_LAYERS:,} layers in all (one per channel); the limit is {MAX_TOPOLOGY_LAYERS:,}")
+        first = Gemm(f"{name}Channel_0", out_h * out_w, filters, fh * fw)
+        return [first, *(replace(first, name=f"{name}Channel_{c}") for c in range(1, channels))]
     return [Gemm(name, out_h * out_w, filters, fh * fw * channels)]
 
 
@@ -196,7 +232,7 @@ def read_topology(path: str | Path, input_type: str = "auto") -> list[Gemm]:
     source = path.name
     if input_type not in ("auto", "gemm", "conv"):
         raise IntVitError(f"input type must be one of auto, gemm, conv, not {input_type!r}")
-    rows = [[cell.strip() for cell in row] for row in csv.reader(path.read_text().splitlines())]
+    rows = [[cell.strip() for cell in row] for row in csv.reader(read_user_text(path, MAX_TOPOLOGY_BYTES).splitlines())]
     numbered = [(i + 1, row[:-1] if row and row[-1] == "" else row) for i, row in enumerate(rows)]
     numbered = [(i, row) for i, row in numbered if any(row)]
     if not numbered:
@@ -206,15 +242,23 @@ def read_topology(path: str | Path, input_type: str = "auto") -> list[Gemm]:
         input_type = "gemm" if len(header) > 1 and header[1].upper() == "M" else "conv"
     layers: list[Gemm] = []
     for line, cells in body:
+        if len(layers) >= MAX_TOPOLOGY_LAYERS:
+            raise IntVitError(f"{source}:{line}: more than {MAX_TOPOLOGY_LAYERS:,} layers; the limit is "
+                              f"{MAX_TOPOLOGY_LAYERS:,}")
         if input_type == "conv":
-            layers += _lower_conv(source, line, cells)
+            try:
+                layers += _lower_conv(source, line, cells, MAX_TOPOLOGY_LAYERS - len(layers))
+            except IntVitError as exc:
+                message = str(exc)
+                raise IntVitError(message if message.startswith(f"{source}:") else f"{source}:{line}: {message}") from None
             continue
         if len(cells) != 4:
             raise IntVitError(f"{source}:{line}: a GEMM row needs 4 fields (Layer, M, N, K), found {len(cells)}")
         try:
             m, n, k = (int(x) for x in cells[1:])
         except ValueError:
-            raise IntVitError(f"{source}:{line}: M, N and K must be integers, not {', '.join(cells[1:])}") from None
+            raise IntVitError(f"{source}:{line}: M, N and K must be integers, "
+                              f"not {', '.join(map(_clip, cells[1:]))}") from None
         try:
             layers.append(Gemm(cells[0], m, n, k))
         except IntVitError as exc:
@@ -227,7 +271,7 @@ def read_topology(path: str | Path, input_type: str = "auto") -> list[Gemm]:
 def write_topology(path: str | Path, layers: list[Gemm]) -> None:
     """Write GEMMs as a SCALE-Sim GEMM topology (``Layer, M, N, K,``; it needs the trailing comma)."""
     lines = ["Layer, M, N, K,"] + [f"{g.name}, {g.m}, {g.n}, {g.k}," for g in layers]
-    Path(path).write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 @dataclass(frozen=True)
@@ -327,7 +371,7 @@ def simulate_topology(
     mode : {"scalesim", "native"}
         Cycle convention; ``"scalesim"`` reproduces SCALE-Sim v2's compute cycles exactly.
     out_dir : str or Path
-        Created if missing; receives COMPUTE_REPORT.csv, BANDWIDTH_REPORT.csv,
+        Created if missing; receives (all four, or on failure none of) COMPUTE_REPORT.csv, BANDWIDTH_REPORT.csv,
         DETAILED_ACCESS_REPORT.csv and INTVIT_REPORT.csv.
 
     Returns
@@ -342,16 +386,14 @@ def simulate_topology(
     rows = [_report_rows(i, report) for i, report in enumerate(reports)]
     compute, bandwidth, detail = (tuple(part) for part in zip(*rows)) if rows else ((), (), ())
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = (
-        out / "COMPUTE_REPORT.csv", out / "BANDWIDTH_REPORT.csv",
-        out / "DETAILED_ACCESS_REPORT.csv", out / "INTVIT_REPORT.csv",
-    )
-    _write_csv(files[0], COMPUTE_COLUMNS, list(compute))
-    _write_csv(files[1], BANDWIDTH_COLUMNS, list(bandwidth))
-    _write_csv(files[2], DETAIL_COLUMNS, list(detail))
-    _write_intvit_report(files[3], reports)
-    return TopologyReport(mode, reports, compute, bandwidth, detail, files)
+    names = ("COMPUTE_REPORT.csv", "BANDWIDTH_REPORT.csv", "DETAILED_ACCESS_REPORT.csv", "INTVIT_REPORT.csv")
+    # All four reports or none: they are written to a staging folder and moved in together.
+    with atomic_folder(out) as staging:
+        _write_csv(staging / names[0], COMPUTE_COLUMNS, list(compute))
+        _write_csv(staging / names[1], BANDWIDTH_COLUMNS, list(bandwidth))
+        _write_csv(staging / names[2], DETAIL_COLUMNS, list(detail))
+        _write_intvit_report(staging / names[3], reports)
+    return TopologyReport(mode, reports, compute, bandwidth, detail, tuple(out / name for name in names))
 
 
 def _write_intvit_report(path: Path, reports: tuple[MatMulReport, ...]) -> None:

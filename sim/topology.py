@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from intvit.quant.config import ViTConfig
 from intvit.quant.errors import IntVitError
 
-__all__ = ["Gemm", "vit_gemms", "block_gemms"]
+__all__ = ["Gemm", "vit_gemms", "block_gemms", "MAX_GEMM_DIM"]
+
+# Size guard: a GEMM dimension an INT32 address can count (the cycle formulas stay exact far beyond).
+MAX_GEMM_DIM = (1 << 31) - 1
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ class Gemm:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise IntVitError(f"layer {self.name}: {field.upper()} must be a positive integer, not {value!r}")
+            if value > MAX_GEMM_DIM:
+                digits = len(str(value))
+                shown = value if digits <= 20 else f"a {digits}-digit number"
+                raise IntVitError(f"layer {self.name}: {field.upper()} must be at most {MAX_GEMM_DIM}, not {shown}")
 
     @property
     def macs(self) -> int:

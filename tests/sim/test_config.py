@@ -93,3 +93,40 @@ def test_default_latencies_are_the_rtl_units_own():
     cfg = AcceleratorConfig()
     assert cfg.matmul.latency == MatMulArray.LATENCY
     assert cfg.requant.latency == Requantiser.LATENCY
+
+
+# Size guards and hostile files (issue 11): one line naming the file and field, the limit in it.
+@pytest.mark.parametrize("text, message", [
+    ("clock_mhz = inf", "accel.toml: clock_mhz must be from 1e-06 to 1e+06, not inf"),
+    ("clock_mhz = nan", "accel.toml: clock_mhz must be a positive number, not nan"),
+    ("[memory]\nbandwidth_bytes_per_cycle = 1e-310",
+     "accel.toml: memory.bandwidth_bytes_per_cycle must be at least 0.001, not 1e-310"),
+    ("[memory]\nbandwidth_bytes_per_cycle = -inf",
+     "accel.toml: memory.bandwidth_bytes_per_cycle must be a positive number, not -inf"),
+    ("[matmul]\nrows = 1000000000", "accel.toml: matmul.rows must be at most 65536, not 1000000000"),
+    ("[gelu]\nlanes = 1000000000", "accel.toml: gelu.lanes must be at most 65536, not 1000000000"),
+    ("[softmax]\nlatency = 9223372036854775807",
+     "accel.toml: softmax.latency must be at most 1048576, not 9223372036854775807"),
+    ("[buffers]\nweight_bytes = 9223372036854775807",
+     "accel.toml: buffers.weight_bytes must be at most 1099511627776, not 9223372036854775807"),
+])
+def test_size_guards_and_non_finite_numbers(tmp_path, text, message):
+    with pytest.raises(IntVitError, match=f"^{re.escape(message)}$"):
+        load_config(write(tmp_path, text))
+
+
+def test_unlimited_bandwidth_is_allowed(tmp_path):
+    assert load_config(write(tmp_path, "[memory]\nbandwidth_bytes_per_cycle = inf")).memory.bandwidth_bytes_per_cycle \
+        == float("inf")
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"clock_mhz = 400 # \xe9t\xe9\n", r"accel\.toml: not UTF-8 text \(byte 18 is 0xe9\)"),
+    (b"x = " + b"[" * 100_000 + b"]" * 100_000, r"accel\.toml: invalid TOML: nested too deeply"),
+    (b"# " + b"x" * (1 << 20), r"accel\.toml: larger than 1,048,576 bytes; not a plausible \.toml file"),
+])
+def test_files_that_are_not_plausible_toml(tmp_path, data, message):
+    path = tmp_path / "accel.toml"
+    path.write_bytes(data)
+    with pytest.raises(IntVitError, match=f"^{message}$"):
+        load_config(path)

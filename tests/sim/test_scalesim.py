@@ -198,3 +198,100 @@ def test_topology_matches_the_integer_programs_matmuls():
         count, m, k, n = gemm_shape(op, shapes)
         from_program += [(m, n, k)] * count
     assert sorted(from_program) == sorted((g.m, g.n, g.k) for g in vit_gemms(cfg))
+
+
+# ----------------------------------------------------------- hostile inputs and atomic reports (issue 11)
+@pytest.mark.parametrize("run_name", ["../../x", "/tmp/elsewhere", "a/b", "..", "a\\b"])
+def test_run_name_cannot_leave_the_output_folder(tmp_path, run_name):
+    path = tmp_path / "scale.cfg"
+    path.write_text(SCALE_CFG.format(run_name=run_name, rows=4, cols=4, dataflow="os"))
+    with pytest.raises(IntVitError, match=rf"^scale\.cfg: run_name must be a plain folder name \(no /, \\ or \.\.\), "
+                                          rf"not {re.escape(repr(run_name))}$"):
+        read_scale_config(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("ArrayHeight:    4", "ArrayHeight:    1000000000"), "scale.cfg: ArrayHeight must be at most 65536, not 1000000000"),
+    (("ArrayWidth:     4", "ArrayWidth:     " + "9" * 400),
+     "scale.cfg: ArrayWidth must be at most 65536, not a 400-character value"),
+    (("IfmapSramSzkB:    64", "IfmapSramSzkB:    " + "9" * 12),
+     "scale.cfg: IfmapSramSzkB must be at most 1073741824, not 999999999999"),
+])
+def test_scale_config_size_guards(tmp_path, edit, message):
+    path = tmp_path / "scale.cfg"
+    path.write_text(SCALE_CFG.format(run_name="t", rows=4, cols=4, dataflow="os").replace(*edit))
+    with pytest.raises(IntVitError, match=f"^{re.escape(message)}$"):
+        read_scale_config(path)
+    path.write_text(SCALE_CFG.format(run_name="t", rows=4, cols=4, dataflow="os")
+                    .replace("CALC", "USER").replace("Bandwidth : 10", "Bandwidth : " + "9" * 400))
+    with pytest.raises(IntVitError, match=r"^scale\.cfg: Bandwidth must be at most 4294967296, not a 400-digit number$"):
+        read_scale_config(path)
+
+
+@pytest.mark.parametrize("name", ["scale.cfg", "topo.csv"])
+def test_files_that_are_not_utf8(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"Layer, M, N, K,\nfc\xff, 1, 2, 3,\n")
+    read = read_scale_config if name == "scale.cfg" else read_topology
+    with pytest.raises(IntVitError, match=rf"^{re.escape(name)}: not UTF-8 text \(byte 18 is 0xff\)$"):
+        read(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Layer, M, N, K,\nfc, 4, " + "7" * 400 + ", 2,\n",
+     r"topo\.csv:2: layer fc: N must be at most 2147483647, not a 400-digit number"),
+    ("Layer, M, N, K,\nfc, 4, " + "7" * 5000 + ", 2,\n",
+     r"topo\.csv:2: M, N and K must be integers, not 4, 7{17}\.\.\., 2"),
+    ("Layer, M, N, K,\nfc, 4, " + "7" * 40 + ", 2,\n",
+     r"topo\.csv:2: layer fc: N must be at most 2147483647, not a 40-digit number"),
+    # 140 bytes that would expand into 10**9 single-channel GEMMs
+    ("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n"
+     "DP1, 3, 3, 3, 3, 1000000000, 1, 1,\n",
+     r"topo\.csv:2: depth-wise layer DP1 of 1000000000 channels makes more than 100,000 layers in all \(one per "
+     r"channel\); the limit is 100,000"),
+    ("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n"
+     "C1, 100000, 100000, 1, 1, 1, 1, 1,\n",
+     r"topo\.csv:2: layer C1: M must be at most 2147483647, not 10000000000"),
+])
+def test_topology_size_guards(tmp_path, text, message):
+    path = tmp_path / "topo.csv"
+    path.write_text(text)
+    with pytest.raises(IntVitError, match=f"^{message}$"):
+        read_topology(path)
+
+
+def test_topology_layer_count_limit(tmp_path, monkeypatch):
+    import intvit.sim.scalesim as scalesim
+
+    monkeypatch.setattr(scalesim, "MAX_TOPOLOGY_LAYERS", 3)
+    path = tmp_path / "topo.csv"
+    path.write_text("Layer, M, N, K,\n" + "".join(f"l{i}, 1, 1, 1,\n" for i in range(4)))
+    with pytest.raises(IntVitError, match=r"^topo\.csv:5: more than 3 layers; the limit is 3$"):
+        read_topology(path)
+
+
+def test_reports_are_all_written_or_none(tmp_path, monkeypatch):
+    import intvit.sim.scalesim as scalesim
+
+    out = tmp_path / "run"
+    simulate_topology(ScaleSimConfig(rows=4, cols=4), SMALL_TOPOLOGY, "scalesim", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 4
+
+    def fail(path, reports):
+        path.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scalesim, "_write_intvit_report", fail)
+    with pytest.raises(IntVitError, match=rf"^{re.escape(str(out))}: No space left on device$"):
+        simulate_topology(ScaleSimConfig(rows=8, cols=8), SMALL_TOPOLOGY, "scalesim", out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before       # old reports intact, no staging left
+    with pytest.raises(IntVitError):
+        simulate_topology(ScaleSimConfig(rows=8, cols=8), SMALL_TOPOLOGY, "scalesim", tmp_path / "fresh")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]             # a new folder appears whole or not at all
+
+
+def test_reports_refuse_a_file_as_the_folder(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(IntVitError, match=r"^.+/taken/sub: .+/taken is a file, not a folder$"):
+        simulate_topology(ScaleSimConfig(rows=4, cols=4), SMALL_TOPOLOGY, "scalesim", tmp_path / "taken" / "sub")
