@@ -62,23 +62,25 @@ class AxiSignature(wiring.Signature):
     Read: ``arid araddr arlen arsize arburst arlock arcache arprot arvalid arready`` and
     ``rid rdata rresp rlast rvalid rready``; write: ``awid awaddr awlen awsize awburst awlock
     awcache awprot awvalid awready``, ``wdata wstrb wlast wvalid wready`` and ``bid bresp
-    bvalid bready``. A component with ``m_axi: Out(AxiSignature(...))`` written with
-    ``rtl.top.verilog_ports`` gets ports ``m_axi_araddr``... as cocotbext-axi and SoC tools expect.
+    bvalid bready`` (none with ``read_only``). A component with ``m_axi: Out(AxiSignature(...))`` written with
+    ``rtl.top.flat_ports`` gets ports ``m_axi_araddr``... as cocotbext-axi and SoC tools expect.
     """
 
-    def __init__(self, addr_width: int = 32, data_width: int = 128, id_width: int = 1):
+    def __init__(self, addr_width: int = 32, data_width: int = 128, id_width: int = 1, *, read_only: bool = False):
         _check_int("addr_width", addr_width, 12, 64)
         _check_data_width(data_width)
         _check_int("id_width", id_width, 1, 32)
         self.addr_width, self.data_width, self.id_width = addr_width, data_width, id_width
+        self.read_only = read_only
         members = {}
-        for ch in ("ar", "aw"):
+        for ch in ("ar",) if read_only else ("ar", "aw"):
             members |= {f"{ch}id": Out(id_width), f"{ch}addr": Out(addr_width), f"{ch}len": Out(8),
                         f"{ch}size": Out(3), f"{ch}burst": Out(2), f"{ch}lock": Out(1), f"{ch}cache": Out(4),
                         f"{ch}prot": Out(3), f"{ch}valid": Out(1), f"{ch}ready": In(1)}
         members |= {"rid": In(id_width), "rdata": In(data_width), "rresp": In(2), "rlast": In(1),
-                    "rvalid": In(1), "rready": Out(1),
-                    "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wlast": Out(1),
+                    "rvalid": In(1), "rready": Out(1)}
+        if not read_only:
+            members |= {"wdata": Out(data_width), "wstrb": Out(data_width // 8), "wlast": Out(1),
                     "wvalid": Out(1), "wready": In(1),
                     "bid": In(id_width), "bresp": In(2), "bvalid": In(1), "bready": Out(1)}
         super().__init__(members)

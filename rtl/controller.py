@@ -1,0 +1,302 @@
+"""The controller: instruction fetch over AXI4, decode and legality checks, dispatch into the load,
+compute and store queues, dependency tokens, issue, END, and the control/status registers.
+
+It implements docs/isa.md's "Execution rules" (``compiler.isa`` holds the constants):
+
+* **Fetch.** After ``start`` the controller reads ``FETCH_BURST_INSTRUCTIONS`` (8) instructions
+  per AXI4 INCR burst from ``insn_base`` on its own read-only master port ``imem``, one burst at
+  a time (the first in the ``start`` cycle, each next one as early as the cycle the previous
+  one's last beat arrives), and only while the fetch FIFO
+  (``FETCH_QUEUE_DEPTH`` = 16) has room for a whole burst. A burst's instructions become
+  dispatchable in the cycle its last beat arrives.
+* **Dispatch.** One instruction per cycle, in order, to its module's queue (``QUEUE_DEPTH``
+  = 16 each); a full queue stalls dispatch. Each instruction is checked here: an illegal one
+  (bad opcode, reserved bits set, a zero count, a ``mem``/``elem``/``transpose`` combination
+  outside the tables, a token flag on a LOAD's or STORE's missing side) raises ``error``,
+  records its index in ``error_index`` and stops the controller. Dispatch stops after END.
+* **Issue.** A module starts the instruction at the head of its queue when it is idle and
+  every token counter the instruction pops is non-zero; it takes the tokens then. A module
+  signals completion with ``done`` for one cycle; its pushes land in that cycle, and the next
+  instruction of the same module (or a consumer of the token) may start in the same cycle.
+  SYNC and END run in the controller's compute slot and take ``CONTROL_CYCLES`` (1) cycle.
+  A token counter that would overflow its ``TOKEN_BITS`` raises ``error``.
+
+Control/status: ``start`` (one cycle, while not busy) latches ``insn_base`` and clears
+``done``, ``error`` and ``cycles``. ``busy`` is high from the cycle after ``start`` until END
+completes (``done`` rises and stays) or an error stops the controller (``error`` rises and
+stays). ``cycles`` counts from the ``start`` cycle (cycle 0) to the cycle END completes, as
+docs/isa.md's Timing section defines the total.
+"""
+
+from amaranth import Const, Module, Mux, Signal
+from amaranth.lib import fifo, wiring
+from amaranth.lib.wiring import In, Out
+
+from intvit.compiler.isa import (
+    ELEMENT_BYTES, FETCH_BURST_INSTRUCTIONS, FETCH_QUEUE_DEPTH, FIELDS, FORMAT_OF, INSTRUCTION_BITS, QUEUE_DEPTH,
+    TOKEN_BITS, Format, Memory, Opcode, Queue,
+)
+from intvit.quant.errors import IntVitError
+from intvit.rtl.dma import BURST_INCR, AxiSignature
+
+__all__ = ["ModuleSignature", "Controller", "field_slice"]
+
+CYCLE_BITS = 48
+# Token counters, named producer->consumer, and the instruction flag that pushes or pops each.
+COUNTERS = ((Queue.LOAD, Queue.COMPUTE), (Queue.COMPUTE, Queue.LOAD),
+            (Queue.COMPUTE, Queue.STORE), (Queue.STORE, Queue.COMPUTE))
+
+
+def field_slice(word, fmt: Format, name: str):
+    """Bits of field ``name`` of an instruction word (``compiler.isa.FIELDS``)."""
+    f = next(f for f in FIELDS[fmt] if f.name == name)
+    bits = word[f.offset:f.offset + f.width]
+    return bits.as_signed() if f.signed else bits
+
+
+def _used_mask(fmt: Format) -> int:
+    mask = 0
+    for f in FIELDS[fmt]:
+        mask |= ((1 << f.width) - 1) << f.offset
+    return mask
+
+
+def ModuleSignature() -> wiring.Signature:
+    """The controller's side of one execution module: ``insn`` and a one-cycle ``start``; ``done``
+    for one cycle when the instruction completes (writes finished)."""
+    return wiring.Signature({"insn": Out(INSTRUCTION_BITS), "start": Out(1), "done": In(1)})
+
+
+class Controller(wiring.Component):
+    """Fetch, dispatch, tokens and issue for the load, compute and store modules.
+
+    Parameters
+    ----------
+    data_width : int
+        ``imem`` data bits (32 to 256): one instruction is ``256 / data_width`` beats.
+    addr_width : int
+        ``imem`` address bits.
+
+    Attributes
+    ----------
+    start : In(1)
+    insn_base : In(addr_width)
+        Byte address of the first instruction, read in the ``start`` cycle.
+    busy, done, error : Out(1)
+    error_index : Out(32)
+        Index of the instruction that raised ``error`` (counted from 0 in the stream).
+    cycles : Out(48)
+    imem : Out(AxiSignature(addr_width, data_width, read_only=True))
+    load, compute, store : Out(ModuleSignature())
+        ``compute`` never sees SYNC or END.
+    """
+
+    def __init__(self, *, data_width: int = 128, addr_width: int = 32):
+        if data_width not in (32, 64, 128, 256):
+            raise IntVitError(f"imem data_width must be 32, 64, 128 or 256 bits, not {data_width!r}")
+        self._data_width, self._addr_width = data_width, addr_width
+        super().__init__({
+            "start": In(1), "insn_base": In(addr_width),
+            "busy": Out(1), "done": Out(1), "error": Out(1), "error_index": Out(32), "cycles": Out(CYCLE_BITS),
+            "imem": Out(AxiSignature(addr_width, data_width, read_only=True)),
+            "load": Out(ModuleSignature()), "compute": Out(ModuleSignature()), "store": Out(ModuleSignature()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        running = Signal()
+        stop = Signal()                              # an error: nothing more is issued
+        m.d.comb += self.busy.eq(running & ~self.error)
+        with m.If(self.start & ~running):
+            # ``cycles`` reads c during cycle c, the start cycle being 0.
+            m.d.sync += [running.eq(1), self.done.eq(0), self.error.eq(0), self.cycles.eq(1), stop.eq(0)]
+        with m.Elif(running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+        started = self.start & ~running
+
+        fetched = self._fetch(m, running, started)
+        queues = {q: fifo.SyncFIFO(width=INSTRUCTION_BITS, depth=QUEUE_DEPTH) for q in Queue}
+        for q, queue in queues.items():
+            m.submodules[f"queue_{q.name.lower()}"] = queue
+        self._dispatch(m, fetched, queues, running, stop, started)
+        self._issue(m, queues, running, stop, started)
+        return m
+
+    def _fetch(self, m: Module, running, started) -> fifo.SyncFIFO:
+        """imem bursts into the fetch FIFO; returns the FIFO (``r_*`` side for dispatch)."""
+        w = self._data_width
+        beats_per_insn = INSTRUCTION_BITS // w
+        burst_beats = FETCH_BURST_INSTRUCTIONS * beats_per_insn
+        axi = self.imem
+        fetched = m.submodules.fetched = fifo.SyncFIFO(width=INSTRUCTION_BITS, depth=FETCH_QUEUE_DEPTH)
+        self._visible = Signal(range(FETCH_QUEUE_DEPTH + 1))   # entries of fully arrived bursts
+        self._fetch_stop = Signal()                            # END dispatched
+        address = Signal(self._addr_width)
+        in_flight = Signal()
+        assembled = Signal(INSTRUCTION_BITS)
+        beat = Signal(range(max(beats_per_insn, 2)))
+        count = Signal(range(burst_beats + 1))
+        arrived = Signal()                                     # a burst's last beat, this cycle
+        with m.If(started):
+            m.d.sync += [in_flight.eq(0), beat.eq(0), count.eq(0)]
+        # The first burst goes out in the start cycle itself (cycle 0 of the schedule).
+        base = Mux(started, self.insn_base, address)
+        m.d.comb += [axi.araddr.eq(base), axi.arlen.eq(burst_beats - 1), axi.arsize.eq((w // 8).bit_length() - 1),
+                     axi.arburst.eq(BURST_INCR), axi.arcache.eq(0b0011),
+                     axi.arvalid.eq(started | (running & (~in_flight | arrived) & ~self._fetch_stop
+                                               & (fetched.level + fetched.w_en
+                                                  <= FETCH_QUEUE_DEPTH - FETCH_BURST_INSTRUCTIONS))),
+                     axi.rready.eq(in_flight)]
+        word = Signal(INSTRUCTION_BITS)
+        if beats_per_insn == 1:
+            m.d.comb += word.eq(axi.rdata)
+        else:
+            m.d.comb += word.eq(Mux(beat == beats_per_insn - 1, (axi.rdata << (INSTRUCTION_BITS - w))
+                                    | (assembled >> w), 0))
+        with m.If(axi.rvalid & axi.rready):
+            m.d.sync += [assembled.eq((axi.rdata << (INSTRUCTION_BITS - w)) | (assembled >> w)),
+                         beat.eq(Mux(beat == beats_per_insn - 1, 0, beat + 1)), count.eq(count + 1)]
+            m.d.comb += [fetched.w_en.eq(beat == beats_per_insn - 1), fetched.w_data.eq(word)]
+            with m.If(count == burst_beats - 1):
+                m.d.sync += in_flight.eq(0)
+                m.d.comb += arrived.eq(1)
+        # The next burst may go out in the cycle the previous one's last beat arrives.
+        with m.If(axi.arvalid & axi.arready):
+            m.d.sync += [in_flight.eq(1), count.eq(0), address.eq(base + FETCH_BURST_INSTRUCTIONS * INSTRUCTION_BITS // 8)]
+        self._arrived = arrived
+        return fetched
+
+    def _dispatch(self, m: Module, fetched, queues, running, stop, started):
+        insn = fetched.r_data
+        opcode = insn[0:4]
+        pop_prev, pop_next, push_prev, push_next = insn[4], insn[5], insn[6], insn[7]
+        index = Signal(32)
+        legal = Signal()
+        target = Signal(range(len(Queue)))
+        is_end = opcode == Opcode.END
+        with m.Switch(opcode):
+            for op in Opcode:
+                with m.Case(op):
+                    fmt = FORMAT_OF[op]
+                    checks = [(insn & ~Const(_used_mask(fmt), INSTRUCTION_BITS)) == 0]
+                    if fmt == Format.DMA:
+                        checks += self._dma_checks(insn, op)
+                    elif fmt == Format.MATMUL:
+                        checks.append(field_slice(insn, fmt, "k") != 0)
+                    elif fmt == Format.VECTOR:
+                        checks += [field_slice(insn, fmt, "rows") != 0, field_slice(insn, fmt, "length") != 0]
+                    ok = checks[0]
+                    for check in checks[1:]:
+                        ok = ok & check
+                    queue = Queue.LOAD if op == Opcode.LOAD else Queue.STORE if op == Opcode.STORE else Queue.COMPUTE
+                    m.d.comb += [legal.eq(ok), target.eq(queue)]
+            with m.Default():
+                m.d.comb += legal.eq(0)
+        side_ok = ~(((opcode == Opcode.LOAD) & (pop_prev | push_prev)) | ((opcode == Opcode.STORE) & (pop_next | push_next)))
+        room = Signal()
+        with m.Switch(target):
+            for q, queue in queues.items():
+                with m.Case(q):
+                    m.d.comb += room.eq(queue.w_rdy)
+        # A burst's instructions are dispatchable from the cycle its last beat arrives (the head
+        # of the FIFO is then an earlier instruction, written before).
+        can = running & ~stop & ~self._fetch_stop & ((self._visible != 0) | self._arrived)
+        with m.If(started):
+            m.d.sync += [index.eq(0), self._visible.eq(0), self._fetch_stop.eq(0)]
+        take = Signal()
+        with m.If(can):
+            with m.If(~(legal & side_ok)):
+                m.d.sync += [stop.eq(1), self.error.eq(1), self.error_index.eq(index)]
+            with m.Elif(room):
+                m.d.comb += take.eq(1)
+        m.d.comb += fetched.r_en.eq(take)
+        for q, queue in queues.items():
+            m.d.comb += [queue.w_data.eq(insn), queue.w_en.eq(take & (target == q))]
+        with m.If(take):
+            m.d.sync += index.eq(index + 1)
+            with m.If(is_end):
+                m.d.sync += self._fetch_stop.eq(1)
+        m.d.sync += self._visible.eq(self._visible + Mux(self._arrived, FETCH_BURST_INSTRUCTIONS, 0) - take)
+        with m.If(started):
+            m.d.sync += self._visible.eq(0)
+
+    @staticmethod
+    def _dma_checks(insn, op: Opcode) -> list:
+        f = Format.DMA
+        mem, transpose, elem = field_slice(insn, f, "mem"), field_slice(insn, f, "transpose"), field_slice(insn, f, "elem")
+        counts = [field_slice(insn, f, name) != 0 for name in ("x_count", "y_count", "z_count")]
+        one_byte, four_bytes = ELEMENT_BYTES.index(1), ELEMENT_BYTES.index(4)
+        acc_elem = (mem == Memory.ACC) & (transpose == 0) & ((elem == one_byte) | (elem == four_bytes))
+        if op == Opcode.STORE:
+            combination = acc_elem
+        else:
+            combination = (((mem == Memory.A) | (mem == Memory.B)) & (elem == one_byte)) | acc_elem | \
+                ((mem == Memory.PARAM) & (transpose == 0) & (elem == ELEMENT_BYTES.index(16)))
+        return [*counts, combination]
+
+    def _issue(self, m: Module, queues, running, stop, started):
+        counters = {c: Signal(TOKEN_BITS, name=f"tokens_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
+        ports = {Queue.LOAD: self.load, Queue.COMPUTE: self.compute, Queue.STORE: self.store}
+        busy = {q: Signal(name=f"{q.name.lower()}_busy") for q in Queue}
+        control_busy = Signal()                       # a SYNC/END in the compute slot
+        control_end = Signal()
+        pops = {c: Signal(name=f"pop_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
+        pushes = {c: Signal(name=f"push_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
+        current = {q: Signal(INSTRUCTION_BITS, name=f"{q.name.lower()}_insn") for q in Queue}
+
+        done = {q: Signal(name=f"{q.name.lower()}_done") for q in Queue}
+        m.d.comb += [done[Queue.LOAD].eq(busy[Queue.LOAD] & self.load.done),
+                     done[Queue.STORE].eq(busy[Queue.STORE] & self.store.done),
+                     done[Queue.COMPUTE].eq(busy[Queue.COMPUTE] & (control_busy | self.compute.done))]
+        for producer, consumer in COUNTERS:
+            flag = 7 if producer < consumer else 6      # push_next / push_prev
+            m.d.comb += pushes[(producer, consumer)].eq(done[producer] & current[producer][flag])
+
+        for q, queue in queues.items():
+            head = queue.r_data
+            wanted = []
+            for counter in COUNTERS:
+                producer, consumer = counter
+                if consumer != q:
+                    continue
+                flag = head[4] if producer < consumer else head[5]   # pop_prev / pop_next
+                # A push in this very cycle counts: the consumer may start in the producer's completion cycle.
+                have = (counters[counter] != 0) | pushes[counter]
+                wanted.append((counter, flag, have))
+            free = ~busy[q] | done[q]
+            ready = queue.r_rdy & free & running & ~stop
+            for _counter, flag, have in wanted:
+                ready = ready & (~flag | have)
+            go = Signal(name=f"{q.name.lower()}_go")
+            m.d.comb += [go.eq(ready), queue.r_en.eq(go)]
+            for counter, flag, _have in wanted:
+                m.d.comb += pops[counter].eq(go & flag)
+            opcode = head[0:4]
+            control = (opcode == Opcode.SYNC) | (opcode == Opcode.END)
+            with m.If(go):
+                m.d.sync += [busy[q].eq(1), current[q].eq(head)]
+                if q == Queue.COMPUTE:
+                    m.d.sync += [control_busy.eq(control), control_end.eq(opcode == Opcode.END)]
+                    m.d.comb += self.compute.start.eq(~control)
+                else:
+                    m.d.comb += ports[q].start.eq(1)
+            with m.Elif(done[q]):
+                m.d.sync += busy[q].eq(0)
+            m.d.comb += ports[q].insn.eq(head)
+            with m.If(started):
+                m.d.sync += busy[q].eq(0)
+
+        for counter, value in counters.items():
+            new = value + pushes[counter] - pops[counter]
+            m.d.sync += value.eq(new)
+            with m.If(pushes[counter] & ~pops[counter] & (value == (1 << TOKEN_BITS) - 1)):
+                m.d.sync += [stop.eq(1), self.error.eq(1)]
+            with m.If(started):
+                m.d.sync += value.eq(0)
+
+        end_done = done[Queue.COMPUTE] & control_busy & control_end
+        with m.If(end_done):
+            # Stop counting in the cycle END completes: ``cycles`` then reads that cycle's number.
+            m.d.sync += [self.done.eq(1), stop.eq(1), running.eq(0), self.cycles.eq(self.cycles)]
+        with m.If(self.error):
+            m.d.sync += running.eq(0)

@@ -1,0 +1,166 @@
+"""The controller in Amaranth's simulator: fetch, dispatch, queues, tokens and issue against ``sim.schedule``.
+
+A Python model stands in for the instruction memory (an AXI4 slave that answers a burst
+``read_latency_cycles`` after its address, one beat a cycle) and for the three execution
+modules (each completes an instruction ``sim.schedule.instruction_cycles`` after its start).
+The controller's cycle counter must then equal ``sim.schedule.predict_cycles`` for streams
+that exercise every token counter, full queues, full fetch FIFOs and END; illegal
+instructions must raise the error flag with the offending index, never hang.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from amaranth.sim import Simulator
+
+from intvit.compiler.isa import Instruction, Memory, Opcode, decode, encode_program
+from intvit.rtl.controller import Controller
+from intvit.sim.config import AcceleratorConfig
+from intvit.sim.schedule import instruction_cycles, predict_cycles
+
+TIMEOUT_CYCLES = 50_000
+
+
+def load(**flags) -> Instruction:
+    return Instruction(Opcode.LOAD, mem=Memory.ACC, elem=1, dram_addr=64, x_count=40, y_count=3, z_count=1,
+                       y_stride=160, **flags)
+
+
+def store(**flags) -> Instruction:
+    return Instruction(Opcode.STORE, mem=Memory.ACC, elem=0, dram_addr=4000, x_count=24, y_count=2, z_count=1,
+                       y_stride=100, **flags)
+
+
+def compute(**flags) -> Instruction:
+    return Instruction(Opcode.REQUANT, rows=2, length=20, stride=2, **flags)
+
+
+def random_stream(seed: int, n: int) -> list[Instruction]:
+    """A legal stream: tokens pushed before they are popped, every counter used, then END."""
+    rng = random.Random(seed)
+    out, credit = [], {"lc": 0, "cl": 0, "cs": 0, "sc": 0}
+    for _ in range(n):
+        kind = rng.choice(["load", "compute", "compute", "store", "sync"])
+        if kind == "load":
+            pop = credit["cl"] > 0 and rng.random() < 0.5
+            push = rng.random() < 0.6
+            credit["cl"] -= pop
+            credit["lc"] += push
+            out.append(load(pop_next=pop, push_next=push))
+        elif kind == "store":
+            pop = credit["cs"] > 0 and rng.random() < 0.7
+            push = rng.random() < 0.5
+            credit["cs"] -= pop
+            credit["sc"] += push
+            out.append(store(pop_prev=pop, push_prev=push))
+        else:
+            pop_prev = credit["lc"] > 0 and rng.random() < 0.6
+            pop_next = credit["sc"] > 0 and rng.random() < 0.5
+            credit["lc"] -= pop_prev
+            credit["sc"] -= pop_next
+            push_prev, push_next = rng.random() < 0.3, rng.random() < 0.4
+            credit["cl"] += push_prev
+            credit["cs"] += push_next
+            fields = dict(pop_prev=pop_prev, pop_next=pop_next, push_prev=push_prev, push_next=push_next)
+            out.append(compute(**fields) if kind == "compute" else Instruction(Opcode.SYNC, **fields))
+    return out + [Instruction(Opcode.END)]
+
+
+def run_controller(stream: bytes, config: AcceleratorConfig, instructions: list[Instruction] | None = None) -> dict:
+    """Run the controller on ``stream`` with model memory and modules; return its status at the end."""
+    width = config.memory.axi_data_bits
+    dut = Controller(data_width=width)
+    latency = config.memory.read_latency_cycles
+    beat_bytes = width // 8
+    padded = stream + bytes(32 * 16)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    result = {}
+
+    async def bench(ctx):
+        ctx.set(dut.insn_base, 0)
+        bursts = []                       # [first beat cycle, address, beats left]
+        modules = {"load": None, "compute": None, "store": None}   # completion cycle of the running one
+        cycle = 0                         # the start cycle
+        while cycle < TIMEOUT_CYCLES:
+            ctx.set(dut.start, cycle == 0)
+            for name, due in modules.items():
+                ctx.set(getattr(dut, name).done, due == cycle)
+            beat = bursts[0] if bursts and bursts[0][0] <= cycle else None
+            ctx.set(dut.imem.rvalid, beat is not None)
+            if beat is not None:
+                ctx.set(dut.imem.rdata, int.from_bytes(padded[beat[1]:beat[1] + beat_bytes], "little"))
+            ctx.set(dut.imem.arready, 1)
+            if ctx.get(dut.imem.arvalid):
+                beats = ctx.get(dut.imem.arlen) + 1
+                bursts.append([cycle + latency + 1, ctx.get(dut.imem.araddr), beats])
+            if beat is not None and ctx.get(dut.imem.rready):
+                beat[1] += beat_bytes
+                beat[2] -= 1
+                if beat[2] == 0:
+                    bursts.pop(0)
+            for name in modules:
+                port = getattr(dut, name)
+                if ctx.get(port.start):
+                    ins = decode(ctx.get(port.insn).to_bytes(32, "little"))
+                    modules[name] = cycle + instruction_cycles(ins, config)
+            await ctx.tick()
+            cycle += 1
+            if ctx.get(dut.done) or ctx.get(dut.error):
+                break
+        result.update(done=ctx.get(dut.done), error=ctx.get(dut.error), error_index=ctx.get(dut.error_index),
+                      cycles=ctx.get(dut.cycles), busy=ctx.get(dut.busy), waited=cycle)
+
+    sim.add_testbench(bench)
+    sim.run()
+    return result
+
+
+@pytest.mark.parametrize("seed, n, width", [(0, 60, 128), (1, 40, 32)])
+def test_cycles_equal_the_schedule_model(seed, n, width):
+    config = AcceleratorConfig().with_(memory__axi_data_bits=width)
+    instructions = random_stream(seed, n)
+    result = run_controller(encode_program(instructions), config)
+    assert result["done"] and not result["error"]
+    predicted = predict_cycles(instructions, config)
+    assert result["cycles"] == predicted
+
+
+def _word(ins: Instruction, **raw_bits) -> bytes:
+    """``ins`` encoded, with extra raw bits set: ``{offset: value}`` as ``bit_<offset>=value``."""
+    word = int.from_bytes(encode_program([ins]), "little")
+    for name, value in raw_bits.items():
+        word |= value << int(name.removeprefix("bit_"))
+    return word.to_bytes(32, "little")
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(bytes([0]) + bytes(31), id="opcode-0"),
+    pytest.param(bytes([12]) + bytes(31), id="opcode-12"),
+    pytest.param(_word(Instruction(Opcode.SYNC), bit_200=1), id="sync-reserved-bit"),
+    pytest.param(_word(compute(), bit_255=1), id="vector-reserved-bit"),
+    pytest.param(_word(load(), bit_4=1), id="load-pops-previous"),
+    pytest.param(_word(store(), bit_7=1), id="store-pushes-next"),
+    pytest.param(encode_program([Instruction(Opcode.REQUANT, rows=0, length=3)]), id="zero-rows"),
+    pytest.param(encode_program([Instruction(Opcode.MATMUL, k=0)]), id="zero-k"),
+    pytest.param(encode_program([load().replace(z_count=0)]), id="zero-z-count"),
+    pytest.param(encode_program([load().replace(mem=Memory.PARAM, elem=0)]), id="param-bytes"),
+    pytest.param(encode_program([load().replace(mem=Memory.A, elem=1)]), id="a-int32"),
+    pytest.param(encode_program([store().replace(mem=Memory.B)]), id="store-from-b"),
+])
+def test_illegal_instruction_raises_error_and_stops(bad):
+    """Three legal instructions, the bad one (index 3), then END: error with index 3, no done."""
+    good = encode_program([load(push_next=True), compute(pop_prev=True), Instruction(Opcode.SYNC)])
+    result = run_controller(good + bad + encode_program([Instruction(Opcode.END)]), AcceleratorConfig())
+    assert result["error"] and not result["done"] and not result["busy"]
+    assert result["error_index"] == 3
+
+
+def test_token_counter_overflow_raises_error():
+    """256 load->compute tokens that nobody takes while a long REQUANT keeps END from completing."""
+    long_compute = Instruction(Opcode.REQUANT, rows=60000, length=60000, stride=1)
+    pushes = [load(push_next=True)] * 256
+    result = run_controller(encode_program([long_compute, *pushes, Instruction(Opcode.END)]), AcceleratorConfig())
+    assert result["error"] and not result["done"]
