@@ -404,14 +404,19 @@ class _Compiler:
             if n > geo.softmax_max_length:
                 raise IntVitError(f"compile: softmax {chain[-1].name!r}: rows of {n} exceed the unit's "
                                   f"{geo.softmax_max_length}")
-        # Column groups outer when all of A stays on chip but B does not: every B block then
-        # loads once, its group resident while the row blocks pass; row blocks outer otherwise
-        # (and always for Softmax, which needs whole rows).
+        # Row blocks outer re-reads B once per row block unless all of B stays on chip; column
+        # groups outer (a group's B blocks resident while the row blocks pass) re-reads A once
+        # per group unless all of A stays on chip. Take the cheaper; Softmax needs whole rows.
         b_whole = n_cb * k <= half_b
-        cols_outer = not b_whole and n_kc == 1 and n_rb * k <= geo.a_depth \
-            and not any(step.kind == "softmax" for step in chain)
-        if cols_outer:
-            group = min(group, half_b // k)
+        cols_outer = False
+        if not b_whole and n_kc == 1 and not any(step.kind == "softmax" for step in chain):
+            cols_group = min(group, half_b // k)
+            a_reads = 1 if n_rb * k <= geo.a_depth else -(-n_cb // cols_group)
+            # Bytes of A re-read against bytes of B re-read (per K); patch rows gather in runs
+            # of a few bytes, far dearer per byte, so they are read once where possible.
+            cols_outer = a_reads * m < n_rb * n and (a_reads == 1 or isinstance(a_all, Place))
+            if cols_outer:
+                group = cols_group
         n_groups = -(-n_cb // group)
         group = -(-n_cb // n_groups)                     # even groups
         groups = range(0, n_cb, group)
@@ -422,7 +427,7 @@ class _Compiler:
             a_loaded: dict = {}
             b_loaded: dict = {}
             a_region = self.buffers.take(Memory.A) if n_rb * k <= half_a else \
-                self.buffers.whole(Memory.A) if cols_outer else None
+                self.buffers.whole(Memory.A) if cols_outer and n_rb * k <= geo.a_depth else None
             b_region = self.buffers.take(Memory.B) if b_whole else None
             order = [(g0, rb) for g0 in groups for rb in range(n_rb)] if cols_outer else \
                 [(g0, rb) for rb in range(n_rb) for g0 in groups]
