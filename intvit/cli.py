@@ -8,6 +8,7 @@ when the command line is built, and commands that need ``rtl`` import it inside 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -18,7 +19,11 @@ __all__ = ["main", "build_parser"]
 COMMANDS = ("accuracy", "quantize", "simulate", "sweep", "topology", "verilog", "synth")
 
 # Errors that come from what the user gave us, not from a bug in intvit.
-USER_ERRORS = (IntVitError, FileNotFoundError, IsADirectoryError, PermissionError)
+USER_ERRORS = (IntVitError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+# Operating-system errors that come from the machine or the paths given (a full disk, a name
+# too long, a read-only file system), not from a bug: also one line.
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EROFS, errno.EFBIG, errno.ELOOP, errno.EMFILE,
+               errno.ENFILE, errno.EIO}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,18 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    """Run one command; user mistakes give one line and status 2, Ctrl-C one line and status 130.
+
+    Outputs are written atomically (``intvit.quant.atomic``), so an interrupted or failed
+    command leaves no partial file behind.
+    """
     try:
-        return int(args.run(args) or 0)
-    except USER_ERRORS as exc:
-        if args.debug:
-            raise
-        print(f"intvit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        try:
+            return int(args.run(args) or 0)
+        except OSError as exc:
+            if args.debug or not (isinstance(exc, USER_ERRORS) or exc.errno in USER_ERRNOS):
+                raise
+            print(f"intvit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        except IntVitError as exc:
+            if args.debug:
+                raise
+            print(f"intvit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         print("intvit: interrupted", file=sys.stderr)
         return 130

@@ -23,14 +23,19 @@ from amaranth import __version__ as amaranth_version
 from amaranth._toolchain.yosys import find_yosys
 from amaranth.back import rtlil
 
+from intvit.quant.atomic import atomic_folder, check_output_folder
 from intvit.quant.errors import IntVitError
 from intvit.rtl.pe import ProcessingElement
 from intvit.rtl.top import Accelerator, TopParams, unit_builders
 
-__all__ = ["TOP_NAME", "LINT_WAIVERS", "SYNTH_SCRIPT", "designs", "to_verilog", "generate", "lint", "synth"]
+__all__ = ["TOP_NAME", "LINT_WAIVERS", "SYNTH_SCRIPT", "designs", "to_verilog", "check_size", "generate", "lint", "synth"]
 
 TOP_NAME = "intvit_top"
 MANIFEST_NAME = "manifest.json"
+# Size guard (check_size): elaboration time and memory grow with these.
+MAX_PES = 64 * 64
+MAX_LANES = 64
+MAX_ROW = 4096
 LINT_TIMEOUT_S = 300
 SYNTH_TIMEOUT_S = 1800
 
@@ -95,24 +100,42 @@ def generate(params: TopParams, out_dir: str | Path) -> list[Path]:
     ----------
     params : TopParams
     out_dir : str or Path
-        Created if missing; existing files of the same names are replaced.
+        Created if missing; existing files of the same names are replaced, all of them or, if
+        anything fails, none.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise IntVitError(f"{out_dir}: not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths, modules = [], {}
-    for name, build in designs(params).items():
-        design = build()
-        path = out_dir / f"{name}.v"
-        path.write_text(to_verilog(design, name))
-        paths.append(path)
-        modules[name] = {"file": path.name, "latency_cycles": getattr(design, "latency", None),
-                         "ports": _ports(design.signature)}
-    manifest = out_dir / MANIFEST_NAME
-    manifest.write_text(json.dumps({"top": TOP_NAME, "params": asdict(params), "amaranth": amaranth_version,
-                                    "lint_waivers": sorted(LINT_WAIVERS), "modules": modules}, indent=1) + "\n")
-    return [*paths, manifest]
+    check_size(params)
+    out_dir = check_output_folder(out_dir)
+    names, modules = [], {}
+    # Every file or none: written to a staging folder, moved into out_dir when all are done.
+    with atomic_folder(out_dir) as staging:
+        for name, build in designs(params).items():
+            design = build()
+            (staging / f"{name}.v").write_text(to_verilog(design, name))
+            names.append(f"{name}.v")
+            modules[name] = {"file": f"{name}.v", "latency_cycles": getattr(design, "latency", None),
+                             "ports": _ports(design.signature)}
+        (staging / MANIFEST_NAME).write_text(json.dumps(
+            {"top": TOP_NAME, "params": asdict(params), "amaranth": amaranth_version,
+             "lint_waivers": sorted(LINT_WAIVERS), "modules": modules}, indent=1) + "\n")
+    return [out_dir / name for name in (*names, MANIFEST_NAME)]
+
+
+def check_size(params: TopParams) -> None:
+    """Refuse parameters whose elaboration would take hours or exhaust memory (limits in the message).
+
+    Amaranth's elaboration time grows with the processing elements: about 80 s for a 32x32 top
+    on the development machine, so the 64x64 limit stands for several minutes.
+    """
+    pes = params.rows * params.cols
+    if pes > MAX_PES:
+        raise IntVitError(f"a {params.rows}x{params.cols} array has {pes:,} processing elements; "
+                          f"the RTL is elaborated for at most {MAX_PES:,} (64x64)")
+    for name in ("requant_lanes", "softmax_lanes", "gelu_lanes", "layernorm_lanes"):
+        if getattr(params, name) > MAX_LANES:
+            raise IntVitError(f"{name} is {getattr(params, name):,}; the RTL is elaborated for at most {MAX_LANES}")
+    for name in ("max_length", "width"):
+        if getattr(params, name) > MAX_ROW:
+            raise IntVitError(f"{name} is {getattr(params, name):,}; the RTL's row buffers hold at most {MAX_ROW:,}")
 
 
 def _ports(signature) -> dict[str, str]:
@@ -166,6 +189,7 @@ def synth(params: TopParams, units: list[str] | None = None, *, abc: bool = Fals
         ``{module: {"cells": total gates, "flipflops": one-bit flip-flops, "by_type": {gate: count},
         "coarse": {word-level cell: count}, "multipliers": n, "seconds": Yosys wall time}}``.
     """
+    check_size(params)
     available = designs(params)
     chosen = list(available) if units is None else units
     unknown = [name for name in chosen if name not in available]

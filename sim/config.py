@@ -215,7 +215,7 @@ class AcceleratorConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self):
-        _check_positive_number("clock_mhz", self.clock_mhz)
+        _check_positive_number("clock_mhz", self.clock_mhz, 1e-6, MAX_CLOCK_MHZ)
         for name, kind in SECTIONS.items():
             if not isinstance(getattr(self, name), kind):
                 raise IntVitError(f"{name} must be a {kind.__name__}, not {getattr(self, name)!r}")

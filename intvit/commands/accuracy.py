@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from intvit.quant.atomic import atomic_file
 from intvit.quant.errors import IntVitError
 from intvit.cluster.engine import add_cluster_arguments, cluster_mapper
 from intvit.commands.common import (add_calibration_arguments, add_model_arguments, build_program,
@@ -100,4 +101,5 @@ def _plot(layer_sqnr: dict[str, float], path: str, title: str) -> None:
     ax.set_title(f"Integer vs float activations: {title}")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as temp:
+        fig.savefig(temp, dpi=120, format="png")

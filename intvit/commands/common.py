@@ -13,18 +13,20 @@ from tqdm import tqdm
 
 from intvit.quant.calibrate import CALIBRATION_METHODS
 from intvit.quant.config import PRESETS, ViTConfig, get_config
+from intvit.quant.atomic import check_output_file, write_text
 from intvit.quant.errors import IntVitError
 from intvit.quant.model import ViT
 from intvit.quant.program import IntProgram, load_program
 
 __all__ = [
     "add_model_arguments", "add_calibration_arguments", "load_model", "load_images", "build_program",
-    "progress", "positive_int", "write_json", "check_output_file",
+    "progress", "positive_int", "seed_int", "write_json", "check_output_file",
 ]
 
 DEFAULT_MODEL = "mnist"
 # Data sets that ship with intvit's dependencies, each with a fixed train/test split.
 BUILTIN_DATA = ("mnist", "digits")
+MAX_SEED = 2**32 - 1
 
 
 def positive_int(text: str) -> int:
@@ -37,6 +39,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """A ``--seed``: an integer in [0, 2**32), the range numpy and torch both take."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED}, not {text[:40]!r}")
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(PRESETS),
                         help="model shape (default: %(default)s, the embedded MNIST ViT)")
@@ -44,7 +57,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint: timm/DeiT .pth or .safetensors, Hugging Face ViT safetensors, or "
                              "intvit's own .safetensors+.json (default: embedded weights for mnist, "
                              "seeded random weights otherwise)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random weights when no --weights are given (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0,
+                        help="seed for random weights when no --weights are given (default: 0)")
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser, program_option: bool = True) -> None:
@@ -109,16 +123,6 @@ def build_program(args: argparse.Namespace, model: ViT, data: str) -> IntProgram
                           progress=lambda it: progress(it, "calibrate", -(-len(images) // args.batch_size)))
 
 
-def check_output_file(path: str) -> Path:
-    """``path`` as a Path if a file can be created there; commands call this before any long work."""
-    path = Path(path)
-    if path.is_dir():
-        raise IntVitError(f"{path}: is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise IntVitError(f"{path}: directory {path.parent} does not exist")
-    return path
-
-
 def progress(iterable, desc: str, total: int | None = None, unit: str = "batch"):
     """A progress bar on stderr that stays out of the way of piped output."""
     return tqdm(iterable, desc=desc, total=total, leave=False, disable=None, file=sys.stderr, unit=unit)
@@ -130,7 +134,7 @@ def write_json(data: dict, path: str | None) -> None:
     if path in (None, "-"):
         print(text)
     else:
-        Path(path).write_text(text + "\n")
+        write_text(path, text + "\n")
 
 
 def _finite(value):

@@ -22,6 +22,7 @@ from intvit.commands.common import (
     add_calibration_arguments, add_model_arguments, build_program, load_images, load_model, positive_int, progress,
     write_json,
 )
+from intvit.quant.atomic import check_output_file, check_output_folder
 from intvit.sim.config import load_config
 from intvit.sim.matmul import MODES
 from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, plot_unit_cycles
@@ -70,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Output paths are checked before any work; the writes themselves are atomic.
+    if args.json not in (None, "-"):
+        check_output_file(args.json)
     if args.topology or args.scalesim_config:
         return _run_topology(args)
     if args.out_dir:
@@ -196,11 +200,14 @@ def _run_topology(args: argparse.Namespace) -> int:
         raise IntVitError("give --scalesim-config or --config for a topology, not both")
     if args.plot:
         raise IntVitError("--plot draws a model simulation; it does not apply to --topology")
+    if args.out_dir:
+        check_output_folder(args.out_dir)
     if args.scalesim_config:
         scale = read_scale_config(args.scalesim_config)
         accelerator, default_dir = scale.accelerator(), scale.run_name
     else:
         accelerator, default_dir = load_config(args.config), Path(args.topology).stem
+    check_output_folder(args.out_dir or default_dir)
     layers = read_topology(args.topology, args.input_type)
     mode = args.mode or "scalesim"
     result = simulate_topology(accelerator, layers, mode, args.out_dir or default_dir)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from intvit.quant.atomic import atomic_file, check_output_file
 from intvit.quant.errors import IntVitError
 from intvit.cluster.engine import add_cluster_arguments, cluster_mapper
 from intvit.cluster.sweep_search import add_search_arguments, run_search
@@ -155,7 +156,7 @@ def _table_row(row: dict) -> list[str]:
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:
-    with Path(path).open("w", newline="") as handle:
+    with atomic_file(path) as temp, temp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -167,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
     bandwidths = parse_bandwidths(args.bandwidths)
     if args.plot:
         check_plot_path(args.plot)
+    if args.out:
+        check_output_file(args.out)
     base = load_config(args.config)
     with cluster_mapper(args, "sweep", "config") as map_configs:
         program = shape_program(args)

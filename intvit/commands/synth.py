@@ -6,7 +6,7 @@ import argparse
 import time
 
 from intvit.quant.config import get_config
-from intvit.commands.common import write_json
+from intvit.commands.common import check_output_file, write_json
 from intvit.commands.verilog import add_top_arguments, top_params
 from intvit.sim.config import load_config
 
@@ -33,9 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from intvit.rtl.verilog import synth
+    from intvit.rtl.verilog import check_size, synth
 
+    if args.json:
+        check_output_file(args.json)
     params = top_params(load_config(args.config), get_config(args.model))
+    check_size(params)                 # before minutes of synthesis, not after
     start = time.perf_counter()
     report = synth(params, units=args.unit, abc=args.abc)
     print(f"array {params.rows}x{params.cols}, lanes requant {params.requant_lanes} softmax {params.softmax_lanes} "

@@ -6,6 +6,7 @@ import argparse
 
 from intvit.quant.config import PRESETS, get_config
 from intvit.commands.common import load_model
+from intvit.quant.atomic import check_output_file
 from intvit.sim.scalesim import write_topology
 from intvit.sim.topology import vit_gemms
 
@@ -28,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.out)
     config = load_model(args).config if args.weights else get_config(args.model)
     gemms = vit_gemms(config, blocks=args.blocks)
     write_topology(args.out, gemms)

@@ -8,6 +8,7 @@ import sys
 
 from intvit.quant.config import PRESETS, ViTConfig, get_config
 from intvit.commands.common import DEFAULT_MODEL
+from intvit.quant.atomic import check_output_folder
 from intvit.sim.config import AcceleratorConfig, load_config
 
 __all__ = ["register", "run", "add_top_arguments", "top_params", "latency_mismatches"]
@@ -63,6 +64,7 @@ def latency_mismatches(config: AcceleratorConfig, manifest: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from intvit.rtl.verilog import generate, lint
 
+    check_output_folder(args.out)
     config = load_config(args.config)
     paths = generate(top_params(config, get_config(args.model)), args.out)
     for path in paths:
