@@ -16,7 +16,7 @@ from intvit.quant.errors import IntVitError
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = ("accuracy", "quantize", "simulate", "sweep", "topology", "verilog", "synth")
+COMMANDS = ("accuracy", "quantize", "compile", "simulate", "sweep", "topology", "verilog", "synth")
 
 # Errors that come from what the user gave us, not from a bug in intvit.
 USER_ERRORS = (IntVitError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)

@@ -31,14 +31,17 @@ from intvit.compiler.isa import (
     INSTRUCTION_BYTES, ISSUE_CYCLES, QUEUE_DEPTH, QUEUE_OF, TOKEN_BITS, Instruction, Opcode, Queue,
 )
 from intvit.quant.errors import IntVitError
+from intvit.quant.program import IntProgram
 from intvit.sim.config import AcceleratorConfig
 from intvit.sim.gelu import gelu_cycles
 from intvit.sim.layernorm import layernorm_cycles
 from intvit.sim.matmul import fold_cycles, fold_plan
 from intvit.sim.requant import requant_cycles
+from intvit.sim.simulator import gemm_shape
 from intvit.sim.softmax import softmax_cycles
 
-__all__ = ["UNIT_OF", "ScheduleReport", "burst_cost", "instruction_cycles", "schedule", "predict_cycles"]
+__all__ = ["UNIT_OF", "ScheduleReport", "burst_cost", "instruction_cycles", "schedule", "predict_cycles",
+           "program_macs"]
 
 UNIT_OF = {
     Opcode.LOAD: "dma_load", Opcode.STORE: "dma_store", Opcode.MATMUL: "matmul", Opcode.REQUANT: "requant",
@@ -286,3 +289,9 @@ def _report(instructions, config, start, end, duration) -> ScheduleReport:
 def predict_cycles(instructions: list[Instruction], config: AcceleratorConfig) -> int:
     """The cycles the RTL should count for this stream on this config (``schedule(...).total_cycles``)."""
     return schedule(instructions, config).total_cycles
+
+
+def program_macs(program: IntProgram) -> int:
+    """Useful multiply-accumulates of one image (batch 1), for ``mac_utilization``."""
+    shapes = program.tensor_shapes(1)
+    return sum(math.prod(gemm_shape(op, shapes)) for op in program.matmuls())
