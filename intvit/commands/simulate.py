@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="MatMul cycle convention (default: native for a model, scalesim for --topology)")
     parser.add_argument("--no-functional", dest="functional", action="store_false",
                         help="cycles only: skip computing the tensors (no prediction)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="model the compiled instruction stream instead (sim.schedule: AXI bursts, "
+                             "scratchpads, the controller's overlap), as the RTL runs it; batch 1")
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE",
                         help="write the report as JSON to FILE, or alone: print it instead of the tables")
     parser.add_argument("--plot", metavar="FILE.png", help="stacked bar chart of cycles per block and unit")
@@ -80,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         raise IntVitError("--out-dir applies to --topology runs only")
     if args.plot:
         check_plot_path(args.plot)
+    if args.compiled:
+        from intvit.commands.compile import simulate_compiled
+
+        return simulate_compiled(args)
     return _run_model(args)
 
 
