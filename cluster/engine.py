@@ -64,8 +64,9 @@ def _import_distributed(option: str):
 def open_client(workers: int = 1, address: str | None = None):
     """A ``distributed.Client`` on ``address``, or on a LocalCluster of ``workers`` processes.
 
-    The local cluster has one thread per worker process (the kernels are single-threaded numpy,
-    numba and torch; processes, not threads, sidestep the GIL) and no dashboard; it is closed on exit.
+    The local cluster has one thread per worker process (processes, not threads, sidestep the
+    GIL and keep torch and numba from sharing one interpreter), its diagnostics server on a free
+    port (8787 may belong to another cluster), and is closed on exit.
     """
     distributed = _import_distributed(f"--cluster {address}" if address else f"--workers {workers}")
     if address:
@@ -77,7 +78,7 @@ def open_client(workers: int = 1, address: str | None = None):
             yield client
         return
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=LOCAL_LOG_LEVEL) as cluster, \
+                                  dashboard_address=":0", silence_logs=LOCAL_LOG_LEVEL) as cluster, \
             distributed.Client(cluster) as client:
         yield client
 

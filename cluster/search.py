@@ -17,7 +17,7 @@ from intvit.quant.errors import IntVitError
 
 __all__ = ["SAMPLERS", "SEARCH_COLUMNS", "SearchSpace", "check_objectives", "objective_values", "pareto_mask", "search"]
 
-SAMPLERS = ("nsga2", "tpe")
+SAMPLERS = ("tpe", "nsga2")
 SEARCH_COLUMNS = ("array", "rows", "cols", "dataflow", "bandwidth", "lanes", "buffer_bytes")
 # Objectives that follow from the point itself: hardware-cost proxies for when no area model exists.
 DERIVED = {
@@ -124,7 +124,7 @@ def pareto_mask(values: Sequence[tuple | None]) -> list[bool]:
 
 
 def search(space: SearchSpace, evaluate: Callable[[list[dict]], list[dict]], objectives: Sequence[str], *,
-           budget: int, seed: int = 0, sampler: str = "nsga2") -> list[dict]:
+           budget: int, seed: int = 0, sampler: str = "tpe") -> list[dict]:
     """Explore ``space`` towards ``objectives``, evaluating at most ``budget`` distinct points.
 
     Parameters
@@ -139,7 +139,7 @@ def search(space: SearchSpace, evaluate: Callable[[list[dict]], list[dict]], obj
         Most distinct configurations to evaluate; a budget that covers the space evaluates all of it.
     seed : int
         The sampler's seed.
-    sampler : {"nsga2", "tpe"}
+    sampler : {"tpe", "nsga2"}
 
     Returns
     -------

@@ -12,8 +12,9 @@ from intvit.quant.errors import IntVitError
 
 __all__ = ["DEFAULT_OBJECTIVES", "add_search_arguments", "run_search", "parse_sizes"]
 
-# Speed against hardware cost: the array's MACs stand in for area until a cost model is given.
-DEFAULT_OBJECTIVES = "latency_us,macs"
+# Speed against hardware cost: the area model's figure where the sweep reports one, else the
+# array's MACs as a stand-in.
+DEFAULT_OBJECTIVES = ("latency_us,area_mm2", "latency_us,macs")
 
 
 def parse_sizes(option: str, text: str) -> list[int]:
@@ -39,15 +40,17 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                        help="lanes of every element-wise unit (default: the config's requantiser lanes)")
     group.add_argument("--buffers", metavar="LIST",
                        help="bytes of each on-chip buffer (default: the config's ifmap buffer)")
-    group.add_argument("--objectives", default=DEFAULT_OBJECTIVES, metavar="LIST",
+    group.add_argument("--objectives", metavar="LIST",
                        help="quantities to minimise: result columns (latency_us, cycles, dram_bytes, ...) or "
-                            f"{', '.join(DERIVED)} (default: %(default)s)")
+                            f"{', '.join(DERIVED)} (default: {DEFAULT_OBJECTIVES[0]} where the sweep reports "
+                            f"area, else {DEFAULT_OBJECTIVES[1]})")
     from intvit.commands.common import positive_int
 
     group.add_argument("--trials", type=positive_int, metavar="N",
                        help="most distinct configurations to evaluate (default: a quarter of the space; "
                             "the whole space if N covers it)")
-    group.add_argument("--sampler", choices=SAMPLERS, default="nsga2", help="Optuna sampler (default: %(default)s)")
+    group.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                       help="Optuna sampler: multi-objective TPE or NSGA-II (default: %(default)s)")
     group.add_argument("--search-seed", type=int, default=0, metavar="N", help="sampler seed (default: 0)")
 
 
@@ -57,7 +60,8 @@ def run_search(args: argparse.Namespace, program, base, arrays, dataflows, bandw
     from intvit.commands.sweep import COLUMNS, simulate_point
     from intvit.sim.report import format_table
 
-    objectives = [name.strip() for name in args.objectives.split(",")]
+    text = args.objectives or DEFAULT_OBJECTIVES[0 if "area_mm2" in COLUMNS else 1]
+    objectives = [name.strip() for name in text.split(",")]
     check_objectives(objectives, COLUMNS)
     if args.plot and len(objectives) < 2:
         raise IntVitError("--plot: a Pareto plot needs two --objectives")
