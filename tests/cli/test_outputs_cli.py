@@ -226,9 +226,13 @@ def test_interrupt_while_saving_leaves_nothing(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(program_module.np, "savez_compressed", interrupted)
     out = tmp_path / "prog.npz"
-    assert main(["quantize", "--calib-size", "2", "-o", str(out)]) == 130
+    assert main(["quantize", "--calib-size", "2", "--no-cache", "-o", str(out)]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == "intvit: interrupted"
     assert leftovers(tmp_path) == []
+    # The program cache saves through the same path: interrupted there, it keeps no stump either.
+    assert main(["quantize", "--calib-size", "2", "-o", str(out)]) == 130
+    cache = Path(os.environ["XDG_CACHE_HOME"])
+    assert [p for p in cache.rglob("*") if p.is_file()] == [] and leftovers(tmp_path) == []
 
 
 # A write that hangs half way (a slow disk): the test interrupts it with a real SIGINT.
@@ -260,3 +264,63 @@ def test_sigint_exits_130_with_one_line(tmp_path):
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "intvit: interrupted" and "Traceback" not in err
     assert leftovers(out.parent) == []
+
+
+# ------------------------------------------------------------- program files the commands trust
+@pytest.fixture(scope="module")
+def mnist_program(tmp_path_factory):
+    from intvit.quant.checkpoint import load_embedded
+    from intvit.quant.data import load_dataset, normalize
+    from intvit.quant.ptq import quantize_model
+
+    model = load_embedded()
+    images, _, _ = load_dataset("mnist", model.config, split="train", limit=2)
+    path = tmp_path_factory.mktemp("program") / "mnist.npz"
+    quantize_model(model, normalize(images, model.config)).save(path)
+    return path
+
+
+def _edited_program(source: Path, target: Path, edit) -> Path:
+    import json
+
+    import numpy as np
+
+    with np.load(source, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    manifest = json.loads(arrays.pop("__manifest__").tobytes().decode())
+    edit(manifest, arrays)
+    with open(target, "wb") as handle:
+        np.savez(handle, __manifest__=np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8), **arrays)
+    return target
+
+
+def _op(manifest, name):
+    return next(op for op in manifest["ops"] if op["name"] == name)
+
+
+def _widen_qkv(manifest, arrays):
+    import numpy as np
+
+    for suffix in ("weight", "bias", "multiplier", "shift"):
+        name = f"blocks.0.attn.qkv.{suffix}"
+        arrays[name] = np.concatenate([arrays[name], arrays[name]], axis=-1)
+        manifest["constants"][name][1] = list(arrays[name].shape)
+
+
+@pytest.mark.parametrize("argv, edit, message", [
+    (["simulate", "--no-functional"], lambda m, a: a["blocks.0.attn.qkv.shift"].__setitem__(0, 0),
+     "op 'blocks.0.attn.qkv.requant': shift must be in [1, 62], not 0"),
+    (["simulate", "--no-functional"], _widen_qkv,
+     "op 'blocks.0.attn.qkv': weight (64, 384) does not fit the config (its widths are 10, 16, 64, 128, 192)"),
+    (["simulate", "--no-functional"], lambda m, a: _op(m, "blocks.2.attn.split")["attrs"].update(heads=3),
+     "op 'blocks.2.attn.split': heads must be the config's num_heads 4, not 3"),
+    (["simulate", "--no-functional"], lambda m, a: _op(m, "patch_embed.patchify")["attrs"].update(patch=7),
+     "op 'patch_embed.patchify': patch must be the config's patch_size 4, not 7"),
+    (["accuracy", "--limit", "8"], lambda m, a: m.update(input_scale=float("nan")),
+     "input_scale must be a finite positive number, not nan"),
+    (["accuracy", "--limit", "8"], lambda m, a: _op(m, "blocks.1")["attrs"].pop("shift"),
+     "op 'blocks.1': missing attribute shift"),
+])
+def test_commands_refuse_a_program_out_of_bounds(capsys, tmp_path, mnist_program, argv, edit, message):
+    bad = _edited_program(mnist_program, tmp_path / "bad.npz", edit)
+    assert one_line_error(capsys, [*argv, "--program", str(bad)], argv[0]) == f"{bad}: {message}"

@@ -280,6 +280,13 @@ def _widen_qkv(manifest, arrays):
         manifest["constants"][name][1] = list(arrays[name].shape)
 
 
+def _narrow_qkv(manifest, arrays):
+    for suffix in ("weight", "bias", "multiplier", "shift"):     # 64 = mlp_dim: a width the config has
+        name = f"blocks.0.attn.qkv.{suffix}"
+        arrays[name] = arrays[name][..., :64]
+        manifest["constants"][name][1] = list(arrays[name].shape)
+
+
 def _retype(manifest, arrays, name, value, dtype):
     _set(arrays, name, 0, value, dtype)
     manifest["constants"][name][0] = str(np.dtype(dtype))
@@ -331,6 +338,8 @@ BAD_PROGRAMS = {
     # shapes against the config
     "qkv weight twice too wide": (_widen_qkv, r"op 'blocks\.0\.attn\.qkv': weight \(32, 192\) does not fit the config "
                                               r"\(its widths are 5, 32, 48, 64, 96\)"),
+    "qkv weight of the mlp width": (_narrow_qkv, r"op 'blocks\.0\.attn\.split': input must be 3 x embed_dim = 96 "
+                                                 r"wide, not 64"),
     "heads 3 in the config": (lambda m, a: m["config"].update(num_heads=3),
                               r"config: embed_dim 32 is not a multiple of num_heads 3"),
     "heads 4 in the config only": (lambda m, a: m["config"].update(num_heads=4),
