@@ -29,7 +29,9 @@ test: $(STAMP) iverilog
 test-all: $(STAMP) iverilog
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q -m ''
 
+# One run: the commands' wall-clock (cold and warm program cache) next to the inner loops.
 bench: $(STAMP)
+	$(BIN)/python benchmarks/commands.py
 	$(BIN)/python benchmarks/executor.py
 	$(BIN)/python benchmarks/simulator.py
 	$(BIN)/python benchmarks/scalesim_speed.py --layers 3 --dataflow os

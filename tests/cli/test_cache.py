@@ -8,6 +8,8 @@ program's on every op, for mnist and deit-tiny.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -203,6 +205,18 @@ def test_shape_program_costs_what_a_calibrated_program_does(model, calib_size, m
 
 def test_simulate_no_functional_reads_no_weights_or_data(no_weights_no_data, calibrations, capsys):
     assert main(["simulate", "--no-functional", "--data", "/no/such/dir"]) == 0
-    assert "cycles" in capsys.readouterr().out
-    assert calibrations == [None]                   # the shape program's one quantisation, no data
-    assert entries() == []
+    first = capsys.readouterr().out
+    assert "cycles" in first
+    assert calibrations == [None] and len(entries()) == 1      # the shape program's quantisation, no data
+    assert main(["simulate", "--no-functional"]) == 0
+    assert capsys.readouterr().out == first and calibrations == [None]
+    assert main(["simulate", "--no-functional", "--no-cache"]) == 0
+    assert capsys.readouterr().out == first and calibrations == [None, None]
+
+
+def test_a_warm_cycle_only_run_does_not_import_torch(tmp_path):
+    script = ("import sys; from intvit.cli import main; main(['simulate', '--no-functional', '--json', "
+              f"{str(tmp_path / 'r.json')!r}]); print('torch' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    assert [run.stdout.strip().splitlines()[-1] for run in runs] == ["True", "False"]
