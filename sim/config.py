@@ -25,10 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from intvit.quant.errors import IntVitError
-from intvit.sim.gelu import GELU_LATENCY
-from intvit.sim.layernorm import layernorm_latency
-from intvit.sim.requant import REQUANT_LATENCY
-from intvit.sim.softmax import softmax_latency
 
 __all__ = [
     "DATAFLOWS",
@@ -190,6 +186,15 @@ class MemoryConfig:
             raise IntVitError(f"max_burst_beats must be an integer in 1..256 (AXI4 INCR), not {self.max_burst_beats!r}")
 
 
+def _default_latency(unit: str) -> int:
+    # The unit models take their latencies from the integer kernels' constants, whose modules load numba:
+    # imported when a config is built, not with the command line (``intvit --help`` stays well under 1 s).
+    from intvit.sim import gelu, layernorm, requant, softmax
+
+    return {"requant": lambda: requant.REQUANT_LATENCY, "softmax": softmax.softmax_latency,
+            "gelu": lambda: gelu.GELU_LATENCY, "layernorm": layernorm.layernorm_latency}[unit]()
+
+
 @dataclass(frozen=True)
 class AcceleratorConfig:
     """The whole accelerator: clock, MatMul array, element-wise units, SRAMs, memory interface.
@@ -207,10 +212,10 @@ class AcceleratorConfig:
     clock_mhz: int | float = 500
     matmul: MatMulConfig = field(default_factory=MatMulConfig)
     # The units' latencies as their cycle models predict them for the RTL (one place each).
-    requant: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=REQUANT_LATENCY))
-    softmax: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=softmax_latency()))
-    gelu: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=GELU_LATENCY))
-    layernorm: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=layernorm_latency()))
+    requant: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=_default_latency("requant")))
+    softmax: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=_default_latency("softmax")))
+    gelu: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=_default_latency("gelu")))
+    layernorm: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=_default_latency("layernorm")))
     buffers: BufferConfig = field(default_factory=BufferConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
