@@ -1,0 +1,36 @@
+"""Calibration reduces activations where they lie (torch tensors) to exactly numpy's statistics."""
+
+import numpy as np
+import pytest
+import torch
+
+from intvit.quant.calibrate import ActivationRanges, record_activations
+from intvit.quant.config import ViTConfig
+from intvit.quant.model import ViT
+
+SMALL = ViTConfig("small", img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=2,
+                  num_heads=2, mlp_ratio=2.0)
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_ranges_from_tensors_equal_numpy_statistics_of_the_recorded_arrays(method):
+    torch.manual_seed(0)
+    model = ViT(SMALL).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+    images = np.random.default_rng(0).normal(size=(6, 3, 16, 16)).astype(np.float32)
+    arrays: dict[str, list[np.ndarray]] = {}
+    record_activations(model, images, lambda name, value: arrays.setdefault(name, []).append(value.copy()))
+    ranges = ActivationRanges(method, percentile=99.0)
+    assert ranges.takes_tensors
+    for chunk in (images[:4], images[4:]):                     # two batches, as calibration runs them
+        record_activations(model, chunk, ranges)
+    assert len(arrays) > 30
+    for name, values in arrays.items():
+        magnitude = np.abs(np.concatenate([v.ravel() for v in values]))
+        if method == "minmax":
+            assert ranges.range(name) == float(magnitude.max()) or magnitude.max() == 0, name
+        else:                                                      # small tensors: every value is kept
+            expected = float(np.percentile(magnitude, 99.0))
+            assert ranges.range(name) == pytest.approx(expected, rel=1e-6) or expected == 0, name
