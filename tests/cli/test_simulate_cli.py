@@ -14,10 +14,9 @@ import torch
 from PIL import Image
 
 from intvit.quant.checkpoint import save_weights
-from intvit.quant.config import get_config
+from intvit.quant.config import ViTConfig, get_config
 from intvit.quant.errors import IntVitError
 from intvit.quant.model import ViT
-from intvit.quant.program import IntProgram
 from intvit.quant.ptq import quantize_model
 from intvit.cli import main
 from intvit.sim.scalesim import write_topology
@@ -161,9 +160,13 @@ def test_bad_config_is_one_line(capsys, mnist, tmp_path, toml, message):
 
 
 def test_program_from_another_model(capsys, mnist, tmp_path):
-    other = IntProgram(get_config("deit-tiny"), [], {}, {}, input_scale=1.0).save(tmp_path / "tiny.npz")
+    # A valid program (the loader refuses an empty one) of a small model that is not mnist.
+    config = ViTConfig("tiny", img_size=16, patch_size=8, in_chans=1, num_classes=10, embed_dim=16, depth=1,
+                       num_heads=2, mean=(0.5,), std=(0.5,))
+    images = np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32)
+    other = quantize_model(ViT(config).eval(), images).save(tmp_path / "tiny.npz")
     args = ["simulate", mnist[0], mnist[1], "--program", str(other), "--model", "mnist"]
-    assert_user_error(capsys, args, "program is for model 'deit-tiny' (192-wide, depth 12), not the 'mnist' model")
+    assert_user_error(capsys, args, "program is for model 'tiny' (16-wide, depth 1), not the 'mnist' model")
 
 
 def test_debug_shows_the_traceback(mnist, tmp_path):
