@@ -324,3 +324,18 @@ def _widen_qkv(manifest, arrays):
 def test_commands_refuse_a_program_out_of_bounds(capsys, tmp_path, mnist_program, argv, edit, message):
     bad = _edited_program(mnist_program, tmp_path / "bad.npz", edit)
     assert one_line_error(capsys, [*argv, "--program", str(bad)], argv[0]) == f"{bad}: {message}"
+
+
+def test_non_utf8_weights_sidecar_is_one_line(capsys, tmp_path):
+    import torch
+
+    from intvit.quant.checkpoint import save_weights
+    from intvit.quant.config import get_config
+    from intvit.quant.model import ViT
+
+    torch.manual_seed(0)
+    save_weights(ViT(get_config("mnist")).eval(), tmp_path / "w.safetensors")
+    (tmp_path / "w.json").write_bytes(b'{"name": "caf\xe9"}')
+    got = one_line_error(capsys, ["simulate", "--no-functional", "--weights", str(tmp_path / "w.safetensors")],
+                         "simulate")
+    assert got.startswith(f"{tmp_path / 'w.json'}: "), got
