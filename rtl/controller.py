@@ -76,6 +76,9 @@ class Controller(wiring.Component):
         ``imem`` data bits (32 to 256): one instruction is ``256 / data_width`` beats.
     addr_width : int
         ``imem`` address bits.
+    opcodes : iterable of Opcode, optional
+        The opcodes the attached modules execute (all by default); any other is illegal, so a
+        top without some unit raises ``error`` on its instructions instead of waiting forever.
 
     Attributes
     ----------
@@ -91,10 +94,11 @@ class Controller(wiring.Component):
         ``compute`` never sees SYNC or END.
     """
 
-    def __init__(self, *, data_width: int = 128, addr_width: int = 32):
+    def __init__(self, *, data_width: int = 128, addr_width: int = 32, opcodes=tuple(Opcode)):
         if data_width not in (32, 64, 128, 256):
             raise IntVitError(f"imem data_width must be 32, 64, 128 or 256 bits, not {data_width!r}")
         self._data_width, self._addr_width = data_width, addr_width
+        self._opcodes = tuple(Opcode(op) for op in opcodes)
         super().__init__({
             "start": In(1), "insn_base": In(addr_width),
             "busy": Out(1), "done": Out(1), "error": Out(1), "error_index": Out(32), "cycles": Out(CYCLE_BITS),
@@ -175,7 +179,7 @@ class Controller(wiring.Component):
         target = Signal(range(len(Queue)))
         is_end = opcode == Opcode.END
         with m.Switch(opcode):
-            for op in Opcode:
+            for op in self._opcodes:
                 with m.Case(op):
                     fmt = FORMAT_OF[op]
                     checks = [(insn & ~Const(_used_mask(fmt), INSTRUCTION_BITS)) == 0]

@@ -1,0 +1,155 @@
+"""The whole accelerator as one module for an SoC or FPGA: controller, DMA modules, scratchpads.
+
+``System`` runs a compiled instruction stream (docs/isa.md) from external memory: the
+controller (``rtl.controller``) fetches it on the read-only AXI4 master ``imem``, the load and
+store modules (``rtl.loadstore``) move data on the AXI4 master ``dmem``, and the scratchpads
+are ``amaranth.lib.memory`` memories:
+
+* **A** (``rows`` banks) and **B** (``cols`` banks) of INT8: each bank is ``W`` byte-lane
+  memories (``W`` = AXI bytes per beat), byte ``b`` in lane ``b % W`` at word ``b // W``, so a
+  beat of ``W`` consecutive bytes lands in one cycle wherever it starts;
+* **ACC**: ``cols`` lane memories of INT32, ``acc_words`` deep (word ``w`` lane ``l`` is
+  element ``l`` of ACC word ``w``);
+* **PARAM**: ``cols`` lane memories of 128-bit records (record ``r`` in lane ``r % cols``).
+
+Control and status (single-underscore Verilog names, ``rtl.top.flat_ports``): ``start`` (one
+cycle), ``insn_base`` and ``data_base`` (byte addresses, read at ``start``), ``busy``, ``done``,
+``error``, ``error_index`` (the instruction that raised ``error``) and ``cycles`` (the cycle
+count of docs/isa.md's Timing section: END's completion cycle, counted from ``start``).
+
+Which instructions run: LOAD, STORE, SYNC and END. The compute module (MATMUL and the
+element-wise instructions on the units of ``rtl/``) is not built yet, so the controller
+treats those opcodes as illegal: they raise ``error`` with their index rather than hang.
+"""
+
+from dataclasses import asdict, dataclass
+
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory as SRAM
+from amaranth.lib.wiring import In, Out
+
+from intvit.compiler.isa import Opcode
+from intvit.quant.errors import IntVitError
+from intvit.rtl.controller import CYCLE_BITS, Controller
+from intvit.rtl.dma import AxiSignature
+from intvit.rtl.loadstore import LoadUnit, SpGeometry, StoreUnit
+
+__all__ = ["SystemParams", "System", "IMPLEMENTED_OPCODES"]
+
+IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.SYNC, Opcode.END)
+
+
+@dataclass(frozen=True)
+class SystemParams:
+    """Elaboration parameters: the array, scratchpad sizes (bytes/words/records) and the AXI port.
+
+    ``from_geometry(geometry, memory_config)`` builds them from ``compiler.isa.Geometry`` and
+    the ``memory`` section of an accelerator config.
+    """
+
+    rows: int
+    cols: int
+    a_depth: int
+    b_depth: int
+    acc_words: int
+    param_records: int
+    axi_data_bits: int = 128
+    max_burst_beats: int = 16
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise IntVitError(f"{name} must be a positive integer, not {value!r}")
+        if not 1 <= self.max_burst_beats <= 256:
+            raise IntVitError(f"max_burst_beats must be in 1..256, not {self.max_burst_beats}")
+
+    @classmethod
+    def from_geometry(cls, geometry, memory) -> "SystemParams":
+        return cls(rows=geometry.rows, cols=geometry.cols, a_depth=geometry.a_depth, b_depth=geometry.b_depth,
+                   acc_words=geometry.acc_words, param_records=geometry.param_records,
+                   axi_data_bits=memory.axi_data_bits, max_burst_beats=memory.max_burst_beats)
+
+    @property
+    def sp_geometry(self) -> SpGeometry:
+        return SpGeometry(self.rows, self.cols, self.a_depth, self.b_depth, self.acc_words, self.param_records,
+                          self.axi_data_bits // 8)
+
+
+class System(wiring.Component):
+    """The accelerator top (see the module docstring).
+
+    Parameters
+    ----------
+    params : SystemParams
+
+    Attributes
+    ----------
+    start : In(1); insn_base, data_base : In(32)
+    busy, done, error : Out(1); error_index : Out(32); cycles : Out(48)
+    imem : Out(AxiSignature(32, axi_data_bits, read_only=True))
+    dmem : Out(AxiSignature(32, axi_data_bits))
+    """
+
+    def __init__(self, params: SystemParams):
+        if not isinstance(params, SystemParams):
+            raise IntVitError(f"params must be a SystemParams, not {type(params).__name__}")
+        self._params = params
+        self._geometry = g = params.sp_geometry
+        self.controller = Controller(data_width=params.axi_data_bits, opcodes=IMPLEMENTED_OPCODES)
+        self.load = LoadUnit(g, params.max_burst_beats)
+        self.store = StoreUnit(g, params.max_burst_beats)
+        width = params.axi_data_bits
+        super().__init__({
+            "start": In(1), "insn_base": In(32), "data_base": In(32),
+            "busy": Out(1), "done": Out(1), "error": Out(1), "error_index": Out(32), "cycles": Out(CYCLE_BITS),
+            "imem": Out(AxiSignature(32, width, read_only=True)),
+            "dmem": Out(AxiSignature(32, width)),
+        })
+
+    @property
+    def params(self) -> SystemParams:
+        return self._params
+
+    def elaborate(self, platform):
+        m = Module()
+        p, g = self._params, self._geometry
+        w = g.beat_bytes
+        ctrl = m.submodules.controller = self.controller
+        load = m.submodules.load = self.load
+        store = m.submodules.store = self.store
+        data_base = Signal(32)
+        with m.If(self.start & ~ctrl.busy):
+            m.d.sync += data_base.eq(self.data_base)
+        m.d.comb += [ctrl.start.eq(self.start), ctrl.insn_base.eq(self.insn_base),
+                     self.busy.eq(ctrl.busy), self.done.eq(ctrl.done), self.error.eq(ctrl.error),
+                     self.error_index.eq(ctrl.error_index), self.cycles.eq(ctrl.cycles),
+                     load.base.eq(data_base), store.base.eq(data_base)]
+        wiring.connect(m, wiring.flipped(self.imem), ctrl.imem)
+        for unit, port in ((load, ctrl.load), (store, ctrl.store)):
+            m.d.comb += [unit.start.eq(port.start), unit.insn.eq(port.insn), port.done.eq(unit.done)]
+        # dmem: reads from the load module, writes from the store module.
+        for name, member in self.dmem.signature.members.items():
+            source = load.axi if name.startswith("ar") or name[0] == "r" else store.axi
+            ours, theirs = getattr(self.dmem, name), getattr(source, name)
+            m.d.comb += ours.eq(theirs) if member.flow == Out else theirs.eq(ours)
+
+        for name, banks, words in (("a", p.rows, g.a_words), ("b", p.cols, g.b_words)):
+            for t in range(banks * w):
+                sram = m.submodules[f"{name}_bank{t // w}_lane{t % w}"] = SRAM(shape=8, depth=words, init=[])
+                port = sram.write_port()
+                m.d.comb += [port.en.eq(getattr(load, f"{name}_we")[t]), port.addr.eq(getattr(load, f"{name}_addr")[t]),
+                             port.data.eq(getattr(load, f"{name}_data")[t])]
+        for lane in range(p.cols):
+            acc = m.submodules[f"acc_lane{lane}"] = SRAM(shape=32, depth=g.acc_words, init=[])
+            port = acc.write_port()
+            m.d.comb += [port.en.eq(load.acc_we[lane]), port.addr.eq(load.acc_addr[lane]),
+                         port.data.eq(load.acc_data[lane])]
+            read = acc.read_port()
+            m.d.comb += [read.en.eq(store.acc_ren), read.addr.eq(store.acc_raddr[lane]),
+                         store.acc_rdata[lane].eq(read.data)]
+            param = m.submodules[f"param_lane{lane}"] = SRAM(shape=128, depth=g.param_words, init=[])
+            port = param.write_port()
+            m.d.comb += [port.en.eq(load.param_we[lane]), port.addr.eq(load.param_addr[lane]),
+                         port.data.eq(load.param_data[lane])]
+        return m
