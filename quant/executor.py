@@ -16,6 +16,7 @@ from intvit.quant.errors import IntVitError
 from intvit.quant.gelu import int_gelu
 from intvit.quant.layernorm import int_layernorm
 from intvit.quant.matmul import int_matmul
+from intvit.quant.pool import int_average, int_token_mean
 from intvit.quant.program import IntProgram, Op
 from intvit.quant.requant import int_add, int_range, requantize
 from intvit.quant.softmax import int_softmax
@@ -63,6 +64,8 @@ KERNELS: dict[str, Callable] = {
     "split_heads": _split_heads,
     "merge_heads": _merge_heads,
     "select_token": lambda op, x: np.ascontiguousarray(x[:, op.attrs["index"]]),
+    "token_mean": lambda op, x: int_token_mean(x, op.attrs["start"]),
+    "average": lambda op, a, b: int_average(a, b),
 }
 
 

@@ -31,9 +31,15 @@ __all__ = ["quantize_model", "quantize_weight"]
 INT8_LEVELS = 127
 
 
-def quantize_weight(weight: np.ndarray, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric INT8 of a (out, in) weight; returns (int8 weight, scale per output channel)."""
-    bound = np.abs(weight).max(axis=1) if per_channel else np.full(len(weight), np.abs(weight).max())
+def quantize_weight(weight: np.ndarray, per_channel: bool = True,
+                    bound: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 of a (out, in) weight; returns (int8 weight, scale per output channel).
+
+    ``bound`` fixes the per-tensor range (so that two heads share one scale).
+    """
+    if bound is None:
+        bound = np.abs(weight).max(axis=1) if per_channel else np.abs(weight).max()
+    bound = np.broadcast_to(bound, (len(weight),))
     scale = np.where(bound > 0, bound, 1.0) / INT8_LEVELS
     return np.clip(np.rint(weight / scale[:, None]), -INT8_LEVELS, INT8_LEVELS).astype(np.int8), scale
 
@@ -63,9 +69,9 @@ class _Builder:
                        [out], [info], bits=info.bits)
 
     def linear(self, name: str, x: str, s_x: float, weight: np.ndarray, bias: np.ndarray,
-               out: str, s_out, per_channel: bool = True, bits: int = 8) -> str:
+               out: str, s_out, per_channel: bool = True, bits: int = 8, bound: float | None = None) -> str:
         """INT8 linear layer; requantised to ``s_out`` (scalar or per channel) unless ``s_out`` is None."""
-        wq, s_w = quantize_weight(weight, per_channel)
+        wq, s_w = quantize_weight(weight, per_channel, bound)
         acc_scale = s_x * s_w
         bias_q = np.rint(bias / acc_scale)
         if np.abs(bias_q).max(initial=0) > INT32_MAX:
@@ -109,7 +115,41 @@ def _scalar(scale) -> float | None:
 
 def _params(module: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
     weight = module.weight.detach().numpy().astype(np.float64)
-    return weight.reshape(weight.shape[0], -1), module.bias.detach().numpy().astype(np.float64)
+    # A layer without bias (qkv_bias=False) is a matmul whose INT32 accumulators start at zero.
+    bias = np.zeros(len(weight)) if module.bias is None else module.bias.detach().numpy().astype(np.float64)
+    return weight.reshape(weight.shape[0], -1), bias
+
+
+def _head(b: _Builder, model: ViT, x: str, s_x: float, scale) -> None:
+    """Pooling, final norm and classifier(s): INT32 logits on one per-tensor scale."""
+    cfg = model.config
+    if cfg.global_pool == "avg":
+        b.op("token_mean", "pool", [x], ["pool"], [TensorInfo(s_x, 8)], start=cfg.num_prefix_tokens)
+        s_norm = scale("fc_norm")
+        b.layernorm("fc_norm", "pool", model.fc_norm, s_norm, "fc_norm")
+        w, bias = _params(model.head)
+        b.linear("head", "fc_norm", s_norm, w, bias, "logits", None, per_channel=False)
+        return
+    if not cfg.dist_token:
+        b.op("select_token", "cls", [x], ["cls"], [TensorInfo(s_x, 8)], index=0)
+        s_norm = scale("norm")
+        b.layernorm("norm", "cls", model.norm, s_norm, "norm")
+        w, bias = _params(model.head)
+        b.linear("head", "norm", s_norm, w, bias, "logits", None, per_channel=False)
+        return
+    # DeiT distilled: both tokens on one norm scale and both heads on one weight scale, so the
+    # two INT32 logits share a scale and average exactly as the float heads do.
+    s_norm = max(scale("norm"), scale("norm_dist"))
+    heads = [(model.head, "cls", "norm", "head"), (model.head_dist, "dist", "norm_dist", "head_dist")]
+    bound = max(float(np.abs(_params(head)[0]).max()) for head, *_ in heads)
+    for index, (head, token, norm, name) in enumerate(heads):
+        b.op("select_token", token, [x], [token], [TensorInfo(s_x, 8)], index=index)
+        b.layernorm(norm, token, model.norm, s_norm, norm)
+        w, bias = _params(head)
+        b.linear(name, norm, s_norm, w, bias, f"{name}.logits", None, per_channel=False, bound=bound)
+        b.tensors[f"{name}.logits"] = TensorInfo(b.tensors[f"{name}.logits"].scale, 32)
+    b.op("average", "logits", ["head.logits", "head_dist.logits"], ["logits"],
+         [TensorInfo(b.tensors["head.logits"].scale, 32, "logits")])
 
 
 def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = "minmax",
@@ -144,20 +184,24 @@ def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = 
     s_in = scale("input")
     b.tensors["input"] = TensorInfo(s_in, 8, "input")
 
-    # Patch embedding: the class token shares the patch scale, then the position embedding is added.
-    cls = model.cls_token.detach().numpy().reshape(-1).astype(np.float64)
-    s_patch = max(ranges.range("patch_embed"), float(np.abs(cls).max())) / INT8_LEVELS
+    # Patch embedding: the prefix tokens share the patch scale, then the position embedding is added.
+    names = [n for n in ("cls_token", "dist_token") if hasattr(model, n)]
+    prefix = [getattr(model, n).detach().numpy().reshape(-1).astype(np.float64) for n in names]
+    s_patch = max([ranges.range("patch_embed")] + [float(np.abs(t).max()) for t in prefix]) / INT8_LEVELS
     b.op("patchify", "patch_embed.patchify", ["input"], ["patch_embed.patches"], [TensorInfo(s_in, 8)],
          patch=cfg.patch_size)
     w, bias = _params(model.patch_embed.proj)
-    b.linear("patch_embed.proj", "patch_embed.patches", s_in, w, bias, "patch_embed", s_patch)
-    b.op("concat_token", "cls_token", ["patch_embed", b.const("cls_token", np.rint(cls / s_patch), np.int8)],
-         ["tokens"], [TensorInfo(s_patch, 8)])
+    tokens = b.linear("patch_embed.proj", "patch_embed.patches", s_in, w, bias, "patch_embed", s_patch)
+    # Each concat prepends, so the distillation token goes first and the class token ends up at 0.
+    for i in reversed(range(len(names))):
+        token = b.const(names[i], np.rint(prefix[i] / s_patch), np.int8)
+        tokens = b.op("concat_token", names[i], [tokens, token], ["tokens" if i == 0 else f"{names[i]}.tokens"],
+                      [TensorInfo(s_patch, 8)])
     pos = model.pos_embed.detach().numpy()[0].astype(np.float64)
     s_pos = max(float(np.abs(pos).max()), 1e-12) / INT8_LEVELS
     b.const("pos_embed", np.rint(pos / s_pos), np.int8)
     x, s_x = "embed", scale("embed")
-    b.add("pos_embed", "tokens", s_patch, "pos_embed", s_pos, s_x, x)
+    b.add("pos_embed", tokens, s_patch, "pos_embed", s_pos, s_x, x)
 
     head_dim_scale = cfg.head_dim**-0.5
     for i, block in enumerate(model.blocks):
@@ -209,11 +253,7 @@ def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = 
         x = b.add(p, f"{p}.residual", s_res, f"{p}.mlp.fc2", s_fc2, s_out, p)
         s_x = s_out
 
-    b.op("select_token", "cls", [x], ["cls"], [TensorInfo(s_x, 8)], index=0)
-    s_norm = scale("norm")
-    b.layernorm("norm", "cls", model.norm, s_norm, "norm")
-    w, bias = _params(model.head)
-    b.linear("head", "norm", s_norm, w, bias, "logits", None, per_channel=False)
+    _head(b, model, x, s_x, scale)
     return IntProgram(cfg, b.ops, b.constants, b.tensors, input_scale=s_in, output="logits",
                       calibration={"method": method, "images": int(len(images)),
                                    **({"percentile": percentile} if method == "percentile" else {})})

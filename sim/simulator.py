@@ -10,7 +10,10 @@ op kind         unit                  cycles
 =============== ===================== ================================================
 matmul          MatMul array          ``sim.matmul`` per GEMM; per-head products are
                                       separate GEMMs, weight layers stack the batch
-requant, add    Requantiser           ``sim.requant.requant_cycles``
+requant, add,   Requantiser           ``sim.requant.requant_cycles`` (token_mean: the
+token_mean,                           INT8 tokens stream through once, a sum and one
+average                               constant division per channel; average: one add
+                                      and a rounding shift per element)
 softmax         Softmax               ``sim.softmax.softmax_cycles`` per row
 gelu            GELU                  ``sim.gelu.gelu_cycles``
 layernorm       LayerNorm             ``sim.layernorm.layernorm_cycles`` per row
@@ -48,7 +51,7 @@ __all__ = ["OpReport", "SimReport", "gemm_shape", "simulate"]
 
 UNIT_OF = {
     "matmul": "matmul", "requant": "requant", "add": "requant", "softmax": "softmax",
-    "gelu": "gelu", "layernorm": "layernorm",
+    "gelu": "gelu", "layernorm": "layernorm", "token_mean": "requant", "average": "requant",
 }
 ELEMENT_BYTES = {np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 4}
 
@@ -186,7 +189,7 @@ class _Costing:
                             dram_bytes=count * layer.dram_bytes, bound=layer.bound)
         shape = shapes[op.inputs[0]]
         size = math.prod(shape)
-        activations = op.inputs[:2] if op.kind == "add" else op.inputs[:1]     # constants live on chip
+        activations = op.inputs[:2] if op.kind in ("add", "average") else op.inputs[:1]  # constants live on chip
         in_bytes = sum(math.prod(shapes[name]) * dtypes.get(name, 1) for name in activations)
         out_bytes = size * dtypes.get(op.output, 1)
         unit = UNIT_OF.get(op.kind, "none")

@@ -6,3 +6,17 @@ import pytest
 @pytest.fixture(autouse=True)
 def _private_program_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
+@pytest.fixture(scope="session")
+def timm():
+    """The timm package, imported without torchvision through ``tests/shims/torchvision.py``
+    (only CUDA builds of torchvision exist for torch 2.13.0 here)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("intvit_tests_torchvision_shim",
+                                                  Path(__file__).parent / "shims" / "torchvision.py")
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    return shim.import_timm()

@@ -7,8 +7,9 @@ import argparse
 from intvit.quant.atomic import atomic_file
 from intvit.quant.errors import IntVitError
 from intvit.cluster.engine import add_cluster_arguments, cluster_mapper
-from intvit.commands.common import (add_calibration_arguments, add_model_arguments, build_program,
-                                 check_output_file, load_images, load_model, positive_int, progress, write_json)
+from intvit.commands.common import (add_calib_data_argument, add_calibration_arguments, add_model_arguments,
+                                    build_program, check_output_file, load_images, load_model, model_spec,
+                                    positive_int, progress, write_json)
 from intvit.sim.report import check_plot_path
 
 __all__ = ["register", "run"]
@@ -22,10 +23,15 @@ def register(subparsers) -> None:
     add_model_arguments(parser)
     parser.add_argument("--data", default="mnist",
                         help="mnist, digits or an ImageFolder directory (default: %(default)s; built-in sets "
-                             "are evaluated on their test split and calibrated on their train split)")
+                             "are evaluated on their test split and calibrated on their train split, a directory "
+                             "on four fifths of each class, the other fifth held apart for calibration)")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate at most N images")
+    add_calib_data_argument(parser)
     add_calibration_arguments(parser)
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write results as JSON (stdout: -)")
+    parser.add_argument("--logits", action="store_true",
+                        help="with --json: add each evaluated image's float logits (and file, for a directory), "
+                             "to check them against the framework's")
     parser.add_argument("--plot", metavar="FILE.png", help="write a per-layer SQNR chart")
     add_cluster_arguments(parser, "image batches (--batch-size each)")
     parser.set_defaults(run=run)
@@ -39,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(check_plot_path(args.plot))
     if args.json not in (None, "-"):
         check_output_file(args.json)
-    model = load_model(args)
+    if args.logits and not args.json:
+        raise IntVitError("--logits adds to the --json output; give --json too")
+    spec = model_spec(args)
+    model = load_model(args, spec)
     images, labels, classes = load_images(args.data, model.config, "test", args.limit)
     if len(classes) != model.config.num_classes:
         raise IntVitError(f"{args.data}: {len(classes)} classes but model {model.config.name!r} "
@@ -49,16 +58,35 @@ def run(args: argparse.Namespace) -> int:
         program = build_program(args, model, args.data)
         result = compare(model, program, images, labels, batch_size=args.batch_size, map_batches=map_batches,
                          progress=lambda it: progress(it, "evaluate", -(-len(images) // args.batch_size)))
+    header = {"model": model.config.name, "checkpoint": spec.source, "data": args.data,
+              "normalization": spec.normalization, "calibration": program.calibration.get("source", "program file"),
+              "notes": list(spec.notes)}
     if args.json:
-        write_json({"model": model.config.name, "data": args.data, **result.as_dict()}, args.json)
+        extra = _logits(args, model, images) if args.logits else {}
+        write_json({**header, **result.as_dict(), **extra}, args.json)
     if args.json != "-":
-        print(_summary(model.config.name, args.data, result))
+        print(_summary(header, result))
     if args.plot:
         _plot(result.layer_sqnr_db, args.plot, f"{model.config.name} on {args.data}")
     return 0
 
 
-def _summary(model: str, data: str, r) -> str:
+def _logits(args: argparse.Namespace, model, images) -> dict:
+    """Per-image float logits (and files of a directory), in evaluation order."""
+    import torch
+
+    from intvit.quant.data import BUILTIN, folder_files
+
+    with torch.no_grad():
+        logits = torch.cat([model(torch.from_numpy(images[i:i + args.batch_size]))
+                            for i in range(0, len(images), args.batch_size)])
+    extra = {"float_logits": logits.numpy().astype(float).tolist()}
+    if args.data not in BUILTIN:
+        extra["files"] = [str(path) for path in folder_files(args.data, model.config, "test", args.limit)[0]]
+    return extra
+
+
+def _summary(header: dict, r) -> str:
     from intvit.sim.report import format_table
 
     head = format_table(
@@ -67,7 +95,10 @@ def _summary(model: str, data: str, r) -> str:
          ["integer", f"{r.int_top1:.2f}", f"{r.int_top5:.2f}"]])
     layers = format_table(["tensor", "SQNR dB"], [[name, f"{db:.1f}"] for name, db in r.layer_sqnr_db.items()])
     return "\n".join([
-        f"{model} on {data}: {r.images} images",
+        f"{header['checkpoint']} on {header['data']}: {r.images} images",
+        f"normalisation: {header['normalization']}",
+        f"calibration: {header['calibration']}",
+        *[f"note: {note}" for note in header["notes"]],
         head,
         f"top-1 agreement float vs integer: {r.agreement:.2f} %",
         f"logits: SQNR {r.logit_sqnr_db:.1f} dB, mean |error| {r.logit_mean_abs_error:.4f}, "

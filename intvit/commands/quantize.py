@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out)
     model = load_model(args)
-    program = build_program(args, model, args.data)
+    program = build_program(args, model, args.data, held_apart=False)
     path = program.save(out)
     kinds = {}
     for op in program.ops:

@@ -23,7 +23,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Small runs: enough images to exercise every path, few enough to keep each run near a second.
 QUICK = ["--limit", "20", "--calib-size", "16"]
 JSON_KEYS = {
-    "model", "data", "images", "float_top1", "float_top5", "int_top1", "int_top5", "agreement",
+    "model", "checkpoint", "data", "normalization", "calibration", "notes", "images", "float_top1", "float_top5", "int_top1", "int_top5", "agreement",
     "logit_sqnr_db", "logit_max_abs_error", "logit_mean_abs_error", "layer_sqnr_db", "saturation",
 }
 # Acceptance (issue 3) on the embedded model's full MNIST test split.
@@ -149,7 +149,10 @@ def test_digits(capsys):
 def test_image_folder(capsys, tmp_path):
     root = write_image_folder(tmp_path / "set", [str(d) for d in range(10)], per_class=2)
     result = accuracy_json(capsys, "--data", str(root))
-    assert result["images"] == 20 and result["float_top1"] >= 80 and result["agreement"] >= 90
+    # Every fifth image of each class is held apart for calibration, never evaluated.
+    assert result["images"] == 16 and result["float_top1"] >= 80 and result["agreement"] >= 90
+    assert result["calibration"] == f"4 images of {root} (every fifth image of each class, held apart from the " \
+                                    "evaluated ones)"
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -184,8 +187,10 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]:
         "unknown set": (["--data", "cifar"], ("'cifar'", "not mnist, digits or an existing directory")),
         "corrupt image": (["--data", str(corrupt)], (str(corrupt / "3" / "broken.png"), "cannot read image")),
         "class count": (["--data", str(three)], (str(three), "3 classes", "num_classes 10")),
-        "shallower checkpoint": (["--weights", str(shallow)], (str(shallow), "2 blocks", "depth 4")),
-        "narrower checkpoint": (["--weights", str(narrow)], (str(narrow), "has shape", "expected")),
+        "shallower checkpoint": (["--model", "mnist", "--weights", str(shallow)],
+                                 (str(shallow), "--model mnist has depth 4 but the checkpoint has 2")),
+        "narrower checkpoint": (["--model", "mnist", "--weights", str(narrow)],
+                                (str(narrow), "--model mnist has embed_dim 64 but the checkpoint has 32")),
         "truncated checkpoint": (["--weights", str(tmp / "truncated.pth")],
                                  (str(tmp / "truncated.pth"), "unreadable or truncated checkpoint")),
         "missing checkpoint": (["--weights", str(tmp / "gone.pth")], (str(tmp / "gone.pth"), "no such checkpoint")),

@@ -148,12 +148,14 @@ def bad(tmp_path_factory, files) -> dict[str, tuple[list[str], tuple[str, ...]]]
         "out is a dir": (["-o", str(tmp)], (str(tmp), "is a directory")),
         "empty dir": (["--data", str(tmp / "empty"), *out], (str(tmp / "empty"), "no images found")),
         "corrupt image": (["--data", str(corrupt), *out], (str(corrupt / "1" / "half.png"), "cannot read image")),
-        "other architecture": (["--weights", str(tmp / "tiny.pth"), *out], (str(tmp / "tiny.pth"), "1 blocks")),
+        "other architecture": (["--model", "mnist", "--weights", str(tmp / "tiny.pth"), *out],
+                               (str(tmp / "tiny.pth"), "--model mnist has depth 4 but the checkpoint has 1")),
         "truncated checkpoint": (["--weights", str(tmp / "truncated.pth"), *out],
                                  (str(tmp / "truncated.pth"), "unreadable or truncated")),
         "missing checkpoint": (["--weights", str(tmp / "gone.pth"), *out], (str(tmp / "gone.pth"), "no such")),
         "weights for another preset": (["--model", "deit-tiny", "--weights", str(files["tiny weights"]), *out],
-                                       (str(files["tiny weights"]), "for model 'tiny', not 'deit-tiny'")),
+                                       (str(files["tiny weights"]), "--model deit-tiny has img_size 224 but the "
+                                        "checkpoint has 28", "run it without --model")),
         "percentile out of range": (["--calib-method", "percentile", "--percentile", "0", *out],
                                     ("percentile must be in (0, 100], not 0.0",)),
     }

@@ -1,12 +1,14 @@
 """Data sets: fixed splits, shapes, preprocessing, normalisation and error messages."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from intvit.quant.config import get_config
-from intvit.quant.data import load_dataset, load_image, normalize, split_indices
+from intvit.quant.data import folder_files, load_dataset, load_image, normalize, split_indices
 from intvit.quant.errors import IntVitError
 
 MNIST = get_config("mnist")
@@ -68,11 +70,11 @@ def write_folder(root, sizes):
 def test_image_folder_classes_sorted_and_imagenet_preprocessed(tmp_path):
     write_folder(tmp_path, [(300, 200), (180, 260)])
     (tmp_path / "ant" / "notes.txt").write_text("not an image")
-    images, labels, names = load_dataset(str(tmp_path), DEIT)
+    images, labels, names = load_dataset(str(tmp_path), DEIT, split="all")
     assert names == ["ant", "zebra"]
     assert images.shape == (4, 3, 224, 224) and labels.tolist() == [0, 0, 1, 1]
     np.testing.assert_allclose(images[0, :, 100, 100], np.array([10, 200, 10]) / 255, atol=1e-6)
-    gray, _, _ = load_dataset(str(tmp_path), MNIST, limit=3)
+    gray, _, _ = load_dataset(str(tmp_path), MNIST, split="all", limit=3)
     assert gray.shape == (3, 1, 28, 28)
 
 
@@ -83,7 +85,7 @@ def test_image_folder_crop_is_centred(tmp_path):
     pixels[:, 32:64] = 255
     Image.fromarray(pixels).save(tmp_path / "c" / "bar.png")
     config = get_config("mnist")
-    images, _, _ = load_dataset(str(tmp_path), config)
+    images, _, _ = load_dataset(str(tmp_path), config, split="all")
     # Shorter side 64 -> 32, longer 96 -> 48; the 28-wide crop starts at column 10 of 48.
     assert images[0, 0, :, 8:20].min() > 0.9
     assert images[0, 0, :, 0].max() < 0.2
@@ -107,16 +109,19 @@ def test_folder_errors(tmp_path):
     (tmp_path / "empty_class").mkdir()
     with pytest.raises(IntVitError, match=r": no images found in <class>/<image> subdirectories"):
         load_dataset(str(tmp_path), MNIST)
-    with pytest.raises(IntVitError, match=r"a directory is an evaluation set and has no train split"):
-        load_dataset(str(tmp_path), MNIST, split="train")
+    Image.new("L", (28, 28)).save(tmp_path / "empty_class" / "only.png")
+    with pytest.raises(IntVitError, match=r": the evaluation part is empty \(1 images in all\); add images or give "
+                                          r"--calib-data"):
+        load_dataset(str(tmp_path), MNIST, split="test")
+    (tmp_path / "empty_class" / "only.png").unlink()
     write_folder(tmp_path, [(40, 40)])
     good = (tmp_path / "ant" / "0.png").read_bytes()
     (tmp_path / "ant" / "0.png").write_bytes(good[: len(good) // 2])
     with pytest.raises(IntVitError, match=r"ant/0\.png: cannot read image"):
-        load_dataset(str(tmp_path), MNIST)
+        load_dataset(str(tmp_path), MNIST, split="all")
     (tmp_path / "ant" / "0.png").write_bytes(b"not a png at all")
     with pytest.raises(IntVitError, match=r"ant/0\.png: cannot read image"):
-        load_dataset(str(tmp_path), MNIST)
+        load_dataset(str(tmp_path), MNIST, split="all")
 
 
 def test_image_at_model_resolution_is_taken_as_it_is(tmp_path):
@@ -132,3 +137,62 @@ def test_unreadable_single_image(tmp_path):
     message = r"broken\.png: cannot read image \(UnidentifiedImageError: cannot identify image file "
     with pytest.raises(IntVitError, match=message):
         load_image(tmp_path / "broken.png", get_config("mnist"))
+
+
+def test_folder_calibration_part_is_held_apart(tmp_path):
+    """A directory's "train" part (calibration) is a fifth of each class, disjoint from "test"."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            Image.new("L", (28, 28), 10 * i).save(tmp_path / name / f"{i}.png")
+    calib, calib_labels, _ = folder_files(tmp_path, None, "train")
+    evaluated, labels, _ = folder_files(tmp_path, None, "test")
+    assert len(calib) == 4 and len(evaluated) == 16
+    assert not set(calib) & set(evaluated) and sorted(calib + evaluated) == sorted(folder_files(tmp_path)[0])
+    assert np.bincount(calib_labels).tolist() == [2, 2]
+    assert evaluated == sorted(evaluated)                     # file order
+    assert folder_files(tmp_path, None, "test", limit=5)[0] == folder_files(tmp_path, None, "test", limit=5)[0]
+
+
+def test_folder_labels_follow_the_checkpoint_names(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("L", (28, 28)).save(tmp_path / name / "0.png")
+    config = dataclasses.replace(MNIST, num_classes=3, labels=("dog", "bird", "cat"))
+    _, labels, names = folder_files(tmp_path, config)
+    assert names == ["dog", "bird", "cat"] and labels.tolist() == [2, 0]
+    _, labels, names = folder_files(tmp_path, dataclasses.replace(config, labels=()))
+    assert names == ["cat", "dog"] and labels.tolist() == [0, 1]
+
+
+def test_sixteen_bit_images_are_scaled_and_wider_ones_refused(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 65536, (28, 28), dtype=np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    np.testing.assert_allclose(load_image(tmp_path / "deep.png", MNIST)[0], pixels / 65535, atol=1e-6)
+    rgb = load_image(tmp_path / "deep.png", dataclasses.replace(DEIT, img_size=28, patch_size=4))
+    np.testing.assert_allclose(rgb[2], pixels / 65535, atol=1e-6)
+    # Resized in float: a 16-bit ramp keeps its fine steps instead of becoming 8-bit.
+    Image.fromarray(np.tile(np.arange(0, 56 * 1000, 1000, dtype=np.uint16), (56, 1))).save(tmp_path / "ramp.png")
+    ramp = load_image(tmp_path / "ramp.png", dataclasses.replace(MNIST, resize=(28, 28)))
+    assert ramp.max() < 0.9 and len(np.unique(ramp)) > 20
+    Image.fromarray(pixels.astype(np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(IntVitError, match=r"wide\.tif: 32-bit integer pixels are not supported; save 8- or 16-bit"):
+        load_image(tmp_path / "wide.tif", MNIST)
+    Image.fromarray(pixels.astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(IntVitError, match=r"float\.tif: floating-point pixels are not supported"):
+        load_image(tmp_path / "float.tif", MNIST)
+
+
+@pytest.mark.parametrize("resize, first_column", [((30,), 1), ((28, 28), 0), ((), 0)])
+def test_resize_rules(tmp_path, resize, first_column):
+    """(n,) resizes the shorter side then crops with transformers' floored offsets; (h, w) resizes
+    exactly; () keeps an image already at the input size."""
+    pixels = np.tile(np.arange(28, dtype=np.uint8) * 9, (28, 1))
+    Image.fromarray(pixels).save(tmp_path / "ramp.png")
+    config = dataclasses.replace(MNIST, resize=resize, interpolation="nearest")
+    image = load_image(tmp_path / "ramp.png", config)[0]
+    assert image.shape == (28, 28)
+    expected = np.asarray(Image.fromarray(pixels).resize(
+        (resize[0], resize[0]) if len(resize) == 1 else (28, 28), Image.Resampling.NEAREST), np.float32) / 255
+    np.testing.assert_array_equal(image, expected[first_column:first_column + 28, first_column:first_column + 28])

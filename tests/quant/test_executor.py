@@ -17,6 +17,7 @@ import intvit.quant.executor
 import intvit.quant.gelu
 import intvit.quant.layernorm
 import intvit.quant.matmul
+import intvit.quant.pool
 import intvit.quant.requant
 import intvit.quant.softmax
 from intvit.quant.config import ViTConfig
@@ -39,7 +40,7 @@ QUANTISATION_TIME = {
     # tested bit for bit against the INT32 reference kernel in test_matmul).
     quant.matmul: {"_blas_products"},
 }
-KERNEL_MODULES = (quant.executor, quant.requant, quant.matmul, quant.softmax, quant.gelu, quant.layernorm)
+KERNEL_MODULES = (quant.executor, quant.requant, quant.matmul, quant.softmax, quant.gelu, quant.layernorm, quant.pool)
 # Float dtypes and conversions, as bare names or attributes (``float(x)``, ``np.float32``).
 FLOAT_TYPES = {
     "float", "float16", "float32", "float64", "float128", "double", "single", "half", "longdouble",
@@ -167,7 +168,8 @@ def test_each_op_kind_produces_its_documented_dtype(program, batch):
         if op.kind == "requant":
             lo, hi = -(1 << (op.attrs["bits"] - 1)), (1 << (op.attrs["bits"] - 1)) - 1
             assert lo <= env[op.output].min() and env[op.output].max() <= hi, op.name
-    assert set(KERNELS) == set(OP_KINDS) == {op.kind for op in program.ops}
+    # The pooling ops of DeiT-distilled and average-pooled heads: tests/quant/test_checkpoint_variants.py.
+    assert set(KERNELS) == set(OP_KINDS) == {op.kind for op in program.ops} | {"token_mean", "average"}
 
 
 # -------------------------------------------------------------------------------- batching, determinism
