@@ -71,7 +71,12 @@ def record_activations(model: ViT, images: np.ndarray, callback: Callable[[str, 
         add(block.mlp.fc2, f"{p}.mlp.act", pre=True)
         add(block.mlp.fc2, f"{p}.mlp.fc2")
         add(block, p)
-    add(model.norm, "norm", transform=lambda t: t[:, 0])
+    if cfg.global_pool == "avg":
+        add(model.fc_norm, "fc_norm")
+    else:
+        add(model.norm, "norm", transform=lambda t: t[:, 0])
+        if cfg.dist_token:
+            add(model.norm, "norm_dist", transform=lambda t: t[:, 1])
     x = torch.as_tensor(np.asarray(images, dtype=np.float32))
     try:
         callback("input", as_given(x))
