@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from intvit.quant.calibrate import CALIBRATION_METHODS
-from intvit.quant.config import PRESETS, ViTConfig, get_config
+from intvit.quant.config import GELU_FORMS, INTERPOLATIONS, PRESETS, ViTConfig, get_config
 from intvit.quant.atomic import check_output_file, write_text
 from intvit.quant.errors import IntVitError
-from intvit.quant.model import ViT
-from intvit.quant.program import IntProgram, load_program
+
+if TYPE_CHECKING:       # torch and the numba kernels load only in the commands that run them (seconds)
+    from intvit.quant.architecture import ModelSpec
+    from intvit.quant.model import ViT
+    from intvit.quant.program import IntProgram
 
 __all__ = [
-    "add_model_arguments", "add_calibration_arguments", "load_model", "load_images", "build_program",
+    "add_model_arguments", "add_calibration_arguments", "add_calib_data_argument", "model_spec", "load_model",
+    "load_images", "calibration_images", "build_program", "calibrated_program", "shape_program",
     "progress", "positive_int", "seed_int", "write_json", "check_output_file",
 ]
 
 DEFAULT_MODEL = "mnist"
+# Cycles depend only on a program's shapes and bit widths; a couple of images make calibration well defined.
+SHAPE_CALIBRATION_IMAGES = 2
 # Data sets that ship with intvit's dependencies, each with a fixed train/test split.
 BUILTIN_DATA = ("mnist", "digits")
 MAX_SEED = 2**32 - 1
@@ -39,6 +46,60 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, not {text!r}") from None
+    if not all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"must be finite numbers, not {text!r}")
+    return values
+
+
+def _resize(text: str) -> tuple[int, ...]:
+    parts = text.lower().split("x")
+    if len(parts) in (1, 2) and all(p.isdigit() and int(p) > 0 for p in parts):
+        return tuple(int(p) for p in parts)
+    raise argparse.ArgumentTypeError(f"must be N (shorter side) or HxW, not {text!r}")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], not {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), not {text!r}")
+    return value
+
+
+# Options that set ViTConfig fields (architecture overrides and preprocessing): (flag, field, type, help).
+CONFIG_OPTIONS = (
+    ("--img-size", "img_size", positive_int, "input image side in pixels"),
+    ("--patch-size", "patch_size", positive_int, "patch side in pixels"),
+    ("--embed-dim", "embed_dim", positive_int, "token width"),
+    ("--depth", "depth", positive_int, "number of blocks"),
+    ("--heads", "num_heads", positive_int, "attention heads (no tensor shape fixes it)"),
+    ("--eps", "eps", _positive_float, "LayerNorm epsilon"),
+    ("--gelu", "gelu", None, "GELU form of the float model: exact (erf) or tanh"),
+    ("--mean", "mean", _float_list, "input normalisation mean, one value per channel (0.5,0.5,0.5)"),
+    ("--std", "std", _float_list, "input normalisation std, one value per channel"),
+    ("--resize", "resize", _resize, "N: shorter side to N then centre crop; HxW: resize to exactly HxW"),
+    ("--crop", "crop_pct", _fraction, "timm crop fraction: shorter side to img_size/CROP, then centre crop"),
+    ("--interpolation", "interpolation", None, "resampling filter of the resize"),
+)
+
+
 def seed_int(text: str) -> int:
     """A ``--seed``: an integer in [0, 2**32), the range numpy and torch both take."""
     try:
@@ -51,12 +112,19 @@ def seed_int(text: str) -> int:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(PRESETS),
-                        help="model shape (default: %(default)s, the embedded MNIST ViT)")
-    parser.add_argument("--weights", metavar="FILE",
-                        help="checkpoint: timm/DeiT .pth or .safetensors, Hugging Face ViT safetensors, or "
-                             "intvit's own .safetensors+.json (default: embedded weights for mnist, "
-                             "seeded random weights otherwise)")
+    parser.add_argument("--model", choices=sorted(PRESETS),
+                        help="preset shape; alone: the embedded MNIST ViT for mnist (the default), seeded random "
+                             "weights otherwise; with --weights a shortcut that must agree with the checkpoint")
+    parser.add_argument("--weights", metavar="PATH",
+                        help="checkpoint: a Hugging Face save_pretrained folder (config.json, "
+                             "preprocessor_config.json), a timm folder (config.json with pretrained_cfg), a "
+                             "timm/DeiT or Hugging Face .pth/.bin/.safetensors, or intvit's .safetensors+.json; "
+                             "architecture and preprocessing come from it")
+    group = parser.add_argument_group("architecture and preprocessing overrides (default: from the checkpoint)")
+    for flag, field, kind, text in CONFIG_OPTIONS:
+        choices = {"gelu": GELU_FORMS, "interpolation": INTERPOLATIONS}.get(field)
+        group.add_argument(flag, dest=field, type=kind, choices=choices, help=text,
+                           metavar=None if choices else flag[2:].upper().replace("-", "_"))
     parser.add_argument("--seed", type=seed_int, default=0,
                         help="seed for random weights when no --weights are given (default: 0)")
 
@@ -72,27 +140,32 @@ def add_calibration_arguments(parser: argparse.ArgumentParser, program_option: b
                         help="percentile for --calib-method percentile (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                         help="images per batch (default: %(default)s)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="calibrate even if the program cache ($XDG_CACHE_HOME/intvit) holds this program, "
+                             "and do not store it")
 
 
-def load_model(args: argparse.Namespace) -> ViT:
-    """The float model the options name, in eval mode."""
-    from intvit.quant.checkpoint import load_checkpoint, load_embedded, load_weights
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The model the options name: architecture and preprocessing, and where they came from."""
+    from intvit.quant.architecture import load_model_spec
 
-    config = get_config(args.model)
-    if args.weights:
-        path = Path(args.weights)
-        if not path.is_file():
-            raise IntVitError(f"{path}: no such checkpoint file")
-        if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
-            model = load_weights(path)
-            if args.model != DEFAULT_MODEL and model.config.name != config.name:
-                raise IntVitError(f"{path}: weights are for model {model.config.name!r}, not {config.name!r}")
-            return model.eval()
-        return load_checkpoint(path, config).eval()
-    if args.model == DEFAULT_MODEL:
+    overrides = {field: getattr(args, field, None) for _, field, _, _ in CONFIG_OPTIONS}
+    return load_model_spec(getattr(args, "weights", None), getattr(args, "model", None), overrides)
+
+
+def load_model(args: argparse.Namespace, spec: ModelSpec | None = None) -> ViT:
+    """The float model the options name (or ``spec``), in eval mode."""
+    from intvit.quant.checkpoint import load_embedded
+
+    spec = spec or model_spec(args)
+    if _embedded(spec):
         return load_embedded().eval()
-    torch.manual_seed(args.seed)
-    return ViT(config).eval()
+    return spec.build(getattr(args, "seed", 0))
+
+
+def _embedded(spec: ModelSpec) -> bool:
+    """Whether ``spec`` is the MNIST ViT whose trained weights ship with intvit."""
+    return spec.weights is None and spec.config == get_config(DEFAULT_MODEL)
 
 
 def load_images(spec: str, config: ViTConfig, split: str, limit: int | None):
@@ -103,8 +176,37 @@ def load_images(spec: str, config: ViTConfig, split: str, limit: int | None):
     return normalize(images, config), labels, classes
 
 
-def build_program(args: argparse.Namespace, model: ViT, data: str) -> IntProgram:
-    """Load ``--program`` (checked against the model) or quantise the model on calibration images."""
+def add_calib_data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calib-data", metavar="DIR",
+                        help="calibration images: mnist, digits (train split) or an ImageFolder directory (default: "
+                             "the train split of a built-in --data; for a directory, the fifth of each class held "
+                             "apart, never the evaluated images)")
+
+
+def calibration_images(args: argparse.Namespace, config: ViTConfig, data: str, held_apart: bool = True):
+    """Normalised calibration images and a line saying where they came from."""
+    calib = getattr(args, "calib_data", None)
+    spec = calib or data
+    if spec in BUILTIN_DATA:
+        split, where = "train", f"{spec} train split"
+    elif calib or not held_apart:
+        split, where = "all", f"{spec} (all of the folder)"
+    else:
+        split, where = "train", f"{spec} (every fifth image of each class, held apart from the evaluated ones)"
+    if calib:
+        where += ", --calib-data"
+    images, _, _ = load_images(spec, config, split, args.calib_size)
+    return images, f"{len(images)} images of {where}"
+
+
+def build_program(args: argparse.Namespace, model: ViT, data: str, held_apart: bool = True) -> IntProgram:
+    """Load ``--program`` (checked against the model) or quantise the model on calibration images.
+
+    Calibration uses ``--calib-data``, else the train split of a built-in set, else the held-apart
+    part of a directory (all of it when ``held_apart`` is false: nothing is evaluated then).
+    The program's ``calibration["source"]`` says which.
+    """
+    from intvit.quant.program import load_program
     from intvit.quant.ptq import quantize_model
 
     if getattr(args, "program", None):
@@ -114,17 +216,79 @@ def build_program(args: argparse.Namespace, model: ViT, data: str) -> IntProgram
                               f"({program.config.embed_dim}-wide, depth {program.config.depth}), "
                               f"not the {model.config.name!r} model given")
         return program
-    # Built-in sets calibrate on their train split; anything else names a directory, which has one split
-    # (and a path that is not a directory gets load_image_folder's "no such directory").
-    split = "train" if data in BUILTIN_DATA else "all"
-    images, _, _ = load_images(data, model.config, split, args.calib_size)
-    return quantize_model(model, images, method=args.calib_method, percentile=args.percentile,
-                          batch_size=args.batch_size,
-                          progress=lambda it: progress(it, "calibrate", -(-len(images) // args.batch_size)))
+    return calibrated_program(args, data, lambda: model, held_apart)
+
+
+def _calibrate(args: argparse.Namespace, model: ViT, data: str, held_apart: bool) -> IntProgram:
+    from intvit.quant.ptq import quantize_model
+
+    images, where = calibration_images(args, model.config, data, held_apart)
+    program = quantize_model(model, images, method=args.calib_method, percentile=args.percentile,
+                             batch_size=args.batch_size,
+                             progress=lambda it: progress(it, "calibrate", -(-len(images) // args.batch_size)))
+    program.calibration["source"] = where
+    return program
+
+
+def calibrated_program(args: argparse.Namespace, data: str, model: Callable[[], ViT],
+                       held_apart: bool = True) -> IntProgram:
+    """The model calibrated as ``build_program`` does, from the program cache when it holds it.
+
+    ``model()`` is called only when calibration runs, so a warm run builds no float model. The key
+    covers the weights' bytes, the model options, the calibration data and settings and the intvit
+    version (``intvit.cache``). Commands without ``--no-cache``, and ``--no-cache``, always calibrate.
+    """
+    if getattr(args, "no_cache", True):
+        return _calibrate(args, model(), data, held_apart)
+    from intvit.cache import cached, data_identity, program_key, weights_identity
+
+    calib = getattr(args, "calib_data", None)
+    spec = model_spec(args)
+    key = program_key({
+        "config": repr(spec.config), "weights": weights_identity(spec.weights, args.seed, _embedded(spec)),
+        "data": data_identity(calib or data, BUILTIN_DATA), "calib_data": bool(calib), "held_apart": held_apart,
+        "calib_size": args.calib_size, "method": args.calib_method, "batch_size": args.batch_size,
+        "percentile": args.percentile if args.calib_method == "percentile" else None,
+    })
+    return cached(key, lambda: _calibrate(args, model(), data, held_apart), spec.config)
+
+
+def shape_program(args: argparse.Namespace) -> IntProgram:
+    """The program a cycle-only run costs: ``--program``, else the model's shapes with nothing calibrated.
+
+    Without ``--program`` no weights are read (seeded random ones of the checkpoint's or preset's
+    architecture stand in) and no data: the model is quantised on ``SHAPE_CALIBRATION_IMAGES`` seeded
+    random images. Cycles depend only on shapes and bit widths, so they equal a calibrated program's
+    (tested on mnist and deit-tiny). The result is cached by architecture (unless ``--no-cache``), so
+    later cycle-only runs of that architecture load neither torch nor a model.
+    """
+    import dataclasses
+
+    if getattr(args, "program", None):
+        return build_program(args, load_model(args), data="")
+    spec = dataclasses.replace(model_spec(args), weights=None)
+    if getattr(args, "no_cache", False):
+        return _shape_program(spec, args.seed)
+    from intvit.cache import cached, program_key
+
+    return cached(program_key({"shapes_of": repr(spec.config)}), lambda: _shape_program(spec, args.seed), spec.config)
+
+
+def _shape_program(spec: ModelSpec, seed: int) -> IntProgram:
+    import numpy as np
+
+    from intvit.quant.ptq import quantize_model
+
+    c = spec.config
+    images = np.random.default_rng(seed).standard_normal(
+        (SHAPE_CALIBRATION_IMAGES, c.in_chans, c.img_size, c.img_size), dtype=np.float32)
+    return quantize_model(spec.build(seed), images, batch_size=SHAPE_CALIBRATION_IMAGES)
 
 
 def progress(iterable, desc: str, total: int | None = None, unit: str = "batch"):
     """A progress bar on stderr that stays out of the way of piped output."""
+    from tqdm import tqdm
+
     return tqdm(iterable, desc=desc, total=total, leave=False, disable=None, file=sys.stderr, unit=unit)
 
 
@@ -139,7 +303,7 @@ def write_json(data: dict, path: str | None) -> None:
 
 def _finite(value):
     # Strict JSON has no Infinity: a perfect SQNR is written as the string "inf".
-    if isinstance(value, float) and not np.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
         return {key: _finite(item) for key, item in value.items()}
@@ -149,6 +313,8 @@ def _finite(value):
 
 
 def _jsonable(value):
+    import numpy as np
+
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
