@@ -38,6 +38,7 @@ CHAIN_KINDS = ("requant", "gelu", "softmax")
 VECTOR_OPCODES = {"requant": Opcode.REQUANT, "gelu": Opcode.GELU, "softmax": Opcode.SOFTMAX,
                   "layernorm": Opcode.LAYERNORM, "add": Opcode.ADD}
 ELEM_CODE = {1: 0, 4: 1, 16: 2}
+ACC_CHUNKS = 16
 
 
 def geometry_for(program: IntProgram, config) -> Geometry:
@@ -107,6 +108,7 @@ class _Emitter:
         return QUEUE_OF[self.ops[index][0]]
 
     def emit(self, opcode: Opcode, reads=(), writes=(), **fields) -> int:
+        Instruction(opcode, **fields)                    # every field fits its width, or one line says which
         queue = QUEUE_OF[opcode]
         deps: dict[Queue, int] = {}
 
@@ -162,12 +164,28 @@ class _Emitter:
 
 
 class _Buffers:
-    """Alternating halves of each scratchpad: the compiler's double buffering."""
+    """Alternating halves of A, B and PARAM (double buffering); ACC as a ring of tiles.
+
+    ACC tiles are often far smaller than half of ACC; a ring lets as many be in flight as fit
+    (computed, being stored, the next being filled). Hazards are tracked per ``ACC_CHUNKS``-th
+    of ACC, so a tile waits only for the tiles it overwrites.
+    """
 
     def __init__(self, geometry: Geometry):
         self.half = {Memory.A: geometry.a_depth // 2, Memory.B: geometry.b_depth // 2,
                      Memory.ACC: geometry.acc_words // 2, Memory.PARAM: geometry.param_records // 2}
         self.turn = {memory: 0 for memory in self.half}
+        self.acc_words = geometry.acc_words
+        self.chunk = max(1, geometry.acc_words // ACC_CHUNKS)
+        self.acc_next = 0
+
+    def ring(self, words: int) -> tuple[int, tuple]:
+        """The next ``words`` (at most half of ACC) of the ACC ring: (base word, resource keys)."""
+        if self.acc_next + words > self.acc_words:
+            self.acc_next = 0
+        base = self.acc_next
+        self.acc_next = -(-(base + words) // self.chunk) * self.chunk
+        return base, tuple((Memory.ACC, c) for c in range(base // self.chunk, (base + words - 1) // self.chunk + 1))
 
     def whole(self, memory: Memory) -> tuple[int, tuple]:
         """Both halves at once, for an operand that fits only the whole scratchpad."""
@@ -289,18 +307,30 @@ class _Compiler:
     def load_rows(self, keys, name: str, place: Place, row0: int, rows: int, col0: int, cols: int,
                   acc_addr: int, words: int) -> None:
         """``rows`` rows of a matrix place into ACC words from ``acc_addr``, ``words`` per row."""
-        self.load(Memory.ACC, keys, self.dram(name), place.addr + row0 * place.strides[0] + col0 * place.elem,
+        addr = place.addr + row0 * place.strides[0] + col0 * place.elem
+        self.load(Memory.ACC, keys, self.dram(name, addr, rows, place.strides[0], cols * place.elem), addr,
                   elem=place.elem, z=rows, z_stride=place.strides[0], x=cols, sp_addr=acc_addr, sp_stride=words)
 
     def store_rows(self, keys, name: str, place: Place, row0: int, rows: int, col0: int, cols: int,
                    acc_addr: int, words: int) -> None:
-        self.out.emit(Opcode.STORE, reads=keys, writes=self.dram(name), mem=Memory.ACC, elem=ELEM_CODE[place.elem],
-                      dram_addr=place.addr + row0 * place.strides[0] + col0 * place.elem, x_count=cols, y_count=1,
+        addr = place.addr + row0 * place.strides[0] + col0 * place.elem
+        self.out.emit(Opcode.STORE, reads=keys, writes=self.dram(name, addr, rows, place.strides[0], cols * place.elem),
+                      mem=Memory.ACC, elem=ELEM_CODE[place.elem], dram_addr=addr, x_count=cols, y_count=1,
                       z_count=rows, z_stride=place.strides[0], sp_addr=acc_addr, sp_stride=words)
 
-    def dram(self, name: str) -> tuple:
-        """The hazard key of a tensor in external memory: the region its view belongs to."""
-        return (("dram", self.memory.roots.get(name, name)),)
+    def dram(self, name: str, addr: int, rows: int, stride: int, row_bytes: int) -> tuple:
+        """Hazard keys of ``rows`` rows of ``row_bytes`` in external memory, ``stride`` apart from ``addr``.
+
+        A key is a block of ``R`` rows of the region the tensor (or its view) lives in, so the next
+        op's first row block may load while this op still stores its last.
+        """
+        root = self.memory.roots.get(name, name)
+        base, size = self.memory.regions[root]
+        place = self.memory.places.get(root)
+        row = place.strides[-2] if isinstance(place, Place) and len(place.shape) >= 2 else size
+        block = self.geo.rows * row
+        last = addr + (rows - 1) * stride + row_bytes - 1
+        return tuple(("dram", root, b) for b in range((addr - base) // block, (last - base) // block + 1))
 
     def params_for(self, op: Op, blocks: list[tuple[str, int, int]]) -> dict:
         """Records ``(block, first, count)`` in a PARAM half: ``{key: (offset, resource keys)}``.
@@ -328,14 +358,19 @@ class _Compiler:
     # ------------------------------------------------------------------ jobs
     def run(self) -> None:
         for kind, op, chain in self.plan:
-            {"matmul": self.matmul, "vector": self.vector, "concat": self.concat}[kind](op, chain)
+            try:
+                {"matmul": self.matmul, "vector": self.vector, "concat": self.concat}[kind](op, chain)
+            except IntVitError as exc:
+                if str(exc).startswith("compile:"):
+                    raise
+                raise IntVitError(f"compile: {op.kind} {op.name!r}: {exc}") from None
 
     def concat(self, op: Op, chain) -> None:
         token, out = op.inputs[1], op.output
         place = self.memory.places[out].matrix()
         width = place.shape[1]
         words = -(-width // self.geo.cols)
-        base, keys = self.buffers.take(Memory.ACC)
+        base, keys = self.buffers.ring(words)
         src = self.memory.places[token].matrix()
         self.load_rows(keys, token, src, 0, 1, 0, width, base, words)
         self.store_rows(keys, out, place, 0, 1, 0, width, base, words)
@@ -351,6 +386,7 @@ class _Compiler:
         if per_tile < 1:
             raise IntVitError(f"compile: {op.kind} {op.name!r}: a row of {length} elements needs {words * operands} "
                               f"ACC words, half of ACC holds {self.buffers.half[Memory.ACC]}")
+        per_tile = min(per_tile, geo.rows)              # row blocks of R rows pipeline with the next op's loads
         if op.kind == "softmax" and length > geo.softmax_max_length:
             raise IntVitError(f"compile: softmax {op.name!r}: rows of {length} exceed the unit's "
                               f"{geo.softmax_max_length}")
@@ -359,7 +395,7 @@ class _Compiler:
             (f"{op.name}.params", 0, length), (0, ())) if has_params else (0, ())
         for row0 in range(0, rows, per_tile):
             n = min(per_tile, rows - row0)
-            base, keys = self.buffers.take(Memory.ACC)
+            base, keys = self.buffers.ring(n * words * operands)
             self.load_rows(keys, op.inputs[0], x, row0, n, 0, length, base, words)
             src_b = base + n * words
             if op.kind == "add":
@@ -439,7 +475,7 @@ class _Compiler:
                 cbs = min(group, n_cb - g0)
                 cols = min(cbs * c_, n - g0 * c_)
                 params = self.params_for(op, [(blk, g0 * c_, cbs * c_) for blk in blocks])
-                acc_base, acc_keys = self.buffers.take(Memory.ACC)
+                acc_base, acc_keys = self.buffers.ring(r_ * cbs)
                 for kc in range(n_kc):
                     k0, kl = kc * k_chunk, min(k_chunk, k - kc * k_chunk)
                     a_off, a_keys = self._operand(a_loaded, (rb, kc), a_region, rb * k + k0, Memory.A,
@@ -478,13 +514,15 @@ class _Compiler:
 
     def _load_a(self, op: Op, a, m0: int, rows: int, k0: int, kl: int, offset: int, keys) -> None:
         if isinstance(a, Place):
-            self.load(Memory.A, keys, self.dram(op.inputs[0]), a.addr + m0 * a.strides[0] + k0, z=rows,
+            addr = a.addr + m0 * a.strides[0] + k0
+            self.load(Memory.A, keys, self.dram(op.inputs[0], addr, rows, a.strides[0], kl), addr, z=rows,
                       z_stride=a.strides[0], x=kl, sp_addr=offset)
             return
         # Patch rows: a run of patches along one grid row is a plane per patch, a pixel row of
         # the patch a row; one LOAD per run and channel, for the pixel rows of this K chunk.
         grid, p = a.size // a.patch, a.patch
-        dram = self.dram("input")
+        base, size = self.memory.regions["input"]
+        dram = self.dram("input", base, 1, 0, size)
         m = m0
         while m < m0 + rows:
             gh, gw = divmod(m, grid)
@@ -503,10 +541,12 @@ class _Compiler:
                 keys) -> None:
         name = op.inputs[1]
         if name in self.program.constants or transpose_b:   # (N, K) rows: a row per bank
-            self.load(Memory.B, keys, self.dram(name), b.addr + n0 * b.strides[0] + k0, z=cv,
+            addr = b.addr + n0 * b.strides[0] + k0
+            self.load(Memory.B, keys, self.dram(name, addr, cv, b.strides[0], kl), addr, z=cv,
                       z_stride=b.strides[0], x=kl, sp_addr=offset)
         else:                                               # (K, N) rows spread over the banks
-            self.load(Memory.B, keys, self.dram(name), b.addr + k0 * b.strides[0] + n0, z=kl,
+            addr = b.addr + k0 * b.strides[0] + n0
+            self.load(Memory.B, keys, self.dram(name, addr, kl, b.strides[0], cv), addr, z=kl,
                       z_stride=b.strides[0], x=cv, sp_addr=offset, transpose=1)
 
 

@@ -152,7 +152,7 @@ class BufferConfig:
     ifmap_bytes: int = 64 * KIB
     weight_bytes: int = 64 * KIB
     ofmap_bytes: int = 64 * KIB
-    param_bytes: int = 16 * KIB
+    param_bytes: int = 32 * KIB
 
     def __post_init__(self):
         for name in ("ifmap_bytes", "weight_bytes", "ofmap_bytes", "param_bytes"):
