@@ -35,12 +35,14 @@ def record_activations(model: ViT, images: np.ndarray, callback: Callable[[str, 
 
     A callback with a true ``takes_tensors`` attribute (``ActivationRanges``) gets the torch tensor
     itself, often a strided view, instead of a numpy array: it reduces it where it lies, so
-    calibration costs about a plain forward pass. Returns the float logits.
+    calibration costs about a plain forward pass; one with a ``records(name)`` method is handed only
+    the activations it records. Returns the float logits.
     """
     import torch
 
     handles = []
     as_given = (lambda t: t) if getattr(callback, "takes_tensors", False) else (lambda t: t.numpy())
+    records = getattr(callback, "records", lambda name: True)
 
     def emit(name, transform=lambda t: t):
         def hook(module, args, output=None):
@@ -49,8 +51,9 @@ def record_activations(model: ViT, images: np.ndarray, callback: Callable[[str, 
         return hook
 
     def add(module, name, pre=False, transform=lambda t: t):
-        register = module.register_forward_pre_hook if pre else module.register_forward_hook
-        handles.append(register(emit(name, transform)))
+        if records(name):
+            register = module.register_forward_pre_hook if pre else module.register_forward_hook
+            handles.append(register(emit(name, transform)))
 
     cfg = model.config
     heads = lambda t, i: t.reshape(*t.shape[:2], 3, cfg.num_heads, cfg.head_dim)[:, :, i].transpose(1, 2)
@@ -98,7 +101,7 @@ class ActivationRanges:
 
     takes_tensors = True
 
-    def __init__(self, method: str = "minmax", percentile: float = 99.99, seed: int = 0):
+    def __init__(self, method: str = "minmax", percentile: float = 99.99, seed: int = 0, skip: tuple[str, ...] = ()):
         if method not in CALIBRATION_METHODS:
             raise IntVitError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, not {method!r}")
         if not 0 < percentile <= 100:
@@ -107,6 +110,13 @@ class ActivationRanges:
         self._max: dict[str, float] = {}
         self._samples: dict[str, list[np.ndarray]] = {}
         self._rng = np.random.default_rng(seed)
+        # Names ending in ``skip`` are not recorded at all. Percentile calibration records them anyway:
+        # its seeded sampling draws for every activation in turn, and skipping one would move the rest.
+        self._skip = tuple(skip) if method == "minmax" else ()
+
+    def records(self, name: str) -> bool:
+        """Whether ``record_activations`` should hand over activation ``name``."""
+        return not name.endswith(self._skip) if self._skip else True
 
     def __call__(self, name: str, value) -> None:
         import torch

@@ -29,6 +29,9 @@ from intvit.quant.softmax import SOFTMAX_INPUT_FRAC_BITS, SOFTMAX_OUTPUT_FRAC_BI
 __all__ = ["quantize_model", "quantize_weight"]
 
 INT8_LEVELS = 127
+# Activations whose float range sets no scale: Q.12 scores, Q.7 probabilities and the Q.10 GELU input
+# are fixed-point formats, the logits stay INT32. Calibration does not record them (the largest tensors).
+UNSCALED_ACTIVATIONS = (".attn.scores", ".attn.probs", ".mlp.fc1", "logits")
 
 
 def quantize_weight(weight: np.ndarray, per_channel: bool = True,
@@ -173,7 +176,7 @@ def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = 
     if images.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size):
         raise IntVitError(f"calibration images are {images.shape[1:]}, model {cfg.name!r} takes "
                           f"{(cfg.in_chans, cfg.img_size, cfg.img_size)}")
-    ranges = ActivationRanges(method, percentile)
+    ranges = ActivationRanges(method, percentile, skip=UNSCALED_ACTIVATIONS)
     model.eval()
     chunks = batches(images, batch_size)
     for chunk in progress(chunks) if progress else chunks:
