@@ -34,3 +34,21 @@ def test_ranges_from_tensors_equal_numpy_statistics_of_the_recorded_arrays(metho
         else:                                                      # small tensors: every value is kept
             expected = float(np.percentile(magnitude, 99.0))
             assert ranges.range(name) == pytest.approx(expected, rel=1e-6) or expected == 0, name
+
+
+def test_activations_that_set_no_scale_are_not_recorded_and_the_program_is_unchanged(monkeypatch):
+    import intvit.quant.ptq as ptq
+
+    torch.manual_seed(1)
+    model = ViT(SMALL).eval()
+    images = np.random.default_rng(1).normal(size=(8, 3, 16, 16)).astype(np.float32)
+    ranges = ActivationRanges(skip=ptq.UNSCALED_ACTIVATIONS)
+    record_activations(model, images, ranges)
+    assert not ranges.records("blocks.1.attn.scores") and ranges.records("blocks.1.attn.q")
+    assert ActivationRanges("percentile", skip=ptq.UNSCALED_ACTIVATIONS).records("blocks.1.attn.scores")
+    skipped = ptq.quantize_model(model, images)
+    monkeypatch.setattr(ptq, "UNSCALED_ACTIVATIONS", ())
+    every = ptq.quantize_model(model, images)
+    assert skipped.constants.keys() == every.constants.keys()
+    assert all(np.array_equal(skipped.constants[k], every.constants[k]) for k in every.constants)
+    assert skipped.tensors == every.tensors and [op.attrs for op in skipped.ops] == [op.attrs for op in every.ops]
