@@ -12,14 +12,19 @@ are ``amaranth.lib.memory`` memories:
   element ``l`` of ACC word ``w``);
 * **PARAM**: ``cols`` lane memories of 128-bit records (record ``r`` in lane ``r % cols``).
 
+Every read port is transparent for the writes of the other modules: an instruction may start
+in the cycle its producer completes (docs/isa.md, "Tokens") and read in that cycle what the
+producer writes in it.
+
 Control and status (single-underscore Verilog names, ``rtl.top.flat_ports``): ``start`` (one
 cycle), ``insn_base`` and ``data_base`` (byte addresses, read at ``start``), ``busy``, ``done``,
 ``error``, ``error_index`` (the instruction that raised ``error``) and ``cycles`` (the cycle
 count of docs/isa.md's Timing section: END's completion cycle, counted from ``start``).
 
-Which instructions run: LOAD, STORE, SYNC and END. The compute module (MATMUL and the
-element-wise instructions on the units of ``rtl/``) is not built yet, so the controller
-treats those opcodes as illegal: they raise ``error`` with their index rather than hang.
+Which instructions run: LOAD, STORE, MATMUL (``rtl.compute``), SYNC and END. The element-wise
+instructions (REQUANT, ADD, SOFTMAX, GELU, LAYERNORM on the units of ``rtl/``) are not wired
+yet, so the controller treats those opcodes as illegal: they raise ``error`` with their index
+rather than hang.
 """
 
 from dataclasses import asdict, dataclass
@@ -31,13 +36,14 @@ from amaranth.lib.wiring import In, Out
 
 from intvit.compiler.isa import Opcode
 from intvit.quant.errors import IntVitError
+from intvit.rtl.compute import ComputeUnit
 from intvit.rtl.controller import CYCLE_BITS, Controller
 from intvit.rtl.dma import AxiSignature
 from intvit.rtl.loadstore import LoadUnit, SpGeometry, StoreUnit
 
 __all__ = ["SystemParams", "System", "IMPLEMENTED_OPCODES"]
 
-IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.SYNC, Opcode.END)
+IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.MATMUL, Opcode.SYNC, Opcode.END)
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class System(wiring.Component):
         self.controller = Controller(data_width=params.axi_data_bits, opcodes=IMPLEMENTED_OPCODES)
         self.load = LoadUnit(g, params.max_burst_beats)
         self.store = StoreUnit(g, params.max_burst_beats)
+        self.compute = ComputeUnit(g)
         width = params.axi_data_bits
         super().__init__({
             "start": In(1), "insn_base": In(32), "data_base": In(32),
@@ -118,6 +125,7 @@ class System(wiring.Component):
         ctrl = m.submodules.controller = self.controller
         load = m.submodules.load = self.load
         store = m.submodules.store = self.store
+        compute = m.submodules.compute = self.compute
         data_base = Signal(32)
         with m.If(self.start & ~ctrl.busy):
             m.d.sync += data_base.eq(self.data_base)
@@ -126,7 +134,7 @@ class System(wiring.Component):
                      self.error_index.eq(ctrl.error_index), self.cycles.eq(ctrl.cycles),
                      load.base.eq(data_base), store.base.eq(data_base)]
         wiring.connect(m, wiring.flipped(self.imem), ctrl.imem)
-        for unit, port in ((load, ctrl.load), (store, ctrl.store)):
+        for unit, port in ((load, ctrl.load), (store, ctrl.store), (compute, ctrl.compute)):
             m.d.comb += [unit.start.eq(port.start), unit.insn.eq(port.insn), port.done.eq(unit.done)]
         # dmem: reads from the load module, writes from the store module.
         for name, member in self.dmem.signature.members.items():
@@ -140,16 +148,28 @@ class System(wiring.Component):
                 port = sram.write_port()
                 m.d.comb += [port.en.eq(getattr(load, f"{name}_we")[t]), port.addr.eq(getattr(load, f"{name}_addr")[t]),
                              port.data.eq(getattr(load, f"{name}_data")[t])]
+                read = sram.read_port(transparent_for=(port,))
+                m.d.comb += [read.en.eq(getattr(compute, f"{name}_ren")), read.addr.eq(getattr(compute, f"{name}_raddr")[t // w]),
+                             getattr(compute, f"{name}_rdata")[t].eq(read.data)]
         for lane in range(p.cols):
             acc = m.submodules[f"acc_lane{lane}"] = SRAM(shape=32, depth=g.acc_words, init=[])
-            port = acc.write_port()
-            m.d.comb += [port.en.eq(load.acc_we[lane]), port.addr.eq(load.acc_addr[lane]),
-                         port.data.eq(load.acc_data[lane])]
-            read = acc.read_port()
+            load_port = acc.write_port()
+            m.d.comb += [load_port.en.eq(load.acc_we[lane]), load_port.addr.eq(load.acc_addr[lane]),
+                         load_port.data.eq(load.acc_data[lane])]
+            compute_port = acc.write_port()
+            m.d.comb += [compute_port.en.eq(compute.acc_we), compute_port.addr.eq(compute.acc_waddr),
+                         compute_port.data.eq(compute.acc_wdata[lane])]
+            read = acc.read_port(transparent_for=(load_port, compute_port))
             m.d.comb += [read.en.eq(store.acc_ren), read.addr.eq(store.acc_raddr[lane]),
                          store.acc_rdata[lane].eq(read.data)]
+            read = acc.read_port(transparent_for=(load_port, compute_port))
+            m.d.comb += [read.en.eq(compute.acc_ren), read.addr.eq(compute.acc_raddr),
+                         compute.acc_rdata[lane].eq(read.data)]
             param = m.submodules[f"param_lane{lane}"] = SRAM(shape=128, depth=g.param_words, init=[])
             port = param.write_port()
             m.d.comb += [port.en.eq(load.param_we[lane]), port.addr.eq(load.param_addr[lane]),
                          port.data.eq(load.param_data[lane])]
+            read = param.read_port(transparent_for=(port,))
+            m.d.comb += [read.en.eq(compute.param_ren), read.addr.eq(compute.param_raddr[lane]),
+                         compute.param_rdata[lane].eq(read.data)]
         return m

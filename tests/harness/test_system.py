@@ -16,7 +16,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from intvit.compiler.executor import Machine
-from intvit.compiler.isa import Geometry, Instruction, Memory, Opcode, encode_program
+from intvit.compiler.isa import Geometry, Instruction, Memory, Opcode, encode_program, pack_params
 from intvit.rtl.system import System, SystemParams
 from intvit.sim.config import AcceleratorConfig
 from intvit.sim.schedule import predict_cycles
@@ -43,6 +43,31 @@ def program() -> list[Instruction]:
                     sp_addr=20, push_prev=1),
         Instruction(Opcode.SYNC, pop_next=1),
         Instruction(Opcode.SYNC, pop_next=1),
+        Instruction(Opcode.END, pop_next=1),
+    ]
+
+
+K = 12
+
+
+def matmul_program(cols: int) -> list[Instruction]:
+    """A (R x K) and two K-chunks of B^T into the banks at unaligned offsets, C bias records at an
+    unaligned record, a MATMUL with bias, one accumulating on top, and the INT32 rows stored."""
+    return [
+        Instruction(Opcode.LOAD, mem=Memory.A, elem=0, dram_addr=0x100, x_count=K, y_count=1, z_count=cols,
+                    z_stride=K, sp_addr=3),
+        Instruction(Opcode.LOAD, mem=Memory.B, elem=0, dram_addr=0x201, x_count=K, y_count=1, z_count=cols,
+                    z_stride=K, sp_addr=5),
+        Instruction(Opcode.LOAD, mem=Memory.B, elem=0, dram_addr=0x300, x_count=K, y_count=1, z_count=cols,
+                    z_stride=K + 3, sp_addr=5 + K),
+        Instruction(Opcode.LOAD, mem=Memory.PARAM, elem=2, dram_addr=0x400, x_count=cols, y_count=1, z_count=1,
+                    sp_addr=2, push_next=1),
+        Instruction(Opcode.MATMUL, bias=1, a_addr=3, b_addr=5, k=K, acc_addr=1, acc_stride=2, param_addr=2,
+                    pop_prev=1),
+        Instruction(Opcode.MATMUL, accumulate=1, a_addr=3, b_addr=5 + K, k=K, acc_addr=1, acc_stride=2,
+                    push_next=1),
+        Instruction(Opcode.STORE, mem=Memory.ACC, elem=1, dram_addr=0x800, x_count=cols, y_count=1, z_count=cols,
+                    z_stride=4 * cols + 8, sp_addr=1, sp_stride=2, pop_prev=1, push_prev=1),
         Instruction(Opcode.END, pop_next=1),
     ]
 
@@ -107,6 +132,38 @@ def run_system(params: SystemParams, dram: bytearray, latency: tuple[int, int]) 
     sim.add_testbench(bench)
     sim.run()
     return result
+
+
+def check_program(instructions, cols, axi_bits, max_beats, latency, dram: bytearray) -> None:
+    """Run ``instructions`` on the RTL and on the executor from the same memory; both must agree,
+    and the cycle counter must equal the schedule model's prediction."""
+    params = SystemParams(rows=cols, cols=cols, a_depth=64, b_depth=64, acc_words=64, param_records=16,
+                          axi_data_bits=axi_bits, max_burst_beats=max_beats)
+    stream = encode_program(instructions)
+    dram[INSN_BASE:INSN_BASE + len(stream)] = stream
+    geometry = Geometry(rows=cols, cols=cols, a_depth=64, b_depth=64, acc_words=64, param_records=16,
+                        lanes={"requant": cols, "softmax": cols, "gelu": cols, "layernorm": cols})
+    machine = Machine(geometry, DRAM_BYTES)
+    machine.dram[:] = np.frombuffer(bytes(dram), dtype=np.uint8)
+    for index, ins in enumerate(instructions):
+        machine.step(index, ins)
+    result = run_system(params, dram, latency)
+    assert result["done"] and not result["error"], result
+    differ = np.flatnonzero(np.frombuffer(bytes(dram), dtype=np.uint8) != machine.dram)
+    assert differ.size == 0, f"external memory differs at {[hex(a) for a in differ[:8]]}"
+    config = AcceleratorConfig().with_(memory__axi_data_bits=axi_bits, memory__max_burst_beats=max_beats,
+                                       memory__read_latency_cycles=latency[0], memory__write_latency_cycles=latency[1],
+                                       matmul__rows=cols, matmul__cols=cols)
+    assert result["cycles"] == predict_cycles(instructions, config)
+
+
+@pytest.mark.parametrize("cols, axi_bits, latency", [(4, 32, (3, 2)), pytest.param(8, 64, (8, 8), marks=pytest.mark.slow)])
+def test_matmul_matches_the_executor(cols, axi_bits, latency):
+    rng = np.random.default_rng(cols)
+    dram = bytearray(rng.integers(0, 256, DRAM_BYTES, dtype=np.uint8).tobytes())
+    bias = pack_params(cols, bias=rng.integers(-2**20, 2**20, cols))
+    dram[0x400:0x400 + bias.size] = bias.tobytes()
+    check_program(matmul_program(cols), cols, axi_bits, 16, latency, dram)
 
 
 @pytest.mark.parametrize("cols, axi_bits, max_beats, latency", [(4, 32, 4, (3, 2)), (8, 64, 16, (8, 8))])
