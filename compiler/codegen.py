@@ -18,7 +18,6 @@ so the three modules overlap exactly as far as the data allows.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -196,11 +195,6 @@ class _Buffers:
         h = self.turn[memory]
         self.turn[memory] ^= 1
         return h * self.half[memory], ((memory, h),)
-
-
-def _bits(program: IntProgram, name: str) -> int:
-    info = program.tensors.get(name)
-    return 8 if info is None else info.bits
 
 
 class _Compiler:

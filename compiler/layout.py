@@ -26,7 +26,6 @@ from intvit.quant.program import IntProgram
 __all__ = ["ALIGN", "Place", "PatchSource", "MemoryMap", "plan_memory"]
 
 ALIGN = 64
-VIEW_KINDS = ("split_heads", "merge_heads", "concat_token", "select_token")
 
 
 def _align(value: int) -> int:
@@ -58,10 +57,6 @@ class Place:
         if len(self.shape) == 1:
             return Place(self.addr, (1, self.shape[0]), (self.shape[0] * self.elem, self.strides[0]), self.elem)
         return Place(self.addr + index * self.strides[0], self.shape[1:], self.strides[1:], self.elem)
-
-    @property
-    def contiguous_rows(self) -> bool:
-        return self.strides[-1] == self.elem
 
 
 @dataclass(frozen=True)
