@@ -100,8 +100,10 @@ def test_table(capsys):
     assert code == 0 and "Traceback" not in err
     lines = out.splitlines()
     assert lines[0] == "mnist on mnist: 20 images"
-    assert lines[1].split() == ["top-1", "%", "top-5", "%"]
-    assert lines[3].split()[0] == "float" and lines[4].split()[0] == "integer"
+    assert lines[1] == "normalisation: mean (0.1307) std (0.3081) from preset mnist"
+    assert lines[2] == "calibration: 16 images of mnist train split"
+    assert lines[3].split() == ["top-1", "%", "top-5", "%"]
+    assert lines[5].split()[0] == "float" and lines[6].split()[0] == "integer"
     assert any(line.startswith("top-1 agreement float vs integer: ") and line.endswith(" %") for line in lines)
     assert any(line.startswith("logits: SQNR ") and "max |error|" in line for line in lines)
     assert any(line.startswith("saturation: ") for line in lines)

@@ -25,7 +25,7 @@ LOGIT_TOLERANCE = 1e-4
 MIN_AGREEMENT = 98.0
 CLASSES = ("blue", "green", "red", "yellow")
 COLOURS = np.array([(0, 0, 160), (0, 160, 0), (160, 0, 0), (160, 160, 0)], dtype=np.float64)
-PER_CLASS = 40                       # 160 PNGs: 32 held apart for calibration, 128 evaluated
+PER_CLASS = 30                       # 120 PNGs: 24 held apart for calibration, 96 evaluated
 TRAIN_IMAGES = 512
 TRAIN_STEPS = 100
 TRAIN_LR = 1e-3
@@ -54,8 +54,8 @@ def square_images(count: int, size: int, channels: int, seed: int) -> tuple[np.n
     return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
-def write_folder(root: Path, size: int, channels: int, seed: int, classes=CLASSES) -> Path:
-    images, _ = square_images(PER_CLASS * len(classes), size, channels, seed)
+def write_folder(root: Path, size: int, channels: int, seed: int, classes=CLASSES, per_class=PER_CLASS) -> Path:
+    images, _ = square_images(per_class * len(classes), size, channels, seed)
     for i, image in enumerate(images):
         folder = root / classes[i % len(classes)]
         folder.mkdir(parents=True, exist_ok=True)
@@ -99,6 +99,10 @@ def check(result: dict, reference: np.ndarray, files: list[str]) -> float:
     assert np.array_equal(ours.argmax(1), reference.argmax(1))
     assert result["agreement"] >= MIN_AGREEMENT, result["agreement"]
     assert result["float_top1"] > 90, result["float_top1"]      # trained: the check means something
+    # The figures, for `pytest -s`: the issue asks for them per model.
+    print(f"\n{result['checkpoint']}: {len(files)} images, max |float logit - library| {difference:.2e}, "
+          f"float top-1 {result['float_top1']:.1f} %, integer top-1 {result['int_top1']:.1f} %, "
+          f"agreement {result['agreement']:.2f} %")
     return difference
 
 
@@ -244,7 +248,7 @@ def test_preset_shaped_checkpoint_uses_its_own_normalisation(tmp_path, capsys):
     folder = tmp_path / "hf_mnist_shaped"
     model.save_pretrained(folder)
     ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(folder)
-    data = write_folder(tmp_path / "data", 28, 1, seed=7, classes=[str(d) for d in range(10)])
+    data = write_folder(tmp_path / "data", 28, 1, seed=7, classes=[str(d) for d in range(10)], per_class=5)
     files = evaluated_files(data)
     pixels = np.stack([np.asarray(Image.open(f), dtype=np.float32)[None] / 255 for f in files])
     with torch.no_grad():

@@ -149,7 +149,7 @@ def bad(tmp_path_factory, files) -> dict[str, tuple[list[str], tuple[str, ...]]]
         "empty dir": (["--data", str(tmp / "empty"), *out], (str(tmp / "empty"), "no images found")),
         "corrupt image": (["--data", str(corrupt), *out], (str(corrupt / "1" / "half.png"), "cannot read image")),
         "other architecture": (["--model", "mnist", "--weights", str(tmp / "tiny.pth"), *out],
-                               (str(tmp / "tiny.pth"), "--model mnist has depth 4 but the checkpoint has 1")),
+                               (str(tmp / "tiny.pth"), "--model mnist has embed_dim 64 but the checkpoint has 16")),
         "truncated checkpoint": (["--weights", str(tmp / "truncated.pth"), *out],
                                  (str(tmp / "truncated.pth"), "unreadable or truncated")),
         "missing checkpoint": (["--weights", str(tmp / "gone.pth"), *out], (str(tmp / "gone.pth"), "no such")),
