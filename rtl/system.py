@@ -21,10 +21,9 @@ cycle), ``insn_base`` and ``data_base`` (byte addresses, read at ``start``), ``b
 ``error``, ``error_index`` (the instruction that raised ``error``) and ``cycles`` (the cycle
 count of docs/isa.md's Timing section: END's completion cycle, counted from ``start``).
 
-Which instructions run: LOAD, STORE, MATMUL (``rtl.compute``), SYNC and END. The element-wise
-instructions (REQUANT, ADD, SOFTMAX, GELU, LAYERNORM on the units of ``rtl/``) are not wired
-yet, so the controller treats those opcodes as illegal: they raise ``error`` with their index
-rather than hang.
+Which instructions run: LOAD, STORE, MATMUL, REQUANT, ADD, GELU (``rtl.compute``), SYNC and
+END. SOFTMAX and LAYERNORM are not wired to their units yet, so the controller treats those
+opcodes as illegal: they raise ``error`` with their index rather than hang.
 """
 
 from dataclasses import asdict, dataclass
@@ -43,7 +42,8 @@ from intvit.rtl.loadstore import LoadUnit, SpGeometry, StoreUnit
 
 __all__ = ["SystemParams", "System", "IMPLEMENTED_OPCODES"]
 
-IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.MATMUL, Opcode.SYNC, Opcode.END)
+IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.MATMUL, Opcode.REQUANT, Opcode.ADD, Opcode.GELU,
+                       Opcode.SYNC, Opcode.END)
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class SystemParams:
     param_records: int
     axi_data_bits: int = 128
     max_burst_beats: int = 16
+    requant_lanes: int = 8
+    gelu_lanes: int = 8
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -74,7 +76,8 @@ class SystemParams:
     def from_geometry(cls, geometry, memory) -> "SystemParams":
         return cls(rows=geometry.rows, cols=geometry.cols, a_depth=geometry.a_depth, b_depth=geometry.b_depth,
                    acc_words=geometry.acc_words, param_records=geometry.param_records,
-                   axi_data_bits=memory.axi_data_bits, max_burst_beats=memory.max_burst_beats)
+                   axi_data_bits=memory.axi_data_bits, max_burst_beats=memory.max_burst_beats,
+                   requant_lanes=geometry.lanes["requant"], gelu_lanes=geometry.lanes["gelu"])
 
     @property
     def sp_geometry(self) -> SpGeometry:
@@ -105,7 +108,7 @@ class System(wiring.Component):
         self.controller = Controller(data_width=params.axi_data_bits, opcodes=IMPLEMENTED_OPCODES)
         self.load = LoadUnit(g, params.max_burst_beats)
         self.store = StoreUnit(g, params.max_burst_beats)
-        self.compute = ComputeUnit(g)
+        self.compute = ComputeUnit(g, requant_lanes=params.requant_lanes, gelu_lanes=params.gelu_lanes)
         width = params.axi_data_bits
         super().__init__({
             "start": In(1), "insn_base": In(32), "data_base": In(32),
@@ -157,7 +160,7 @@ class System(wiring.Component):
             m.d.comb += [load_port.en.eq(load.acc_we[lane]), load_port.addr.eq(load.acc_addr[lane]),
                          load_port.data.eq(load.acc_data[lane])]
             compute_port = acc.write_port()
-            m.d.comb += [compute_port.en.eq(compute.acc_we), compute_port.addr.eq(compute.acc_waddr),
+            m.d.comb += [compute_port.en.eq(compute.acc_we[lane]), compute_port.addr.eq(compute.acc_waddr),
                          compute_port.data.eq(compute.acc_wdata[lane])]
             read = acc.read_port(transparent_for=(load_port, compute_port))
             m.d.comb += [read.en.eq(store.acc_ren), read.addr.eq(store.acc_raddr[lane]),
@@ -165,6 +168,9 @@ class System(wiring.Component):
             read = acc.read_port(transparent_for=(load_port, compute_port))
             m.d.comb += [read.en.eq(compute.acc_ren), read.addr.eq(compute.acc_raddr),
                          compute.acc_rdata[lane].eq(read.data)]
+            read = acc.read_port(transparent_for=(load_port, compute_port))
+            m.d.comb += [read.en.eq(compute.acc_ren), read.addr.eq(compute.acc_rbaddr),
+                         compute.acc_rbdata[lane].eq(read.data)]
             param = m.submodules[f"param_lane{lane}"] = SRAM(shape=128, depth=g.param_words, init=[])
             port = param.write_port()
             m.d.comb += [port.en.eq(load.param_we[lane]), port.addr.eq(load.param_addr[lane]),

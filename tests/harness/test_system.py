@@ -72,6 +72,33 @@ def matmul_program(cols: int) -> list[Instruction]:
     ]
 
 
+LENGTH, ROWS = 6, 3
+
+
+def vector_program() -> list[Instruction]:
+    """INT32 rows and INT8 residuals into ACC, then REQUANT to 8 bits, ADD, REQUANT to 17 bits and
+    GELU in place, each stored; rows of 6 elements over two 4-lane words, lanes beats of 2."""
+    v = dict(rows=ROWS, length=LENGTH, stride=2, param_addr=1)
+    store = dict(mem=Memory.ACC, elem=1, x_count=LENGTH, y_count=1, z_count=ROWS, z_stride=4 * LENGTH + 4,
+                 sp_stride=2)
+    return [
+        Instruction(Opcode.LOAD, mem=Memory.ACC, elem=1, dram_addr=0x100, x_count=LENGTH, y_count=1, z_count=ROWS,
+                    z_stride=4 * LENGTH + 8, sp_addr=0, sp_stride=2),
+        Instruction(Opcode.LOAD, mem=Memory.ACC, elem=0, dram_addr=0x203, x_count=LENGTH, y_count=1, z_count=ROWS,
+                    z_stride=LENGTH + 1, sp_addr=10, sp_stride=2),
+        Instruction(Opcode.LOAD, mem=Memory.PARAM, elem=2, dram_addr=0x400, x_count=LENGTH, y_count=1, z_count=1,
+                    sp_addr=1, push_next=1),
+        Instruction(Opcode.REQUANT, width=0, src=0, dst=20, pop_prev=1, **v),
+        Instruction(Opcode.ADD, src=20, src_b=10, dst=30, **v),
+        Instruction(Opcode.REQUANT, width=1, src=0, dst=40, **v),
+        Instruction(Opcode.GELU, src=40, dst=40, push_next=1, **v),
+        Instruction(Opcode.STORE, dram_addr=0x800, sp_addr=20, pop_prev=1, **store),
+        Instruction(Opcode.STORE, dram_addr=0x900, sp_addr=30, **store),
+        Instruction(Opcode.STORE, dram_addr=0xA00, sp_addr=40, push_prev=1, **store),
+        Instruction(Opcode.END, pop_next=1),
+    ]
+
+
 def run_system(params: SystemParams, dram: bytearray, latency: tuple[int, int]) -> dict:
     dut = System(params)
     w = params.axi_data_bits // 8
@@ -134,15 +161,16 @@ def run_system(params: SystemParams, dram: bytearray, latency: tuple[int, int]) 
     return result
 
 
-def check_program(instructions, cols, axi_bits, max_beats, latency, dram: bytearray) -> None:
+def check_program(instructions, cols, axi_bits, max_beats, latency, dram: bytearray, lanes: int | None = None) -> None:
     """Run ``instructions`` on the RTL and on the executor from the same memory; both must agree,
     and the cycle counter must equal the schedule model's prediction."""
+    lanes = lanes or cols
     params = SystemParams(rows=cols, cols=cols, a_depth=64, b_depth=64, acc_words=64, param_records=16,
-                          axi_data_bits=axi_bits, max_burst_beats=max_beats)
+                          axi_data_bits=axi_bits, max_burst_beats=max_beats, requant_lanes=lanes, gelu_lanes=lanes)
     stream = encode_program(instructions)
     dram[INSN_BASE:INSN_BASE + len(stream)] = stream
     geometry = Geometry(rows=cols, cols=cols, a_depth=64, b_depth=64, acc_words=64, param_records=16,
-                        lanes={"requant": cols, "softmax": cols, "gelu": cols, "layernorm": cols})
+                        lanes={"requant": lanes, "softmax": lanes, "gelu": lanes, "layernorm": lanes})
     machine = Machine(geometry, DRAM_BYTES)
     machine.dram[:] = np.frombuffer(bytes(dram), dtype=np.uint8)
     for index, ins in enumerate(instructions):
@@ -153,7 +181,7 @@ def check_program(instructions, cols, axi_bits, max_beats, latency, dram: bytear
     assert differ.size == 0, f"external memory differs at {[hex(a) for a in differ[:8]]}"
     config = AcceleratorConfig().with_(memory__axi_data_bits=axi_bits, memory__max_burst_beats=max_beats,
                                        memory__read_latency_cycles=latency[0], memory__write_latency_cycles=latency[1],
-                                       matmul__rows=cols, matmul__cols=cols)
+                                       matmul__rows=cols, matmul__cols=cols, requant__lanes=lanes, gelu__lanes=lanes)
     assert result["cycles"] == predict_cycles(instructions, config)
 
 
@@ -166,28 +194,25 @@ def test_matmul_matches_the_executor(cols, axi_bits, latency):
     check_program(matmul_program(cols), cols, axi_bits, 16, latency, dram)
 
 
+@pytest.mark.parametrize("lanes", [2, 4])
+def test_requant_add_gelu_match_the_executor(lanes):
+    rng = np.random.default_rng(lanes)
+    dram = bytearray(rng.integers(0, 256, DRAM_BYTES, dtype=np.uint8).tobytes())
+    for row in range(ROWS):
+        values = rng.integers(-2**22, 2**22, LENGTH).astype("<i4")
+        start = 0x100 + row * (4 * LENGTH + 8)
+        dram[start:start + values.nbytes] = values.tobytes()
+    params = pack_params(LENGTH, multiplier=rng.integers(2**29, 2**30, LENGTH), shift=rng.integers(20, 26, LENGTH),
+                         multiplier_b=rng.integers(2**29, 2**30, LENGTH))
+    dram[0x400:0x400 + params.size] = params.tobytes()
+    check_program(vector_program(), 4, 32, 16, (3, 2), dram, lanes=lanes)
+
+
 @pytest.mark.parametrize("cols, axi_bits, max_beats, latency", [(4, 32, 4, (3, 2)), (8, 64, 16, (8, 8))])
 def test_load_store_programs_match_the_executor(cols, axi_bits, max_beats, latency):
-    params = SystemParams(rows=cols, cols=cols, a_depth=64, b_depth=64, acc_words=64, param_records=16,
-                          axi_data_bits=axi_bits, max_burst_beats=max_beats)
     rng = random.Random(cols)
     dram = bytearray(rng.getrandbits(8) for _ in range(DRAM_BYTES))
-    instructions = program()
-    stream = encode_program(instructions)
-    dram[INSN_BASE:INSN_BASE + len(stream)] = stream
-    geometry = Geometry(rows=cols, cols=cols, a_depth=64, b_depth=64, acc_words=64, param_records=16,
-                        lanes={"requant": cols, "softmax": cols, "gelu": cols, "layernorm": cols})
-    machine = Machine(geometry, DRAM_BYTES)
-    machine.dram[:] = np.frombuffer(bytes(dram), dtype=np.uint8)
-    for index, ins in enumerate(instructions):
-        machine.step(index, ins)
-    result = run_system(params, dram, latency)
-    assert result["done"] and not result["error"], result
-    differ = np.flatnonzero(np.frombuffer(bytes(dram), dtype=np.uint8) != machine.dram)
-    assert differ.size == 0, f"external memory differs at {[hex(a) for a in differ[:8]]}"
-    config = AcceleratorConfig().with_(memory__axi_data_bits=axi_bits, memory__max_burst_beats=max_beats,
-                                       memory__read_latency_cycles=latency[0], memory__write_latency_cycles=latency[1])
-    assert result["cycles"] == predict_cycles(instructions, config)
+    check_program(program(), cols, axi_bits, max_beats, latency, dram)
 
 
 @pytest.mark.slow
