@@ -17,6 +17,7 @@ import torch
 from intvit.compiler.codegen import compile_program
 from intvit.compiler.executor import execute
 from intvit.compiler.isa import Instruction, Opcode, decode_program
+from intvit.compiler.verify import check_hazards
 from intvit.quant.checkpoint import load_embedded
 from intvit.quant.config import ViTConfig, get_config
 from intvit.quant.data import load_dataset, normalize
@@ -48,6 +49,7 @@ def random_image(program, seed: int = 1) -> np.ndarray:
 
 def assert_compiled_exact(program, x: np.ndarray, config: AcceleratorConfig, jitters: int = 1):
     compiled = compile_program(program, config)
+    assert check_hazards(compiled.instructions, compiled.geometry) > 0
     golden = run_program(program, x)
     np.testing.assert_array_equal(execute(compiled, x), golden)
     report = schedule(compiled.instructions, config)
@@ -155,6 +157,20 @@ def test_executor_flags_bad_instructions(mnist_embedded):
     compiled.instructions = [Instruction(Opcode.STORE, mem=0, x_count=1, y_count=1, z_count=1)]
     with pytest.raises(IntVitError, match=r"^instruction 0 \(STORE\): STORE reads ACC only$"):
         execute(compiled, images[:1])
+
+
+def test_hazard_check_catches_a_missing_dependency(mnist_shaped):
+    """Planted fault: the first MATMUL no longer waits for the LOAD of its operands (push and pop removed)."""
+    compiled = compile_program(mnist_shaped, AcceleratorConfig())
+    stream = list(compiled.instructions)
+    first = next(i for i, ins in enumerate(stream) if ins.opcode == Opcode.MATMUL)
+    load = max(i for i in range(first) if stream[i].opcode == Opcode.LOAD and stream[i].push_next)
+    assert stream[first].pop_prev
+    stream[first] = stream[first].replace(pop_prev=0)
+    stream[load] = stream[load].replace(push_next=0)
+    with pytest.raises(IntVitError, match=rf"^instruction {first} \(MATMUL\) may overtake instruction \d+ "
+                                          r"\(LOAD\): both touch (A|B|PARAM) and no token orders them$"):
+        check_hazards(stream, compiled.geometry)
 
 
 def test_a_missing_token_is_caught(mnist_embedded):

@@ -1,0 +1,124 @@
+"""A static check that the dependency tokens order every conflicting access, whatever the timing.
+
+The hardware checks no hazards (``docs/isa.md``, "Execution rules"): if two instructions of
+different modules touch the same scratchpad cells or external bytes and one of them writes,
+a chain of tokens and in-order queues must make the earlier complete before the later starts.
+``check_hazards`` proves that for a whole stream, independently of the compiler's own
+bookkeeping and of any cycle counts:
+
+* **happens-before**: walking the stream in program order, each instruction knows, per
+  module, the latest instruction guaranteed complete when it starts (its module's previous
+  instruction, and for each token it pops, everything the pushing instruction knew at its end;
+  the n-th pop of a counter takes its n-th push);
+* **footprints**: each instruction's reads and writes as boxes (bank range x byte range in A
+  and B, word range in ACC, record range in PARAM, byte range in external memory), taken from
+  its fields alone, conservatively (a strided access covers its bounding range).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from intvit.compiler.isa import ELEMENT_BYTES, QUEUE_OF, Geometry, Instruction, Memory, Opcode, Queue
+from intvit.quant.errors import IntVitError
+
+__all__ = ["check_hazards"]
+
+# Spaces with a bank dimension (A, B) and flat ones (ACC, PARAM, DRAM).
+SPACES = ("A", "B", "ACC", "PARAM", "DRAM")
+COUNTERS = ((Queue.LOAD, Queue.COMPUTE), (Queue.COMPUTE, Queue.LOAD), (Queue.COMPUTE, Queue.STORE),
+            (Queue.STORE, Queue.COMPUTE))
+
+
+def _footprint(ins: Instruction, g: Geometry) -> list[tuple[str, int, int, int, int, bool]]:
+    """``(space, bank_lo, bank_hi, lo, hi, write)`` boxes, half-open, of one instruction."""
+    op, c = ins.opcode, g.cols
+    boxes = []
+    if op in (Opcode.LOAD, Opcode.STORE):
+        elem = ELEMENT_BYTES[ins.elem]
+        last = ins.dram_addr + (ins.z_count - 1) * ins.z_stride + (ins.y_count - 1) * ins.y_stride
+        boxes.append(("DRAM", 0, 1, ins.dram_addr, last + ins.x_count * elem, op == Opcode.STORE))
+        e = ins.x_count * ins.y_count
+        mem = Memory(ins.mem)
+        if mem in (Memory.A, Memory.B):
+            banks, depth = (e, ins.z_count) if ins.transpose else (ins.z_count, e)
+            boxes.append((mem.name, ins.sp_bank, ins.sp_bank + banks, ins.sp_addr, ins.sp_addr + depth, True))
+        elif mem == Memory.ACC:
+            end = ins.sp_addr + (ins.z_count - 1) * ins.sp_stride + -(-e // c)
+            boxes.append(("ACC", 0, 1, ins.sp_addr, end, op == Opcode.LOAD))
+        else:
+            boxes.append(("PARAM", 0, 1, ins.sp_addr, ins.sp_addr + (ins.z_count - 1) * ins.sp_stride + e, True))
+    elif op == Opcode.MATMUL:
+        boxes.append(("A", 0, g.rows, ins.a_addr, ins.a_addr + ins.k, False))
+        boxes.append(("B", 0, g.cols, ins.b_addr, ins.b_addr + ins.k, False))
+        end = ins.acc_addr + (g.rows - 1) * ins.acc_stride + 1
+        boxes.append(("ACC", 0, 1, ins.acc_addr, end, True))
+        if ins.bias:
+            boxes.append(("PARAM", 0, 1, ins.param_addr, ins.param_addr + c, False))
+    elif op in (Opcode.REQUANT, Opcode.ADD, Opcode.SOFTMAX, Opcode.GELU, Opcode.LAYERNORM):
+        span = (ins.rows - 1) * ins.stride + -(-ins.length // c)
+        boxes.append(("ACC", 0, 1, ins.src, ins.src + span, False))
+        if op == Opcode.ADD:
+            boxes.append(("ACC", 0, 1, ins.src_b, ins.src_b + span, False))
+        boxes.append(("ACC", 0, 1, ins.dst, ins.dst + span, True))
+        if op in (Opcode.REQUANT, Opcode.ADD, Opcode.LAYERNORM):
+            boxes.append(("PARAM", 0, 1, ins.param_addr, ins.param_addr + ins.length, False))
+    return boxes
+
+
+def _happens_before(instructions: list[Instruction]) -> np.ndarray:
+    """``known[i, q]``: the latest instruction of queue ``q`` complete whenever ``i`` starts (-1: none)."""
+    n = len(instructions)
+    known = np.full((n, len(Queue)), -1, dtype=np.int64)
+    after = {q: np.full(len(Queue), -1, dtype=np.int64) for q in Queue}    # at the end of each queue's last
+    pushed: dict[tuple, list[np.ndarray]] = {c: [] for c in COUNTERS}
+    popped = dict.fromkeys(COUNTERS, 0)
+    for i, ins in enumerate(instructions):
+        queue = QUEUE_OF[ins.opcode]
+        now = after[queue].copy()
+        for counter in COUNTERS:
+            producer, consumer = counter
+            if consumer == queue and ins.fields.get("pop_prev" if producer < consumer else "pop_next"):
+                if popped[counter] >= len(pushed[counter]):
+                    raise IntVitError(f"instruction {i} ({ins.opcode.name}) pops a token no earlier instruction gives")
+                now = np.maximum(now, pushed[counter][popped[counter]])
+                popped[counter] += 1
+        known[i] = now
+        done = now.copy()
+        done[queue] = i
+        after[queue] = done
+        for counter in COUNTERS:
+            producer, consumer = counter
+            if producer == queue and ins.fields.get("push_next" if producer < consumer else "push_prev"):
+                pushed[counter].append(done)
+    return known
+
+
+def check_hazards(instructions: list[Instruction], geometry: Geometry) -> int:
+    """Raise ``IntVitError`` naming the first pair of instructions the tokens leave unordered.
+
+    Returns the number of conflicting pairs checked (all ordered).
+    """
+    known = _happens_before(instructions)
+    rows = [(i, QUEUE_OF[ins.opcode], *box) for i, ins in enumerate(instructions) for box in _footprint(ins, geometry)]
+    checked = 0
+    for space in SPACES:
+        sel = [r for r in rows if r[2] == space]
+        if not sel:
+            continue
+        index, queue, _, b0, b1, lo, hi, write = (np.array(col) for col in zip(*sel))
+        for k in range(len(sel)):
+            j = index[k]
+            earlier = index < j
+            conflict = (earlier & (queue != queue[k]) & (write | write[k]) & (lo < hi[k]) & (lo[k] < hi)
+                        & (b0 < b1[k]) & (b0[k] < b1))
+            if not conflict.any():
+                continue
+            others, others_queue = index[conflict], queue[conflict]
+            ordered = known[j, others_queue] >= others
+            checked += int(conflict.sum())
+            if not ordered.all():
+                i = int(others[~ordered][-1])
+                raise IntVitError(f"instruction {j} ({instructions[j].opcode.name}) may overtake instruction {i} "
+                                  f"({instructions[i].opcode.name}): both touch {space} and no token orders them")
+    return checked
