@@ -183,3 +183,19 @@ def test_hugging_face_config_refusals(tmp_path):
     (folder / "preprocessor_config.json").write_text(json.dumps({"do_rescale": False}))
     with pytest.raises(IntVitError, match=r"preprocessor_config\.json: do_rescale false is not supported"):
         load_model_spec(folder)
+
+
+def test_preprocessing_overrides_and_their_source(tmp_path):
+    path = save(tmp_path, timm_state_dict())
+    spec = load_model_spec(path, overrides={"num_heads": 2, "mean": (0.5,) * 3, "std": (0.25,) * 3, "resize": (20,)})
+    assert (spec.config.mean, spec.config.std, spec.config.resize) == ((0.5,) * 3, (0.25,) * 3, (20,))
+    assert spec.normalization == "mean (0.5, 0.5, 0.5) std (0.25, 0.25, 0.25) from options --mean and --std"
+    spec = load_model_spec(path, overrides={"num_heads": 2, "crop_pct": 0.9, "interpolation": "bilinear"})
+    assert (spec.config.resize, spec.config.crop_pct, spec.config.interpolation) == ((), 0.9, "bilinear")
+    with pytest.raises(IntVitError, match=r"give --resize or --crop, not both"):
+        load_model_spec(path, overrides={"num_heads": 2, "crop_pct": 0.9, "resize": (20,)})
+    with pytest.raises(IntVitError, match=r"mean/std from options --mean and --std have 1/1 values but the model has 3"):
+        load_model_spec(path, overrides={"num_heads": 2, "mean": (0.5,), "std": (0.5,)})
+    # A preset alone takes the same overrides: a custom shape with seeded random weights.
+    spec = load_model_spec(None, "deit-tiny", {"img_size": 32, "depth": 1})
+    assert (spec.config.name, spec.config.img_size, spec.config.depth, spec.weights) == ("deit-tiny-custom", 32, 1, None)
