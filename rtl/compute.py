@@ -8,11 +8,12 @@ result row is written to ``ACC[acc_addr + r * acc_stride]`` the cycle after the 
 it (ACC is read in the delivery cycle for ``accumulate``); the instruction completes in the
 cycle of the last write, so a MATMUL takes ``1 + fold_cycles`` cycles (``sim.schedule``).
 
-REQUANT, ADD and GELU stream ``rows * ceil(length / lanes)`` beats from ACC (and PARAM) through
-``rtl.requant.Requantiser`` or ``rtl.gelu.Gelu`` and back into ACC, one beat a cycle: beat 0
-is read in the issue cycle, each next one in the cycle the unit takes the one before, and the
-instruction completes the cycle after the last result is written, ``1 + beats + latency``
-cycles in all. SOFTMAX and LAYERNORM are not built here yet.
+REQUANT, ADD, GELU, SOFTMAX and LAYERNORM stream ``rows * ceil(length / lanes)`` beats from ACC
+(and PARAM) through ``rtl.requant.Requantiser``, ``rtl.gelu.Gelu``, ``rtl.softmax.Softmax`` or
+``rtl.layernorm.LayerNorm`` and back into ACC: beat 0 is read in the issue cycle, each next one
+in the cycle the unit takes the one before, and the instruction completes the cycle after the
+last result is written, so its cycles are ``1`` plus the unit's own (LAYERNORM first streams
+``ceil(length / lanes)`` beats of PARAM records into the unit's parameter port).
 """
 
 from amaranth import Module, Mux, Signal, signed
@@ -23,9 +24,11 @@ from intvit.compiler.isa import INSTRUCTION_BITS, Format, Opcode
 from intvit.quant.errors import IntVitError
 from intvit.rtl.controller import field_slice
 from intvit.rtl.gelu import Gelu
+from intvit.rtl.layernorm import LayerNorm
 from intvit.rtl.loadstore import SpGeometry, _bits
 from intvit.rtl.matmul import MatMulArray
 from intvit.rtl.requant import PROGRAM_WIDTHS, Requantiser
+from intvit.rtl.softmax import Softmax
 
 __all__ = ["ComputeUnit"]
 
@@ -49,15 +52,21 @@ class ComputeUnit(wiring.Component):
     acc_waddr, acc_we, acc_wdata : one ACC word written, a write enable per lane.
     """
 
-    def __init__(self, geometry: SpGeometry, *, requant_lanes: int, gelu_lanes: int):
+    def __init__(self, geometry: SpGeometry, *, requant_lanes: int, gelu_lanes: int, softmax_lanes: int,
+                 layernorm_lanes: int, softmax_max_length: int, layernorm_width: int):
         g = self._g = geometry
         w, r, c = g.beat_bytes, g.rows, g.cols
-        for name, lanes in (("requant_lanes", requant_lanes), ("gelu_lanes", gelu_lanes)):
+        for name, lanes in (("requant_lanes", requant_lanes), ("gelu_lanes", gelu_lanes),
+                            ("softmax_lanes", softmax_lanes), ("layernorm_lanes", layernorm_lanes)):
             if not isinstance(lanes, int) or lanes < 1 or c % lanes:
                 raise IntVitError(f"{name} must be a positive divisor of cols ({c}), not {lanes!r}")
         self.array = MatMulArray(rows=r, cols=c)
-        self.requant = Requantiser(lanes=requant_lanes, widths=PROGRAM_WIDTHS, residual=True)
-        self.gelu = Gelu(lanes=gelu_lanes)
+        self._units = {
+            "requant": Requantiser(lanes=requant_lanes, widths=PROGRAM_WIDTHS, residual=True),
+            "gelu": Gelu(lanes=gelu_lanes),
+            "softmax": Softmax(lanes=softmax_lanes, max_length=softmax_max_length),
+            "layernorm": LayerNorm(lanes=layernorm_lanes, width=layernorm_width),
+        }
         super().__init__({
             "start": In(1), "insn": In(INSTRUCTION_BITS), "done": Out(1),
             "a_raddr": Out(_bits(g.a_words)).array(r), "a_ren": Out(1), "a_rdata": In(8).array(r * w),
@@ -172,50 +181,78 @@ class ComputeUnit(wiring.Component):
         return m
 
     def _vector(self, m: Module, insn, cur, done) -> dict:
-        """REQUANT, ADD and GELU: beats of ``lanes`` elements from ACC (and PARAM) through the unit and back.
+        """REQUANT, ADD, GELU, SOFTMAX, LAYERNORM: beats of ``lanes`` elements from ACC through a unit and back.
 
         Beat ``b`` of row ``i`` is elements ``j = b * lanes ..`` of ACC word ``src + i * stride + j // C``,
         lanes ``j % C ..``; it is read in the cycle before the unit takes it (the issue cycle for
-        the first), and its result is written to the same place from ``dst`` when the unit delivers it.
+        the first), and its result is written to the same place from ``dst`` when the unit delivers
+        it. LAYERNORM first streams one row's worth of PARAM records into the unit's parameter port.
         """
         g = self._g
         cols = g.cols
         cb = cols.bit_length() - 1
         V = Format.VECTOR
-        requant, gelu = m.submodules.requant, m.submodules.gelu = self.requant, self.gelu
+        units = self._units
+        for name, unit in units.items():
+            m.submodules[name] = unit
+        requant, gelu, softmax, layernorm = (units[n] for n in ("requant", "gelu", "softmax", "layernorm"))
+        kinds = {Opcode.REQUANT: 0, Opcode.ADD: 0, Opcode.GELU: 1, Opcode.SOFTMAX: 2, Opcode.LAYERNORM: 3}
+        lane_counts = [len(requant.operands.payload.x), len(gelu.i.payload), len(softmax.i.payload),
+                       len(layernorm.i.payload)]
+        kind = Signal(2)
         opcode = Signal(4)
         active = Signal()
+        cur_kind = Signal(2)
+        with m.Switch(cur[0:4]):
+            for op, k in kinds.items():
+                with m.Case(op):
+                    m.d.comb += cur_kind.eq(k)
+        start = self.start & sum((cur[0:4] == op) for op in kinds).bool()
         with m.If(self.start):
-            m.d.sync += opcode.eq(self.insn[0:4])
-        start = self.start & ((cur[0:4] == Opcode.REQUANT) | (cur[0:4] == Opcode.ADD) | (cur[0:4] == Opcode.GELU))
-        is_gelu = Mux(self.start, cur[0:4], opcode) == Opcode.GELU
+            m.d.sync += [opcode.eq(self.insn[0:4]), kind.eq(cur_kind)]
+        now_kind = Mux(self.start, cur_kind, kind)
         lanes = Signal(range(cols + 1))
-        m.d.comb += lanes.eq(Mux(is_gelu, len(gelu.i.payload), len(requant.operands.payload.x)))
+        with m.Switch(now_kind):
+            for k, count in enumerate(lane_counts):
+                with m.Case(k):
+                    m.d.comb += lanes.eq(count)
+        params_phase = Signal()                     # LAYERNORM: the parameter beats come first
 
-        # Input side: (row, element j) of the beat read next.
+        # Input side: (row, element j) of the beat presented now; the next one is read this cycle.
         in_row, in_j = Signal(16), Signal(16)
-        in_word = Signal(24)                       # ACC word of row in_row relative to src
+        in_word = Signal(24)                        # ACC word of row in_row relative to src
         feeding = Signal()
-        taken = Mux(is_gelu, gelu.i.valid & gelu.i.ready, requant.operands.valid & requant.operands.ready)
+        accepted = [requant.operands.valid & requant.operands.ready, gelu.i.valid & gelu.i.ready,
+                    softmax.i.valid & softmax.i.ready, layernorm.i.valid & layernorm.i.ready]
+        param_taken = layernorm.params.valid & layernorm.params.ready
+        taken = Signal()
+        with m.Switch(kind):
+            for k, acc in enumerate(accepted):
+                with m.Case(k):
+                    m.d.comb += taken.eq(acc)
         length = field_slice(cur, V, "length")
         stride = field_slice(cur, V, "stride")
         rows = field_slice(cur, V, "rows")
         row_end = in_j + lanes >= length
-        next_row = Mux(self.start, 0, Mux(row_end, in_row + 1, in_row))
-        next_j = Mux(self.start | row_end, 0, in_j + lanes)
-        next_word = Mux(self.start, 0, Mux(row_end, in_word + stride, in_word))
-        advance = start | taken
+        last_param = param_taken & row_end
+        restart = self.start | last_param
+        next_row = Mux(restart, 0, Mux(row_end, in_row + 1, in_row))
+        next_j = Mux(restart | row_end, 0, in_j + lanes)
+        next_word = Mux(restart, 0, Mux(row_end, in_word + stride, in_word))
+        advance = start | taken | param_taken
         s_off = Signal(range(cols))
         with m.If(advance):
             m.d.sync += [in_row.eq(next_row), in_j.eq(next_j), in_word.eq(next_word), s_off.eq(next_j[:cb])]
         with m.If(start):
-            m.d.sync += [feeding.eq(1), active.eq(1)]
+            m.d.sync += [feeding.eq(cur[0:4] != Opcode.LAYERNORM), params_phase.eq(cur[0:4] == Opcode.LAYERNORM)]
+        with m.Elif(last_param):
+            m.d.sync += [feeding.eq(1), params_phase.eq(0)]
         with m.Elif(taken & row_end & (in_row == rows - 1)):
             m.d.sync += feeding.eq(0)
         src, src_b = field_slice(cur, V, "src"), field_slice(cur, V, "src_b")
         read_word = next_word + (next_j >> cb)
         param_addr = field_slice(cur, V, "param_addr")
-        first = param_addr + next_j                  # PARAM record of the beat's first element
+        first = param_addr + next_j                 # PARAM record of the beat's first element
         ports = {"active": active | start, "acc_ren": advance, "acc_raddr": src + read_word,
                  "acc_rbaddr": src_b + read_word, "param_ren": advance,
                  "param_raddr": [(first + (lane - first[:cb])[:cb])[cb:] for lane in range(cols)]}
@@ -223,62 +260,76 @@ class ComputeUnit(wiring.Component):
         with m.If(advance):
             m.d.sync += param_rot.eq(first[:cb])
 
-        def lane_value(source, l):
-            """Lane ``l`` of the beat from a word read last cycle."""
-            value = Signal(32, name=f"{source.__class__.__name__}_{l}")
+        def lane_value(source, l, tag):
+            """Lane ``l`` of the presented beat, from an ACC word read last cycle."""
+            value = Signal(32, name=f"{tag}_lane{l}")
             with m.Switch((s_off + l)[:cb]):
                 for c in range(cols):
                     with m.Case(c):
                         m.d.comb += value.eq(source[c])
             return value
 
-        def record(l):
+        records = []
+        for l in range(max(lane_counts)):
             value = Signal(128, name=f"vector_record{l}")
             with m.Switch((param_rot + l)[:cb]):
                 for c in range(cols):
                     with m.Case(c):
                         m.d.comb += value.eq(self.param_rdata[c])
-            return value
+            records.append(value)
+        xs = [lane_value(self.acc_rdata, l, "x") for l in range(max(lane_counts))]
 
         width = field_slice(insn, V, "width")
         is_add = opcode == Opcode.ADD
         beat = requant.operands.payload
-        for l in range(len(beat.x)):
-            rec = record(l)
-            m.d.comb += [beat.x[l].eq(lane_value(self.acc_rdata, l)), beat.multiplier[l].eq(rec[32:63]),
-                         beat.shift[l].eq(rec[64:70]),
-                         beat.b[l].eq(Mux(is_add, lane_value(self.acc_rbdata, l)[:8], 0)),
+        for l in range(lane_counts[0]):
+            rec = records[l]
+            m.d.comb += [beat.x[l].eq(xs[l]), beat.multiplier[l].eq(rec[32:63]), beat.shift[l].eq(rec[64:70]),
+                         beat.b[l].eq(Mux(is_add, lane_value(self.acc_rbdata, l, "b")[:8], 0)),
                          beat.multiplier_b[l].eq(Mux(is_add, rec[80:111], 0))]
-        m.d.comb += [beat.width.eq(Mux(is_add, 0, width)), requant.operands.valid.eq(feeding & ~is_gelu)]
-        for l in range(len(gelu.i.payload)):
-            m.d.comb += gelu.i.payload[l].eq(lane_value(self.acc_rdata, l)[:17])
-        m.d.comb += gelu.i.valid.eq(feeding & is_gelu)
+        m.d.comb += [beat.width.eq(Mux(is_add, 0, width)), requant.operands.valid.eq(feeding & (kind == 0))]
+        m.d.comb += [gelu.i.payload[l].eq(xs[l][:17]) for l in range(lane_counts[1])]
+        m.d.comb += gelu.i.valid.eq(feeding & (kind == 1))
+        m.d.comb += [softmax.i.payload[l].eq(xs[l]) for l in range(lane_counts[2])]
+        m.d.comb += [softmax.i.valid.eq(feeding & (kind == 2)), softmax.length.eq(field_slice(insn, V, "length"))]
+        m.d.comb += [layernorm.i.payload[l].eq(xs[l][:8]) for l in range(lane_counts[3])]
+        m.d.comb += layernorm.i.valid.eq(feeding & (kind == 3))
+        lp = layernorm.params.payload
+        for l in range(lane_counts[3]):
+            rec = records[l]
+            m.d.comb += [lp.data[l].gamma.eq(rec[72:80]), lp.data[l].beta.eq(rec[0:32]),
+                         lp.data[l].multiplier.eq(rec[32:63]), lp.data[l].shift.eq(rec[64:70])]
+        m.d.comb += [lp.addr.eq(in_j // lane_counts[3]), layernorm.params.valid.eq(params_phase)]
 
         # Output side: results in order, to dst + the same word and lanes.
+        outputs = [(requant.results, [requant.results.payload.y[l] for l in range(lane_counts[0])]),
+                   (gelu.o, [gelu.o.payload[l] for l in range(lane_counts[1])]),
+                   (softmax.o, [softmax.o.payload.data[l] for l in range(lane_counts[2])]),
+                   (layernorm.o, [layernorm.o.payload.data[l] for l in range(lane_counts[3])])]
+        delivered = Signal()
+        out_values = [Signal(32, name=f"out{l}") for l in range(max(lane_counts))]
+        with m.Switch(kind):
+            for k, (port, values) in enumerate(outputs):
+                with m.Case(k):
+                    m.d.comb += delivered.eq(port.valid)
+                    m.d.comb += [out_values[l].eq(v) for l, v in enumerate(values)]
+        m.d.comb += [port.ready.eq(1) for port, _ in outputs]
         out_row, out_j, out_word = Signal(16), Signal(16), Signal(24)
-        delivered = Mux(is_gelu, gelu.o.valid, requant.results.valid)
-        m.d.comb += [gelu.o.ready.eq(1), requant.results.ready.eq(1)]
         out_end = out_j + lanes >= length
         with m.If(start):
             m.d.sync += [out_row.eq(0), out_j.eq(0), out_word.eq(0)]
         with m.Elif(delivered):
             m.d.sync += [out_row.eq(Mux(out_end, out_row + 1, out_row)), out_j.eq(Mux(out_end, 0, out_j + lanes)),
                          out_word.eq(Mux(out_end, out_word + stride, out_word))]
-        dst = field_slice(insn, V, "dst")
-        ports["acc_waddr"] = dst + out_word + (out_j >> cb)
+        ports["acc_waddr"] = field_slice(insn, V, "dst") + out_word + (out_j >> cb)
         offset = out_j[:cb]
         we, values = [], []
         for c in range(cols):
             hit = Signal(name=f"vector_we{c}")
             value = Signal(32, name=f"vector_wdata{c}")
-            for l in range(max(len(beat.x), len(gelu.i.payload))):
-                with m.If((offset + l)[:cb] == c):
-                    if l < len(gelu.o.payload):
-                        with m.If(is_gelu):
-                            m.d.comb += [hit.eq(delivered & (l < lanes)), value.eq(gelu.o.payload[l])]
-                    if l < len(requant.results.payload.y):
-                        with m.If(~is_gelu):
-                            m.d.comb += [hit.eq(delivered & (l < lanes)), value.eq(requant.results.payload.y[l])]
+            for l in range(max(lane_counts)):
+                with m.If(((offset + l)[:cb] == c) & (l < lanes)):
+                    m.d.comb += [hit.eq(delivered), value.eq(out_values[l])]
             we.append(hit)
             values.append(value)
         ports["acc_we"], ports["acc_wdata"] = we, values

@@ -21,9 +21,7 @@ cycle), ``insn_base`` and ``data_base`` (byte addresses, read at ``start``), ``b
 ``error``, ``error_index`` (the instruction that raised ``error``) and ``cycles`` (the cycle
 count of docs/isa.md's Timing section: END's completion cycle, counted from ``start``).
 
-Which instructions run: LOAD, STORE, MATMUL, REQUANT, ADD, GELU (``rtl.compute``), SYNC and
-END. SOFTMAX and LAYERNORM are not wired to their units yet, so the controller treats those
-opcodes as illegal: they raise ``error`` with their index rather than hang.
+Every instruction of docs/isa.md runs: MATMUL and the element-wise ones in ``rtl.compute``.
 """
 
 from dataclasses import asdict, dataclass
@@ -42,8 +40,7 @@ from intvit.rtl.loadstore import LoadUnit, SpGeometry, StoreUnit
 
 __all__ = ["SystemParams", "System", "IMPLEMENTED_OPCODES"]
 
-IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.MATMUL, Opcode.REQUANT, Opcode.ADD, Opcode.GELU,
-                       Opcode.SYNC, Opcode.END)
+IMPLEMENTED_OPCODES = tuple(Opcode)
 
 
 @dataclass(frozen=True)
@@ -64,6 +61,10 @@ class SystemParams:
     max_burst_beats: int = 16
     requant_lanes: int = 8
     gelu_lanes: int = 8
+    softmax_lanes: int = 8
+    layernorm_lanes: int = 8
+    softmax_max_length: int = 256
+    layernorm_width: int = 192
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -77,7 +78,9 @@ class SystemParams:
         return cls(rows=geometry.rows, cols=geometry.cols, a_depth=geometry.a_depth, b_depth=geometry.b_depth,
                    acc_words=geometry.acc_words, param_records=geometry.param_records,
                    axi_data_bits=memory.axi_data_bits, max_burst_beats=memory.max_burst_beats,
-                   requant_lanes=geometry.lanes["requant"], gelu_lanes=geometry.lanes["gelu"])
+                   requant_lanes=geometry.lanes["requant"], gelu_lanes=geometry.lanes["gelu"],
+                   softmax_lanes=geometry.lanes["softmax"], layernorm_lanes=geometry.lanes["layernorm"],
+                   softmax_max_length=geometry.softmax_max_length, layernorm_width=geometry.layernorm_width)
 
     @property
     def sp_geometry(self) -> SpGeometry:
@@ -108,7 +111,10 @@ class System(wiring.Component):
         self.controller = Controller(data_width=params.axi_data_bits, opcodes=IMPLEMENTED_OPCODES)
         self.load = LoadUnit(g, params.max_burst_beats)
         self.store = StoreUnit(g, params.max_burst_beats)
-        self.compute = ComputeUnit(g, requant_lanes=params.requant_lanes, gelu_lanes=params.gelu_lanes)
+        self.compute = ComputeUnit(g, requant_lanes=params.requant_lanes, gelu_lanes=params.gelu_lanes,
+                                   softmax_lanes=params.softmax_lanes, layernorm_lanes=params.layernorm_lanes,
+                                   softmax_max_length=params.softmax_max_length,
+                                   layernorm_width=params.layernorm_width)
         width = params.axi_data_bits
         super().__init__({
             "start": In(1), "insn_base": In(32), "data_base": In(32),

@@ -72,12 +72,13 @@ def matmul_program(cols: int) -> list[Instruction]:
     ]
 
 
-LENGTH, ROWS = 6, 3
+LENGTH, ROWS, MAX_LENGTH = 6, 3, 16
 
 
 def vector_program() -> list[Instruction]:
     """INT32 rows and INT8 residuals into ACC, then REQUANT to 8 bits, ADD, REQUANT to 17 bits and
-    GELU in place, each stored; rows of 6 elements over two 4-lane words, lanes beats of 2."""
+    GELU in place, SOFTMAX of the INT32 rows and LAYERNORM of the INT8 ones, each stored; rows of
+    6 elements over two 4-lane words."""
     v = dict(rows=ROWS, length=LENGTH, stride=2, param_addr=1)
     store = dict(mem=Memory.ACC, elem=1, x_count=LENGTH, y_count=1, z_count=ROWS, z_stride=4 * LENGTH + 4,
                  sp_stride=2)
@@ -91,10 +92,14 @@ def vector_program() -> list[Instruction]:
         Instruction(Opcode.REQUANT, width=0, src=0, dst=20, pop_prev=1, **v),
         Instruction(Opcode.ADD, src=20, src_b=10, dst=30, **v),
         Instruction(Opcode.REQUANT, width=1, src=0, dst=40, **v),
-        Instruction(Opcode.GELU, src=40, dst=40, push_next=1, **v),
+        Instruction(Opcode.GELU, src=40, dst=40, **v),
+        Instruction(Opcode.SOFTMAX, src=0, dst=46, **v),
+        Instruction(Opcode.LAYERNORM, src=20, dst=52, push_next=1, **v),
         Instruction(Opcode.STORE, dram_addr=0x800, sp_addr=20, pop_prev=1, **store),
         Instruction(Opcode.STORE, dram_addr=0x900, sp_addr=30, **store),
-        Instruction(Opcode.STORE, dram_addr=0xA00, sp_addr=40, push_prev=1, **store),
+        Instruction(Opcode.STORE, dram_addr=0xA00, sp_addr=40, **store),
+        Instruction(Opcode.STORE, dram_addr=0xB00, sp_addr=46, **store),
+        Instruction(Opcode.STORE, dram_addr=0xC00, sp_addr=52, push_prev=1, **store),
         Instruction(Opcode.END, pop_next=1),
     ]
 
@@ -166,11 +171,14 @@ def check_program(instructions, cols, axi_bits, max_beats, latency, dram: bytear
     and the cycle counter must equal the schedule model's prediction."""
     lanes = lanes or cols
     params = SystemParams(rows=cols, cols=cols, a_depth=64, b_depth=64, acc_words=64, param_records=16,
-                          axi_data_bits=axi_bits, max_burst_beats=max_beats, requant_lanes=lanes, gelu_lanes=lanes)
+                          axi_data_bits=axi_bits, max_burst_beats=max_beats, requant_lanes=lanes, gelu_lanes=lanes,
+                          softmax_lanes=lanes, layernorm_lanes=lanes, softmax_max_length=MAX_LENGTH,
+                          layernorm_width=LENGTH)
     stream = encode_program(instructions)
     dram[INSN_BASE:INSN_BASE + len(stream)] = stream
     geometry = Geometry(rows=cols, cols=cols, a_depth=64, b_depth=64, acc_words=64, param_records=16,
-                        lanes={"requant": lanes, "softmax": lanes, "gelu": lanes, "layernorm": lanes})
+                        lanes={"requant": lanes, "softmax": lanes, "gelu": lanes, "layernorm": lanes},
+                        softmax_max_length=MAX_LENGTH, layernorm_width=LENGTH)
     machine = Machine(geometry, DRAM_BYTES)
     machine.dram[:] = np.frombuffer(bytes(dram), dtype=np.uint8)
     for index, ins in enumerate(instructions):
@@ -181,7 +189,8 @@ def check_program(instructions, cols, axi_bits, max_beats, latency, dram: bytear
     assert differ.size == 0, f"external memory differs at {[hex(a) for a in differ[:8]]}"
     config = AcceleratorConfig().with_(memory__axi_data_bits=axi_bits, memory__max_burst_beats=max_beats,
                                        memory__read_latency_cycles=latency[0], memory__write_latency_cycles=latency[1],
-                                       matmul__rows=cols, matmul__cols=cols, requant__lanes=lanes, gelu__lanes=lanes)
+                                       matmul__rows=cols, matmul__cols=cols, requant__lanes=lanes, gelu__lanes=lanes,
+                                       softmax__lanes=lanes, layernorm__lanes=lanes)
     assert result["cycles"] == predict_cycles(instructions, config)
 
 
@@ -195,7 +204,7 @@ def test_matmul_matches_the_executor(cols, axi_bits, latency):
 
 
 @pytest.mark.parametrize("lanes", [2, 4])
-def test_requant_add_gelu_match_the_executor(lanes):
+def test_vector_instructions_match_the_executor(lanes):
     rng = np.random.default_rng(lanes)
     dram = bytearray(rng.integers(0, 256, DRAM_BYTES, dtype=np.uint8).tobytes())
     for row in range(ROWS):
@@ -203,7 +212,8 @@ def test_requant_add_gelu_match_the_executor(lanes):
         start = 0x100 + row * (4 * LENGTH + 8)
         dram[start:start + values.nbytes] = values.tobytes()
     params = pack_params(LENGTH, multiplier=rng.integers(2**29, 2**30, LENGTH), shift=rng.integers(20, 26, LENGTH),
-                         multiplier_b=rng.integers(2**29, 2**30, LENGTH))
+                         multiplier_b=rng.integers(2**29, 2**30, LENGTH), gamma=rng.integers(-128, 128, LENGTH),
+                         bias=rng.integers(-2**16, 2**16, LENGTH))
     dram[0x400:0x400 + params.size] = params.tobytes()
     check_program(vector_program(), 4, 32, 16, (3, 2), dram, lanes=lanes)
 
