@@ -16,7 +16,7 @@ from intvit.quant.errors import IntVitError
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = ("accuracy", "quantize", "compile", "simulate", "sweep", "topology", "verilog", "synth")
+COMMANDS = ("accuracy", "quantize", "compile", "simulate", "sweep", "topology", "verilog", "synth", "rtl-run")
 
 # Errors that come from what the user gave us, not from a bug in intvit.
 USER_ERRORS = (IntVitError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"intvit.commands.{name}").register(sub)
+        importlib.import_module(f"intvit.commands.{name.replace('-', '_')}").register(sub)
     for command in sub.choices.values():     # `intvit accuracy --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser

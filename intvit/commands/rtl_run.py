@@ -1,0 +1,101 @@
+"""``intvit rtl-run``: a compiled model on the accelerator's RTL (Verilator, cocotb, cocotbext-axi's AxiRam).
+
+Quantises the model (or loads ``--program``), compiles it for ``--config``, builds
+``rtl.system.System`` with Verilator and runs ``--images`` test images on it, external memory
+being an ``AxiRam`` slowed to the config's memory latencies. For each image it prints the RTL's
+INT32 logits and predicted class, the golden executor's verdict, the RTL's cycle counter and
+``sim.schedule``'s prediction for the same config; then the predicted busy cycles per
+instruction class. ``--json`` holds ``images``: per image ``logits``, ``golden_logits``,
+``rtl_cycles`` and ``sim_cycles``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+
+import numpy as np
+
+from intvit.commands.common import (
+    add_calibration_arguments, add_model_arguments, build_program, load_images, load_model, positive_int, progress,
+    write_json,
+)
+from intvit.quant.atomic import check_output_file
+from intvit.quant.errors import IntVitError
+from intvit.sim.config import load_config
+
+__all__ = ["register", "run"]
+
+DEFAULT_DATA = "mnist"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "rtl-run",
+        help="run a compiled model on the accelerator's RTL (Verilator + cocotb + AxiRam)",
+        description="Compile a model for --config, build the whole accelerator with Verilator and run test "
+        "images on it with cocotbext-axi's AxiRam as external memory: logits, class, RTL cycles against the "
+        "cycle model's prediction.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="accelerator TOML (default: the built-in accelerator)")
+    add_model_arguments(parser)
+    add_calibration_arguments(parser)
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help="calibration and test images: mnist, digits or an ImageFolder directory (default: %(default)s)")
+    parser.add_argument("--images", type=positive_int, default=1, metavar="N", help="test images to run (default: 1)")
+    parser.add_argument("--work-dir", metavar="DIR", help="build and run folder (default: a temporary one)")
+    parser.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                        help="write the results as JSON to FILE, or alone: print them instead of the text")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from intvit.compiler.codegen import compile_program
+    from intvit.harness.run import build_system, run_images
+    from intvit.harness.runner import verilator_missing
+    from intvit.quant.executor import run_program
+    from intvit.sim.schedule import program_macs, schedule
+
+    if args.json not in (None, "-"):
+        check_output_file(args.json)
+    reason = verilator_missing()
+    if reason is not None:
+        raise IntVitError(reason)
+    config = load_config(args.config)
+    program = build_program(args, load_model(args), args.data)
+    compiled = compile_program(program, config)
+    report = schedule(compiled.instructions, config, macs=program_macs(program))
+    images, labels, _ = load_images(args.data, program.config, "test", args.images)
+    xs = [program.quantize_input(images[i:i + 1]) for i in range(len(images))]
+    with tempfile.TemporaryDirectory(prefix="intvit-rtl-") as scratch:
+        work = args.work_dir or scratch
+        model = build_system(compiled, config, work)
+        results = run_images(compiled, config, xs, work, model=model,
+                             progress=lambda it: progress(it, "rtl", len(xs), unit="image"))
+    rows = []
+    for i, (x, result) in enumerate(zip(xs, results)):
+        golden = run_program(program, x)
+        rows.append({"image": i, "label": int(labels[i]), "logits": result.logits.tolist(),
+                     "golden_logits": np.asarray(golden).tolist(), "bit_exact": bool(np.array_equal(result.logits, golden)),
+                     "predicted_class": int(np.argmax(result.logits[0])), "rtl_cycles": result.cycles,
+                     "sim_cycles": report.total_cycles, "wall_s": round(result.wall_s, 2)})
+    data = {"model": program.config.name, "instructions": len(compiled.instructions),
+            "build_s": round(model.build_s, 1), "images": rows, "classes": report.classes,
+            "config": dataclasses.asdict(config)}
+    if args.json:
+        write_json(data, args.json)
+    if args.json != "-":
+        print(f"{program.config.name} on the RTL: {len(compiled.instructions):,} instructions, "
+              f"Verilator build {model.build_s:.0f} s")
+        for row in rows:
+            error = 100 * (row["rtl_cycles"] - row["sim_cycles"]) / row["sim_cycles"]
+            print(f"image {row['image']} (label {row['label']}): class {row['predicted_class']}, logits "
+                  f"{row['logits'][0]}, bit-exact vs golden: {'yes' if row['bit_exact'] else 'NO'}; "
+                  f"RTL {row['rtl_cycles']:,} cycles, predicted {row['sim_cycles']:,} ({error:+.2f}%), "
+                  f"{row['wall_s']:.1f} s")
+        print("predicted busy cycles per instruction class: " + ", ".join(
+            f"{name} {entry['busy_cycles']:,} ({entry['count']:,})" for name, entry in report.classes.items()))
+    if not all(row["bit_exact"] for row in rows):
+        raise IntVitError("the RTL's logits differ from the golden executor's")
+    return 0
