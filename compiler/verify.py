@@ -95,30 +95,35 @@ def _happens_before(instructions: list[Instruction]) -> np.ndarray:
 
 
 def check_hazards(instructions: list[Instruction], geometry: Geometry) -> int:
-    """Raise ``IntVitError`` naming the first pair of instructions the tokens leave unordered.
+    """Raise ``IntVitError`` naming a pair of conflicting instructions the tokens leave unordered.
 
-    Returns the number of conflicting pairs checked (all ordered).
+    Only instructions of another module that are not yet known complete when an instruction
+    starts can race with it, so each instruction is compared with that window alone.
+    Returns the number of (instruction, unordered earlier instruction) pairs examined.
     """
     known = _happens_before(instructions)
-    rows = [(i, QUEUE_OF[ins.opcode], *box) for i, ins in enumerate(instructions) for box in _footprint(ins, geometry)]
-    checked = 0
+    boxes = [(i, QUEUE_OF[ins.opcode], *box) for i, ins in enumerate(instructions)
+             for box in _footprint(ins, geometry)]
+    examined = 0
     for space in SPACES:
-        sel = [r for r in rows if r[2] == space]
+        sel = [b for b in boxes if b[2] == space]
         if not sel:
             continue
         index, queue, _, b0, b1, lo, hi, write = (np.array(col) for col in zip(*sel))
+        by_queue = {q: np.flatnonzero(queue == q) for q in Queue}
         for k in range(len(sel)):
             j = index[k]
-            earlier = index < j
-            conflict = (earlier & (queue != queue[k]) & (write | write[k]) & (lo < hi[k]) & (lo[k] < hi)
-                        & (b0 < b1[k]) & (b0[k] < b1))
-            if not conflict.any():
-                continue
-            others, others_queue = index[conflict], queue[conflict]
-            ordered = known[j, others_queue] >= others
-            checked += int(conflict.sum())
-            if not ordered.all():
-                i = int(others[~ordered][-1])
-                raise IntVitError(f"instruction {j} ({instructions[j].opcode.name}) may overtake instruction {i} "
-                                  f"({instructions[i].opcode.name}): both touch {space} and no token orders them")
-    return checked
+            for q, rows in by_queue.items():
+                if q == queue[k] or not rows.size:
+                    continue
+                first = np.searchsorted(index[rows], known[j, q], side="right")
+                last = np.searchsorted(index[rows], j, side="left")
+                window = rows[first:last]
+                examined += window.size
+                clash = window[(write[window] | write[k]) & (lo[window] < hi[k]) & (lo[k] < hi[window])
+                               & (b0[window] < b1[k]) & (b0[k] < b1[window])]
+                if clash.size:
+                    i = int(index[clash[-1]])
+                    raise IntVitError(f"instruction {j} ({instructions[j].opcode.name}) may overtake instruction {i} "
+                                      f"({instructions[i].opcode.name}): both touch {space} and no token orders them")
+    return examined

@@ -7,9 +7,9 @@ Writes, into one folder and all or none (``quant.atomic.atomic_folder``):
 * ``manifest.json``: the address of every region, the input and output, the scratchpad
   geometry, the accelerator config, instruction counts and the predicted cycles.
 
-With ``--check`` it also runs the first test image through the instruction-level executor,
-in program order and in the schedule's overlapped order, and compares the logits with the
-golden executor's.
+With ``--check`` it also proves the stream race-free (``compiler.verify.check_hazards``) and
+runs the first test image through the instruction-level executor, in program order and in the
+schedule's overlapped order, comparing the logits with the golden executor's.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--out", metavar="DIR", required=True, help="folder for program.bin, image.bin, manifest.json")
     parser.add_argument("--check", action="store_true",
-                        help="run the first test image through the compiled stream and compare with the golden "
-                             "executor")
+                        help="prove the stream race-free, run the first test image through it and compare with "
+                             "the golden executor")
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE",
                         help="write the summary as JSON to FILE, or alone: print it instead of the text")
     parser.set_defaults(run=run)
@@ -70,6 +70,7 @@ def write_compiled(compiled, folder: str | Path, extra: dict | None = None) -> P
 def run(args: argparse.Namespace) -> int:
     from intvit.compiler.codegen import compile_program
     from intvit.compiler.executor import execute
+    from intvit.compiler.verify import check_hazards
     from intvit.quant.executor import run_program
     from intvit.sim.schedule import program_macs, schedule
 
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         "classes": report.classes, "config": dataclasses.asdict(config),
     }
     if args.check:
+        check_hazards(compiled.instructions, compiled.geometry)      # raises on a race the tokens allow
         images, _, _ = load_images(args.data, program.config, "test", 1)
         x = program.quantize_input(images[:1])
         golden = run_program(program, x)
@@ -108,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
           f"MAC utilisation {100 * report.mac_utilization:.1f}%")
     if args.check:
         check = summary["check"]
-        print(f"  logits {check['logits'][0]}\n  golden {check['golden_logits'][0]}\n"
+        print(f"  hazards: every conflicting access ordered by tokens\n"
+              f"  logits {check['logits'][0]}\n  golden {check['golden_logits'][0]}\n"
               f"  bit-exact (program order and overlapped schedule): {'yes' if check['bit_exact'] else 'NO'}")
         if not check["bit_exact"]:
             raise IntVitError("the compiled stream's logits differ from the golden executor's")
