@@ -21,8 +21,8 @@ A row is buffered once and read three times, in these phases per row:
 Newton's quotients fit 16 bits: every estimate is at least ``s = floor(sqrt(var))`` (the
 start is ``>= sqrt(var)``, and ``(x + var // x) // 2 = floor((x + var / x) / 2) >= s`` by
 the AM-GM inequality), and ``var <= s**2 + 2 s``, so ``var // x <= s + 2 <= 46342`` for
-``var < 2**31`` (46341 at most, by an exhaustive run over every ``var``); a zero
-estimate (only from ``var = 0``) divides as 1.
+``var < 2**31``; a zero estimate (only from ``var = 0``) divides as 1. The proof's steps are
+checked by ``tests/quant/test_layernorm.py::test_newton_quotients_fit_the_narrow_divider_by_proof``.
 
 Products are exact: ``int_layernorm``'s int64 arithmetic agrees wherever it does not wrap,
 which holds for ``|z| * multiplier < 2**63`` (all realistic gamma, beta and scales).
@@ -55,10 +55,10 @@ LAYERNORM_PARAM_LAYOUT = data.StructLayout({
     "multiplier": unsigned(MULTIPLIER_BITS),
     "shift": unsigned(MAX_SHIFT.bit_length()),
 })
-# Per row beyond three passes over the beats: MEAN (1), the VAR pass drain (buffer read,
-# centre, square: 3; the sum is taken on the edge the square is ready), VAR requantisation
-# (1), the Newton start (1), each division with its issue cycle, and the OUT pipeline fill
-# (buffer read, y, z, output: 4).
+# Per row beyond three passes over the beats, from this unit's states and stages: MEAN, the
+# VAR pass drain (3), VAR_SCALE, SQRT_START, each division with its issue cycle, the OUT fill
+# (4). The cycle model composes the same figure from the widths (sim.layernorm.layernorm_latency);
+# the benches hold both to the measured cycles.
 LAYERNORM_ROW_OVERHEAD_CYCLES = (1 + 3 + 1 + 1 + ISQRT_ITERATIONS * (divider_cycles(NEWTON_QUOTIENT_BITS) + 1)
                                  + divider_cycles(DIVIDER_BITS) + 1 + 4)
 

@@ -4,10 +4,13 @@ import math
 
 import numpy as np
 import pytest
+import sympy
 
 import intvit.quant.layernorm as layernorm
 from intvit.quant.errors import IntVitError
-from intvit.quant.layernorm import ISQRT_ITERATIONS, LN_NORM_FRAC_BITS, int_layernorm, int_sqrt, layernorm_divisors
+from intvit.quant.layernorm import (
+    ISQRT_INPUT_BITS, ISQRT_ITERATIONS, LN_NORM_FRAC_BITS, int_layernorm, int_sqrt, layernorm_divisors,
+)
 from intvit.quant.requant import dyadic, requantize
 
 # Output scale: normalised values up to ~6 sigma times |gamma| <= 2 fit INT8.
@@ -92,6 +95,53 @@ def test_int_sqrt_every_31_bit_input():
     for start in range(0, 2**31, chunk):
         n = np.arange(start, start + chunk, dtype=np.int64)
         assert np.array_equal(int_sqrt(n), exact_isqrt(n)), start
+
+
+# ------------------------------------------------------------- Newton's quotients fit 16 bits
+def test_newton_quotients_fit_the_narrow_divider_by_proof():
+    """``var // x < 2**16`` at every Newton step for every ``var < 2**31``: a proof, each step checked.
+
+    The RTL's and the cycle model's Newton divider has ``NEWTON_QUOTIENT_BITS`` = 16 quotient
+    bits; a quotient that did not fit would come out wrong, silently. With ``s = isqrt(var)``:
+
+    1. the start ``2**ceil(bits(var) / 2)`` is at least ``s`` (checked for all 32 bit lengths);
+    2. a step keeps every estimate ``x >= s``: ``(x + var // x) // 2 >= s`` for ``x >= 1``,
+       since ``var // x >= s*s // x >= 2 s - x`` because ``s*s - x (2 s - x) = (s - x)**2 >= 0``
+       (sympy checks the identity; the floor of a number at least an integer is at least it),
+       and ``min(x, step)`` keeps the smaller of two values that are both ``>= s``;
+    3. so ``var // x <= var // s <= (s*s + 2 s) // s = s + 2`` (``var < (s + 1)**2``), at most
+       ``isqrt(2**31 - 1) + 2`` = 46342 (for ``var = 0`` the divisor is 1 and the quotient 0).
+    """
+    from intvit.rtl.layernorm import NEWTON_QUOTIENT_BITS as RTL_BITS
+    from intvit.sim.layernorm import NEWTON_QUOTIENT_BITS as SIM_BITS
+
+    # 1: the start bounds isqrt of the largest value of its bit length, hence of every value.
+    for bits in range(ISQRT_INPUT_BITS + 1):
+        assert 1 << ((bits + 1) >> 1) >= math.isqrt((1 << bits) - 1 if bits else 0), bits
+    # 2: the identity behind the AM-GM step, and the step itself on a dense small range.
+    s, x = sympy.symbols("s x", integer=True)
+    assert sympy.expand(s * s - x * (2 * s - x) - (s - x) ** 2) == 0
+    roots = np.arange(0, 1 << 10, dtype=np.int64)[:, None]
+    estimates = np.arange(1, 1 << 12, dtype=np.int64)[None, :]
+    assert ((estimates + roots * roots // estimates) >> 1 >= roots).all()
+    # 3: the bound, and the divider widths that rely on it.
+    bound = math.isqrt((1 << ISQRT_INPUT_BITS) - 1) + 2
+    assert bound == 46342 and bound < 1 << RTL_BITS and bound < 1 << SIM_BITS
+    # Cross-check: Newton as the unit runs it, on the values where var // x peaks (var = s*s + 2 s
+    # just below the next square), the squares, and the widest inputs, reaches the bound less one.
+    top = np.arange(1, math.isqrt((1 << ISQRT_INPUT_BITS) - 1) + 1, dtype=np.int64)
+    var = np.concatenate([top**2 + 2 * top, top**2, top**2 - 1,
+                          np.arange((1 << ISQRT_INPUT_BITS) - 4096, 1 << ISQRT_INPUT_BITS)])
+    var = var[var < 1 << ISQRT_INPUT_BITS]
+    estimate = np.int64(1) << ((np.ceil(np.log2(var + 1)).astype(np.int64) + 1) >> 1)
+    worst = 0
+    for _ in range(ISQRT_ITERATIONS):
+        quotient = var // np.maximum(estimate, 1)
+        assert (estimate >= int_sqrt(var)).all()
+        worst = max(worst, int(quotient.max()))
+        estimate = np.minimum(estimate, (estimate + quotient) >> 1)
+    assert (estimate == int_sqrt(var)).all()
+    assert bound - 2 <= worst <= bound
 
 
 # ------------------------------------------------------------------------------------ LayerNorm

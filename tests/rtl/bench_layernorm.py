@@ -3,7 +3,9 @@
 Parameters (``bench_params``): ``lanes``, ``width``, ``latency``, ``seed``, ``rows`` (random
 rows besides the edge rows) and ``cycle_rows`` (row counts to time). Channel parameters
 are loaded through the ``params`` stream first. Hands back ``records``:
-``{"lanes", "latency", "rows", "width", "cycles"}`` for ``sim.layernorm.layernorm_cycles``.
+``{"lanes", "latency", "rows", "width", "cycles"}`` for ``sim.layernorm.layernorm_cycles``,
+and the edge classes the rows covered. The lanes past ``width`` carry random junk, in the
+rows and in the parameter beats: the unit must ignore them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import random
 
 import cocotb
 import numpy as np
-from bench_streams import check_rows, pack, reset, stream_through
+from bench_streams import check_rows, cover, pack, reset, stream_through
 from runner import bench_params, bench_result
 
 from intvit.quant.layernorm import int_layernorm, layernorm_divisors
@@ -54,37 +56,61 @@ def random_rows(count: int, width: int, rng: np.random.Generator) -> list[np.nda
     return rows
 
 
-async def load_params(dut, params: dict[str, np.ndarray], lanes: int) -> None:
+async def load_params(dut, params: dict[str, np.ndarray], lanes: int, junk: np.random.Generator) -> None:
     width = len(params["gamma"])
     beats = -(-width // lanes)
     addr_bits = (beats - 1).bit_length()
     words = []
     for beat in range(beats):
         word = 0
-        for lane, channel in enumerate(range(beat * lanes, min((beat + 1) * lanes, width))):
-            fields = (int(params["gamma"][channel]) & 0xFF
-                      | (int(params["beta"][channel]) & 0xFFFFFFFF) << GAMMA_BITS
-                      | int(params["multiplier"][channel]) << (GAMMA_BITS + BETA_BITS)
-                      | int(params["shift"][channel]) << (GAMMA_BITS + BETA_BITS + MULTIPLIER_BITS))
+        for lane in range(lanes):
+            channel = beat * lanes + lane
+            if channel < width:
+                fields = (int(params["gamma"][channel]) & 0xFF
+                          | (int(params["beta"][channel]) & 0xFFFFFFFF) << GAMMA_BITS
+                          | int(params["multiplier"][channel]) << (GAMMA_BITS + BETA_BITS)
+                          | int(params["shift"][channel]) << (GAMMA_BITS + BETA_BITS + MULTIPLIER_BITS))
+            else:
+                fields = int.from_bytes(junk.bytes(-(-PARAM_BITS // 8)), "little") & ((1 << PARAM_BITS) - 1)
             word |= fields << (lane * PARAM_BITS)
         words.append({"params__payload": beat | word << addr_bits})
     await stream_through(dut, words, 0, source="params")
 
 
 async def run_rows(dut, rows: list[np.ndarray], params: dict[str, np.ndarray], lanes: int,
-                   rng: random.Random | None = None, **stalls):
-    """Stream ``rows`` through the unit and check every output beat; returns the run."""
+                   junk: np.random.Generator, rng: random.Random | None = None, **stalls):
+    """Stream ``rows`` through the unit and check every output beat; returns the run and the golden rows."""
     width = len(params["gamma"])
     beats = []
     for row in rows:
-        padded = np.concatenate([row, np.full(-width % lanes, -99)]).reshape(-1, lanes)
+        padded = np.concatenate([row, junk.integers(-128, 128, -width % lanes)]).reshape(-1, lanes)
         beats += [{"i__payload": pack(beat, 8)} for beat in padded]
     run = await stream_through(dut, beats, len(beats), rng=rng, **stalls)
     divisors = layernorm_divisors(width)
     want = int_layernorm(np.array(rows), params["gamma"], params["beta"], params["multiplier"], params["shift"],
                          divisors).astype(np.int64)
     check_rows(run.outputs, rows, want, OUT_BITS, lanes)
-    return run
+    return run, want
+
+
+VARIANCE_CLASSES = ("constant row", "spread 1 LSB", "narrow", "full INT8 range")
+OUTPUT_CLASSES = ("saturates at 127", "saturates at -128", "within range")
+
+
+def variance_class(row: np.ndarray) -> str:
+    spread = int(row.max()) - int(row.min())
+    if spread == 0:
+        return "constant row"
+    if spread == 1:
+        return "spread 1 LSB"
+    return "full INT8 range" if row.min() == -128 and row.max() == 127 else "narrow"
+
+
+def output_classes(out: np.ndarray) -> list[str]:
+    """The classes of one output row, its last two channels left out (their beta saturates them)."""
+    out = out[:-2]
+    return ([name for name, hit in zip(OUTPUT_CLASSES, (np.any(out == 127), np.any(out == -128),
+                                                           np.any((out > -128) & (out < 127)))) if hit])
 
 
 @cocotb.test()
@@ -95,8 +121,13 @@ async def random_and_edge_rows(dut):
     params = channel_params(p["width"], rng)
     rows = edge_rows(p["width"], rng) + random_rows(p["rows"], p["width"], rng)
     await reset(dut)
-    await load_params(dut, params, p["lanes"])
-    await run_rows(dut, rows, params, p["lanes"], random.Random(p["seed"]), idle=0.2, stall=0.2)
+    await load_params(dut, params, p["lanes"], rng)
+    _, want = await run_rows(dut, rows, params, p["lanes"], rng, random.Random(p["seed"]), idle=0.2, stall=0.2)
+    variances = VARIANCE_CLASSES if p["width"] > 1 else VARIANCE_CLASSES[:1]     # one value: constant
+    cover("layernorm.variance", variances, [variance_class(row) for row in rows])
+    if p["width"] > 2:
+        cover("layernorm.output", OUTPUT_CLASSES, [name for out in want for name in output_classes(out)])
+    bench_result(rows=len(rows))
 
 
 @cocotb.test()
@@ -107,9 +138,9 @@ async def latency(dut):
     params = channel_params(p["width"], rng)
     records = []
     await reset(dut)
-    await load_params(dut, params, p["lanes"])
+    await load_params(dut, params, p["lanes"], rng)
     for rows in p["cycle_rows"]:
-        run = await run_rows(dut, random_rows(rows, p["width"], rng), params, p["lanes"])
+        run, _ = await run_rows(dut, random_rows(rows, p["width"], rng), params, p["lanes"], rng)
         records.append({"lanes": p["lanes"], "latency": p["latency"], "rows": rows, "width": p["width"],
                         "cycles": run.cycles})
     bench_result(records=records)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from amaranth.lib.wiring import In
 
-from intvit.rtl.verilog import to_verilog
+from intvit.rtl.verilog import LINT_WAIVERS, to_verilog
 
 __all__ = [
     "BENCH_DIR", "CYCLES_DIR", "PARAMS_ENV", "RESULT_ENV", "PORTS_ENV", "SKIP_ENV", "UPDATE_CYCLES_ENV",
@@ -88,8 +88,8 @@ def write_verilog(design, path: Path, *, name: str) -> Path:
 
 
 def run_bench(design, *, toplevel: str, test_module: str, build_dir: Path,
-              params: Mapping | None = None, sources: Iterable[Path] = ()) -> BenchRun:
-    """Simulate ``design`` on Icarus with the cocotb module ``test_module``.
+              params: Mapping | None = None, sources: Iterable[Path] = (), simulator: str = "icarus") -> BenchRun:
+    """Simulate ``design`` on Icarus (or Verilator) with the cocotb module ``test_module``.
 
     Parameters
     ----------
@@ -106,6 +106,8 @@ def run_bench(design, *, toplevel: str, test_module: str, build_dir: Path,
         JSON-serialisable values the bench reads with ``bench_params()``.
     sources : iterable of Path
         Extra Verilog sources to compile alongside.
+    simulator : {"icarus", "verilator"}
+        cocotb's simulator; Verilator compiles the design to C++ first (tens of seconds).
 
     Returns
     -------
@@ -129,11 +131,13 @@ def run_bench(design, *, toplevel: str, test_module: str, build_dir: Path,
         if path not in sys.path:
             sys.path.insert(0, path)
 
-    runner = get_runner("icarus")
+    runner = get_runner(simulator)
     sim_log = build_dir / "sim.log"
     try:
+        # Verilator stops on its default warnings: the same waivers as the lint (rtl.verilog).
+        build_args = [f"-Wno-{name}" for name in LINT_WAIVERS] if simulator == "verilator" else []
         runner.build(sources=[source, *sources], hdl_toplevel=toplevel, build_dir=build_dir / "sim_build",
-                     timescale=TIMESCALE, always=True, log_file=build_dir / "build.log")
+                     timescale=TIMESCALE, always=True, log_file=build_dir / "build.log", build_args=build_args)
         results_xml = runner.test(test_module=test_module, hdl_toplevel=toplevel, test_dir=build_dir,
                                   extra_env={PARAMS_ENV: str(params_path), RESULT_ENV: str(result_path),
                                              PORTS_ENV: json.dumps(_port_names(design))},
