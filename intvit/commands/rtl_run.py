@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json not in (None, "-"):
         check_output_file(args.json)
+    config = load_config(args.config)
     reason = verilator_missing()
     if reason is not None:
         raise IntVitError(reason)
-    config = load_config(args.config)
     program = build_program(args, load_model(args), args.data)
     compiled = compile_program(program, config)
     report = schedule(compiled.instructions, config, macs=program_macs(program))
