@@ -154,6 +154,9 @@ class ClusterMap:
         self._bar.refresh()
         results: list = [None] * len(items)
         for future, result in as_completed(futures, with_results=True):
+            if future.status == "cancelled":     # every worker holding the scattered arguments died at once
+                raise RuntimeError(f"{self.desc}: every worker died and the shared model/program was lost "
+                                   "with them; run again")
             results[future.key[1]] = result
             future.release()     # a result in hand need not be recomputed if its worker dies later
             self._bar.update()

@@ -89,12 +89,18 @@ def _compared(program: IntProgram) -> list:
     return [(name, info) for name, info in program.tensors.items() if info.float_name and info.scale]
 
 
-def compare_batch(model: ViT, program: IntProgram, chunk: np.ndarray) -> BatchComparison:
+def compare_batch(model: ViT, program: IntProgram, threads: int | None, chunk: np.ndarray) -> BatchComparison:
     """Float and integer inference on one batch of normalised images, reduced to its sums.
 
     A pure function of its arguments, so batches can run anywhere (another process, another
-    machine) and :func:`combine` still gives the single-process numbers bit for bit.
+    machine of the same kind) and :func:`combine` still gives the single-process numbers bit
+    for bit. ``threads`` sets torch's thread count first: the float head's GEMM splits its
+    reduction by thread, so its last bits depend on the count (the integer side does not).
     """
+    import torch
+
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
     floats = {}
     float_logits = record_activations(model, chunk, floats.__setitem__)
     logits, tensors = run_program(program, program.quantize_input(chunk), collect=True)
@@ -158,12 +164,16 @@ def compare(model: ViT, program: IntProgram, images: np.ndarray, labels: np.ndar
     progress : callable, optional
         Wraps the batch iterable of the in-process run (a progress bar).
     map_batches : callable, optional
-        ``map_batches(compare_batch, (model, program), chunks)`` returning the per-batch results
-        in chunk order, e.g. on a cluster (``intvit.cluster``); default: in this process.
+        ``map_batches(compare_batch, shared, chunks)`` returning ``[compare_batch(*shared, chunk)
+        for chunk in chunks]``, e.g. on a cluster's workers (``intvit.cluster``); default: in this
+        process. The workers run the float model with this process's torch thread count.
     """
+    import torch
+
     chunks = batches(images, batch_size)
+    shared = (model, program, torch.get_num_threads())
     if map_batches is not None:
-        parts = map_batches(compare_batch, (model, program), chunks)
+        parts = map_batches(compare_batch, shared, chunks)
     else:
-        parts = [compare_batch(model, program, chunk) for chunk in (progress(chunks) if progress else chunks)]
+        parts = [compare_batch(*shared, chunk) for chunk in (progress(chunks) if progress else chunks)]
     return combine(program, parts, labels)

@@ -14,12 +14,18 @@ import subprocess
 import sys
 
 import distributed
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from intvit.cli import main
 from intvit.cluster import engine
 from intvit.cluster.search import SearchSpace, objective_values, pareto_mask, search
 from intvit.commands.sweep import shape_program, simulate_point
+from intvit.quant.checkpoint import save_weights
+from intvit.quant.config import ViTConfig
+from intvit.quant.model import ViT
 from intvit.sim.config import load_config
 
 ACCURACY = ["accuracy", "--limit", "32", "--batch-size", "8", "--calib-size", "8"]
@@ -50,6 +56,37 @@ def test_accuracy_on_cluster_is_byte_identical(cluster, accuracy_json, tmp_path,
     assert main([*ACCURACY, "--cluster", cluster.scheduler.address, "--json", str(path)]) == 0
     assert path.read_bytes() == accuracy_json
     assert "died" not in capfd.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def wide_head(tmp_path_factory) -> tuple[str, str]:
+    """Weights of a one-block ViT with DeiT-Tiny's 192 -> 1000 head, and a 1,000-class folder of 40 images.
+
+    The head's float GEMM splits its reduction by torch thread, so its logits' last bits
+    depend on the thread count: workers must use the starting process's.
+    """
+    root = tmp_path_factory.mktemp("wide")
+    config = ViTConfig(name="wide-head", img_size=32, patch_size=16, embed_dim=192, depth=1, num_heads=3,
+                       num_classes=1000)
+    torch.manual_seed(0)
+    save_weights(ViT(config).eval(), root / "wide.safetensors")
+    rng = np.random.default_rng(0)
+    for label in range(config.num_classes):
+        folder = root / "images" / f"c{label:04d}"
+        folder.mkdir(parents=True)
+        for i in range(5 if label < 8 else 0):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return str(root / "wide.safetensors"), str(root / "images")
+
+
+def test_float_head_bits_survive_the_cluster(cluster, wide_head, tmp_path):
+    assert torch.get_num_threads() > 1      # workers have one thread by default: otherwise nothing to catch
+    weights, images = wide_head
+    args = ["accuracy", "--weights", weights, "--data", images, "--batch-size", "8", "--calib-size", "8"]
+    one, two = tmp_path / "one.json", tmp_path / "cluster.json"
+    assert main([*args, "--json", str(one)]) == 0
+    assert main([*args, "--cluster", cluster.scheduler.address, "--json", str(two)]) == 0
+    assert two.read_bytes() == one.read_bytes()
 
 
 def test_sweep_on_cluster_is_byte_identical(cluster, tmp_path):
