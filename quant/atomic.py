@@ -64,16 +64,17 @@ def check_output_folder(path: str | Path) -> Path:
     path = Path(path)
     try:
         if any(len(os.fsencode(part)) > NAME_MAX for part in path.parts):
-            raise IntVitError(f"{path}: a folder name is longer than {NAME_MAX} bytes")
+            raise IntVitError(f"{path}: a directory name is longer than {NAME_MAX} bytes")
         existing = path
         while not existing.exists():
             existing = existing.parent
         if not existing.is_dir():
-            raise IntVitError(f"{path}: {existing} is a file, not a folder")
+            where = "" if existing == path else f"{existing} "
+            raise IntVitError(f"{path}: {where}is a file, not a directory")
     except OSError as exc:
         raise IntVitError(os_error_message(path, exc)) from None
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise IntVitError(f"{path}: folder {existing} is not writable")
+        raise IntVitError(f"{path}: directory {existing} is not writable")
     return path
 
 

@@ -93,7 +93,7 @@ def to_verilog(design, name: str, ports=None) -> str:
     return yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True)
 
 
-def generate(params: TopParams, out_dir: str | Path) -> list[Path]:
+def generate(params: TopParams, out_dir: str | Path, progress: Callable | None = None) -> list[Path]:
     """Write ``<module>.v`` for every unit and the top, and ``manifest.json``; return their paths.
 
     Parameters
@@ -102,13 +102,17 @@ def generate(params: TopParams, out_dir: str | Path) -> list[Path]:
     out_dir : str or Path
         Created if missing; existing files of the same names are replaced, all of them or, if
         anything fails, none.
+    progress : callable, optional
+        Wraps the iterator of ``(module name, builder)`` pairs (e.g. a tqdm bar): the top of a
+        large array takes minutes to elaborate.
     """
     check_size(params)
     out_dir = check_output_folder(out_dir)
     names, modules = [], {}
     # Every file or none: written to a staging folder, moved into out_dir when all are done.
     with atomic_folder(out_dir) as staging:
-        for name, build in designs(params).items():
+        items = designs(params).items()
+        for name, build in progress(items) if progress else items:
             design = build()
             (staging / f"{name}.v").write_text(to_verilog(design, name))
             names.append(f"{name}.v")

@@ -31,6 +31,8 @@ __all__ = ["register", "run"]
 
 DEFAULT_DATA = "mnist"
 INPUT_TYPES = ("auto", "gemm", "conv")
+# Size guard: a functional run holds the batch's activations (DeiT-Base: about 2.5 MB an image per tensor).
+MAX_FUNCTIONAL_BATCH = 256
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         raise IntVitError("--out-dir applies to --topology runs only")
     if args.plot:
         check_plot_path(args.plot)
+    if args.functional and args.batch > MAX_FUNCTIONAL_BATCH:
+        raise IntVitError(f"--batch {args.batch}: a functional simulation keeps every image's tensors; at most "
+                          f"{MAX_FUNCTIONAL_BATCH} (--no-functional costs larger batches from shapes alone)")
     if args.compiled:
         from intvit.commands.compile import simulate_compiled
 

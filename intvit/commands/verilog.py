@@ -7,7 +7,7 @@ import json
 import sys
 
 from intvit.quant.config import PRESETS, ViTConfig, get_config
-from intvit.commands.common import DEFAULT_MODEL
+from intvit.commands.common import DEFAULT_MODEL, progress
 from intvit.quant.atomic import check_output_folder
 from intvit.sim.config import AcceleratorConfig, load_config
 
@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out)
     config = load_config(args.config)
-    paths = generate(top_params(config, get_config(args.model)), args.out)
+    paths = generate(top_params(config, get_config(args.model)), args.out,
+                     progress=lambda items: progress(items, "verilog", len(items), unit="module"))
     for path in paths:
         print(path)
     manifest = json.loads(paths[-1].read_text())

@@ -57,7 +57,7 @@ def output_cases(tmp_path):
             f"{missing}.png: directory {missing.parent} does not exist"),
         "simulate --out-dir under a file": (
             ["simulate", "--topology", "t.csv", "--out-dir", str(tmp_path / "file" / "run"), *MISSING_CONFIG],
-            "simulate", f"{tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file, not a folder"),
+            "simulate", f"{tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file, not a directory"),
         "accuracy --json in a missing folder": (
             ["accuracy", "--json", f"{missing}.json", "--data", "/no/such/dir"], "accuracy",
             f"{missing}.json: directory {missing.parent} does not exist"),
@@ -69,7 +69,7 @@ def output_cases(tmp_path):
             f"{missing}.npz: directory {missing.parent} does not exist"),
         "verilog --out that is a file": (
             ["verilog", "--out", str(tmp_path / "file"), *MISSING_CONFIG], "verilog",
-            f"{tmp_path / 'file'}: {tmp_path / 'file'} is a file, not a folder"),
+            f"{tmp_path / 'file'}: is a file, not a directory"),
         "topology --out in a missing folder": (
             ["topology", "--out", f"{missing}.csv", "--model", "deit-tiny"], "topology",
             f"{missing}.csv: directory {missing.parent} does not exist"),
@@ -151,6 +151,10 @@ def input_cases(t):
         "run_name outside the folder": (
             ["simulate", "--topology", str(t / "digits.csv"), "--scalesim-config", str(t / "up.cfg")], "simulate",
             "up.cfg: run_name must be a plain folder name (no /, \\ or ..), not '../../x'"),
+        "functional batch of 10**9 images": (
+            ["simulate", "--batch", "1000000000"], "simulate",
+            "--batch 1000000000: a functional simulation keeps every image's tensors; at most 256 (--no-functional "
+            "costs larger batches from shapes alone)"),
         "image over the bomb limit": (["accuracy", "--data", str(t / "images")], "accuracy", None),
     }
 

@@ -293,5 +293,5 @@ def test_reports_are_all_written_or_none(tmp_path, monkeypatch):
 
 def test_reports_refuse_a_file_as_the_folder(tmp_path):
     (tmp_path / "taken").write_text("x")
-    with pytest.raises(IntVitError, match=r"^.+/taken/sub: .+/taken is a file, not a folder$"):
+    with pytest.raises(IntVitError, match=r"^.+/taken/sub: .+/taken is a file, not a directory$"):
         simulate_topology(ScaleSimConfig(rows=4, cols=4), SMALL_TOPOLOGY, "scalesim", tmp_path / "taken" / "sub")
