@@ -19,8 +19,8 @@ import numpy as np
 
 from intvit.quant.errors import IntVitError
 from intvit.commands.common import (
-    add_calibration_arguments, add_model_arguments, build_program, load_images, load_model, positive_int, progress,
-    write_json,
+    add_calibration_arguments, add_model_arguments, build_program, calibrated_program, load_images, load_model,
+    positive_int, progress, shape_program, write_json,
 )
 from intvit.quant.atomic import check_output_file, check_output_folder
 from intvit.sim.config import load_config
@@ -113,11 +113,15 @@ def _simulate_model(args: argparse.Namespace):
     from intvit.sim.simulator import simulate
 
     config = load_config(args.config)
-    model = load_model(args)
-    program = build_program(args, model, args.data)
+    if not args.functional:                  # cycles need shapes only: no weights, no data, no calibration
+        program = shape_program(args)
+    elif args.program:
+        program = build_program(args, load_model(args), args.data)
+    else:
+        program = calibrated_program(args, args.data, lambda: load_model(args))
     x, labels, classes = None, None, []
     if args.functional:
-        images, labels, classes = _input_images(args, model.config)
+        images, labels, classes = _input_images(args, program.config)
         x = program.quantize_input(images)
     report = simulate(program, config, x, batch=args.batch, mode=args.mode or "native",
                       functional=args.functional,
