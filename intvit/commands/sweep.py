@@ -1,8 +1,8 @@
 """``intvit sweep``: cycle-only simulations of one model over array sizes, dataflows and bandwidths.
 
 Cycles depend only on the program's shapes and bit widths, never on weight or activation
-values, so the program is built once, from the model's weights quantised on a couple of
-seeded random images (or loaded with ``--program``), and every configuration runs
+values, so the program is built once from the model's shapes alone (``common.shape_program``:
+no weights, data or calibration; or loaded with ``--program``), and every configuration runs
 ``simulate(..., functional=False)``. A configuration whose buffers cannot hold one tile
 (native mode) is a point of the design space, not an error: it is listed as not fitting,
 with empty metrics in the CSV; only a sweep where nothing fits fails.
@@ -15,13 +15,11 @@ import csv
 import re
 from pathlib import Path
 
-import numpy as np
-
 from intvit.quant.atomic import atomic_file, check_output_file
 from intvit.quant.errors import IntVitError
 from intvit.cluster.engine import add_cluster_arguments, cluster_mapper
 from intvit.cluster.sweep_search import add_search_arguments, run_search
-from intvit.commands.common import add_model_arguments, build_program, load_model, positive_int, progress
+from intvit.commands.common import add_model_arguments, positive_int, progress, shape_program
 from intvit.sim.config import DATAFLOWS, load_config
 from intvit.sim.matmul import MODES
 from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, plot_sweep
@@ -29,8 +27,6 @@ from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_
 __all__ = ["register", "run", "parse_arrays", "parse_bandwidths", "parse_dataflows", "simulate_point", "sweep_rows",
            "COLUMNS"]
 
-# Shapes are all a cycle-only program needs; a couple of images make calibration well defined.
-SHAPE_CALIBRATION_IMAGES = 2
 ARRAY_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 COLUMNS = ("array", "rows", "cols", "dataflow", "bandwidth", "cycles", "latency_us", "images_per_second",
            "utilization", "dram_bytes", "memory_bound_share", *(f"{unit}_cycles" for unit in UNIT_ORDER), "note")
@@ -92,19 +88,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_cluster_arguments(parser, "configurations")
     add_search_arguments(parser)
     parser.set_defaults(run=run)
-
-
-def shape_program(args: argparse.Namespace):
-    """The program whose shapes the sweep costs: ``--program``, or the model quantised on random images."""
-    from intvit.quant.ptq import quantize_model
-
-    model = load_model(args)
-    if args.program:
-        return build_program(args, model, data="")
-    c = model.config
-    rng = np.random.default_rng(args.seed)
-    images = rng.standard_normal((SHAPE_CALIBRATION_IMAGES, c.in_chans, c.img_size, c.img_size), dtype=np.float32)
-    return quantize_model(model, images, batch_size=SHAPE_CALIBRATION_IMAGES)
 
 
 def sweep_rows(program, base, arrays, dataflows, bandwidths, mode: str, batch: int, map_configs=None) -> list[dict]:
