@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from intvit.quant.config import PRESETS, get_config
-from intvit.commands.common import load_model
+from intvit.commands.common import model_spec
 from intvit.quant.atomic import check_output_file
 from intvit.sim.scalesim import write_topology
 from intvit.sim.topology import vit_gemms
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_file(args.out)
-    config = load_model(args).config if args.weights else get_config(args.model)
+    config = model_spec(args).config if args.weights else get_config(args.model)    # shapes only: no weights read
     gemms = vit_gemms(config, blocks=args.blocks)
     write_topology(args.out, gemms)
     macs = sum(g.macs for g in gemms)
