@@ -178,6 +178,14 @@ class _SlotMap(wiring.Component):
         return m
 
 
+def _any(values):
+    """OR of the values (one-hot selections), as a balanced tree."""
+    values = list(values)
+    while len(values) > 1:
+        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
+    return values[0]
+
+
 def _elem_code(insn):
     return field_slice(insn, F, "elem")
 
@@ -321,15 +329,21 @@ class LoadUnit(wiring.Component):
                     with m.If(valid & (mem == Memory.PARAM) & (rec[:cb] == lane_c)):
                         m.d.comb += [self.param_we[lane_c].eq(1), self.param_addr[lane_c].eq(rec[cb:]),
                                      self.param_data[lane_c].eq(rec_data)]
-        # Each byte-lane memory of A and B takes the one slot aimed at it (slots never collide).
+        # Each byte-lane memory of A and B takes the one slot aimed at it (slots never collide):
+        # one-hot target per slot, then an OR over the slots per memory (no per-memory decision
+        # trees, which Yosys would write out once per output).
         for name in ("a", "b"):
             we, addr, data = (getattr(self, f"{name}_{x}") for x in ("we", "addr", "data"))
-            for hit, target, word, byte in bank_hits[name]:
-                with m.If(hit):
-                    with m.Switch(target):
-                        for t in range(len(we)):
-                            with m.Case(t):
-                                m.d.comb += [we[t].eq(1), addr[t].eq(word), data[t].eq(byte)]
+            onehots = []
+            for j, (hit, target, _word, _byte) in enumerate(bank_hits[name]):
+                onehot = Signal(len(we), name=f"{name}_slot{j}_onehot")
+                m.d.comb += onehot.eq(hit << target)
+                onehots.append(onehot)
+            for t in range(len(we)):
+                picks = [(onehot[t], word, byte) for onehot, (_, _, word, byte) in zip(onehots, bank_hits[name])]
+                m.d.comb += [we[t].eq(_any(pick for pick, _, _ in picks)),
+                             addr[t].eq(_any(Mux(pick, word, 0) for pick, word, _ in picks)),
+                             data[t].eq(_any(Mux(pick, byte, 0) for pick, _, byte in picks))]
         return m
 
 
