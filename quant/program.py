@@ -55,7 +55,9 @@ from intvit.quant.requant import check_add, check_dyadic
 __all__ = ["FORMAT_VERSION", "OP_KINDS", "OP_SPECS", "REQUANT_BITS", "MAX_PROGRAM_BYTES", "Op", "TensorInfo",
            "IntProgram", "load_program", "check_program"]
 
-FORMAT_VERSION = 1
+# Version 2: the model config gained the checkpoint-derived fields (pooling, distillation token,
+# qkv bias, GELU form, preprocessing) and the op set gained token_mean and average.
+FORMAT_VERSION = 2
 MANIFEST_KEY = "__manifest__"
 MANIFEST_KEYS = ("format", "version", "config", "input_scale", "output", "calibration", "tensors", "ops", "constants")
 # Uncompressed size a program file may declare: DeiT-Base's program holds about 90 MB.
@@ -224,7 +226,7 @@ def load_program(path: str | Path) -> IntProgram:
     if manifest.get("version") != FORMAT_VERSION:
         raise IntVitError(
             f"{path}: program format version {manifest.get('version')} is not supported "
-            f"(this intvit reads version {FORMAT_VERSION})"
+            f"(this intvit reads version {FORMAT_VERSION}; run `intvit quantize` again to rebuild it)"
         )
     try:
         program = _program_from_manifest(manifest, arrays)

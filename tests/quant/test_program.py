@@ -152,13 +152,13 @@ def test_corrupt_manifest(saved):
         load_program(saved)
 
 
-@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0, None])
+@pytest.mark.parametrize("version", [FORMAT_VERSION - 1, FORMAT_VERSION + 1, 0, None])
 def test_file_of_another_version(saved, version):
     manifest, arrays = read_archive(saved)
     manifest["version"] = version
     write_archive(saved, manifest, arrays)
     with error_for(saved, rf": program format version {version} is not supported "
-                          rf"\(this intvit reads version {FORMAT_VERSION}\)$"):
+                          rf"\(this intvit reads version {FORMAT_VERSION}; run `intvit quantize` again to rebuild it\)$"):
         load_program(saved)
 
 
@@ -418,7 +418,7 @@ def _raw_manifest(path, text: bytes):
 
 
 @pytest.mark.parametrize("text, message", [
-    (b'{"format": "intvit-program", "version": 1, "name": "\xff\xfe"}', r"corrupt manifest \('utf-8' codec .+\)"),
+    (b'{"format": "intvit-program", "version": 2, "name": "\xff\xfe"}', r"corrupt manifest \('utf-8' codec .+\)"),
     (b"[" * 100_000 + b"]" * 100_000, r"corrupt manifest \(nested too deeply\)"),
     (b"[1, 2]", r"not an intvit program"),
 ])
