@@ -15,14 +15,21 @@ walked column-fold outer, row-fold inner (SCALE-Sim's order), which decides oper
 
 Two counting conventions (``mode``):
 
-``native``: what our RTL does, per fold, with L = ``matmul.latency`` pipeline stages::
+``native``: what our RTL does, with L = ``matmul.latency`` pipeline stages. For OS (the
+RTL's ``MatMulArray``) each PE copies its finished sum to a result register on the fold's last
+term, so a fold's R result rows drain while the next fold streams in; the next fold's last
+beat waits for the drain to end. One fold alone, and the period of back-to-back folds::
 
-    os:  T + (R-1) + (C-1) + R + L   stream K beats, skew fill, drain R accumulator rows
-    ws:  R + T + (R-1) + (C-1) + L   preload R weight rows, stream M rows, skew fill/flush
-    is:  R + T + (R-1) + (C-1) + L   preload R input rows, stream N columns, skew fill/flush
+    os:  fold = T + R + (C-1) + L          stream K beats, skew, drain R rows as they complete
+         period = max(T, R + C + L)        the drain of a fold hides under the next fold's beats
 
-so every dataflow costs ``folds * (2R + C + T - 2 + L)``: for OS this is the SCALE-Sim
-paper's fold length 2*S_R + S_C + T - 2 (with S_R, S_C the array size), plus latency.
+and a product of F folds streamed back to back takes ``fold + (F - 1) * period``: about K
+cycles per fold once K >= R + C + L. WS and IS (no RTL) keep non-overlapping folds::
+
+    ws:  R + T + (R-1) + (C-1) + L         preload R weight rows, stream M rows, skew fill/flush
+    is:  R + T + (R-1) + (C-1) + L         preload R input rows, stream N columns, skew fill/flush
+
+(the SCALE-Sim paper's fold length 2*S_R + S_C + T - 2, plus latency; period = fold).
 
 ``scalesim``: SCALE-Sim v2.0.2's code, which differs from its paper for OS. Its compute
 classes build per-fold demand matrices of ``R + C + T - 2`` rows for OS (the drain of the
@@ -55,6 +62,7 @@ __all__ = [
     "MatMulUnit",
     "fold_plan",
     "fold_cycles",
+    "fold_period",
     "compute_cycles",
 ]
 
@@ -130,13 +138,21 @@ def fold_plan(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> Fo
 
 
 def fold_cycles(plan: FoldPlan, mode: str = "native", latency: int = 0) -> int:
-    """Cycles of one fold; see the module docstring for the formulas."""
+    """Cycles of one fold alone, first beat to last result; see the module docstring for the formulas."""
     _check_choice("mode", mode, MODES)
     r, c, t = plan.rows, plan.cols, plan.temporal
     if mode == "scalesim":
         return (r + c + t - 2) if plan.dataflow == "os" else (2 * r + c + t - 2)
-    # Native: the extra R is the accumulator drain for OS, the stationary preload for WS/IS.
-    return t + (r - 1) + (c - 1) + r + latency
+    if plan.dataflow == "os":
+        return t + r + (c - 1) + latency            # the R rows drain as they complete
+    return t + (r - 1) + (c - 1) + r + latency      # the extra R is the stationary preload
+
+
+def fold_period(plan: FoldPlan, mode: str = "native", latency: int = 0) -> int:
+    """Cycles between the starts of back-to-back folds: ``max(T, R + C + L)`` for native OS, else a fold."""
+    if mode == "native" and plan.dataflow == "os":
+        return max(plan.temporal, plan.rows + plan.cols + latency)
+    return fold_cycles(plan, mode, latency)
 
 
 def compute_cycles(
@@ -157,7 +173,7 @@ def compute_cycles(
         Pipeline stages paid once per fold (native mode only).
     """
     plan = fold_plan(m, k, n, rows, cols, dataflow)
-    total = plan.folds * fold_cycles(plan, mode, latency)
+    total = fold_cycles(plan, mode, latency) + (plan.folds - 1) * fold_period(plan, mode, latency)
     # SCALE-Sim reports the index of the last demand cycle, not the count.
     return total - 1 if mode == "scalesim" else total
 

@@ -67,18 +67,19 @@ async def layernorm(dut, x: np.ndarray, gamma, beta, multiplier, shift, lanes: i
 
 async def matmul(dut, jobs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rows: int,
                  cols: int) -> tuple[list[np.ndarray], int]:
-    """``a @ b + bias`` for every job, all folds streamed back to back through the array."""
-    beats, counts = [], []
+    """``a @ b + bias`` for every job; each job's folds back to back, the jobs one after another.
+
+    The simulator costs per-head products as separate GEMMs, so the cycles are the sum of each
+    job's first operand beat to last result row.
+    """
+    results, cycles = [], 0
     for a, b, bias in jobs:
-        words = tile(a, b, bias, rows, cols)
-        beats += [{"matmul__operands__payload": word} for word in words]
-        counts.append(-(-a.shape[0] // rows) * -(-b.shape[1] // cols) * rows)
-    run = await stream_through(dut, beats, sum(counts), source="matmul__operands", sink="matmul__results")
-    results, start = [], 0
-    for (a, b, _), count in zip(jobs, counts):
-        results.append(untile(run.outputs[start:start + count], a.shape[0], b.shape[1], rows, cols)[0])
-        start += count
-    return results, run.cycles
+        beats = [{"matmul__operands__payload": word} for word in tile(a, b, bias, rows, cols)]
+        count = -(-a.shape[0] // rows) * -(-b.shape[1] // cols) * rows
+        run = await stream_through(dut, beats, count, source="matmul__operands", sink="matmul__results")
+        results.append(untile(run.outputs, a.shape[0], b.shape[1], rows, cols)[0])
+        cycles += run.cycles
+    return results, cycles
 
 
 async def requant(dut, x: np.ndarray, multiplier, shift, lanes: int, bits: int, b: np.ndarray | None = None,

@@ -17,7 +17,7 @@ import random
 import cocotb
 import numpy as np
 
-from bench_streams import pack, reset, stream_through, unpack
+from bench_streams import cover, pack, reset, stream_through, unpack
 from intvit.quant.matmul import MAX_PRODUCT, int_matmul
 from intvit.quant.requant import INT32_MAX
 from runner import bench_params, bench_result
@@ -65,9 +65,10 @@ def untile(rows_out: list[int], m: int, n: int, rows: int, cols: int) -> tuple[n
 
 
 def random_job(rng: np.random.Generator, rows: int, cols: int, max_k: int):
+    """A product of 1 to 3 row and column blocks; K short (1-16), medium or long (256 and up) a third each."""
     m = int(rng.integers(1, 2 * rows + 2))
     n = int(rng.integers(1, 2 * cols + 2))
-    k = int(rng.integers(1, max_k + 1))
+    k = int(rng.choice([rng.integers(1, 17), rng.integers(17, 256), rng.integers(256, max_k + 1)]))
     a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
     b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
     if rng.random() < 0.2:
@@ -81,7 +82,7 @@ def full(shape: tuple[int, int], value: int) -> np.ndarray:
 
 
 def edge_jobs(rows: int, cols: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Sums at the INT32 limits int_matmul accepts, extreme operands, K = 1, zeros."""
+    """Sums at the INT32 limits int_matmul accepts, extreme operands, K = 1, zeros, whole blocks of K = 256."""
     k = 64
     m, n = rows + 1, cols + 1
     top = np.full(n, INT32_MAX - k * MAX_PRODUCT, dtype=np.int32)
@@ -91,6 +92,7 @@ def edge_jobs(rows: int, cols: int) -> list[tuple[np.ndarray, np.ndarray, np.nda
         (full((m, k), 127), full((k, n), -128), bottom),           # every output is -INT32_MAX + 128 K
         (full((m, 1), -128), full((1, n), 127), np.zeros(n, dtype=np.int32)),
         (full((m, 5), 0), full((5, n), -128), np.arange(n, dtype=np.int32) - n // 2),
+        (full((2 * rows, 256), 127), full((256, 2 * cols), 127), np.zeros(2 * cols, dtype=np.int32)),  # whole blocks
     ]
 
 
@@ -124,6 +126,20 @@ async def stream_jobs(dut, jobs, rows: int, cols: int, rng: random.Random | None
     return run
 
 
+DEPTH_CLASSES = ("K = 1", "K 2-16", "K 17-255", "K >= 256")
+BLOCK_CLASSES = ("whole blocks", "partial row block", "partial column block", "both partial")
+
+
+def depth_class(k: int) -> str:
+    return "K = 1" if k == 1 else "K 2-16" if k <= 16 else "K 17-255" if k < 256 else "K >= 256"
+
+
+def block_class(m: int, n: int, rows: int, cols: int) -> str:
+    partial = (m % rows != 0, n % cols != 0)
+    return {(False, False): "whole blocks", (True, False): "partial row block",
+            (False, True): "partial column block", (True, True): "both partial"}[partial]
+
+
 @cocotb.test()
 async def matmul_matches_int_matmul(dut):
     params = bench_params()
@@ -135,6 +151,10 @@ async def matmul_matches_int_matmul(dut):
 
     jobs = edge_jobs(rows, cols) + [random_job(rng, rows, cols, params["max_k"]) for _ in range(params["random_jobs"])]
     await stream_jobs(dut, jobs, rows, cols, random.Random(params["seed"]))
+    cover("matmul.depth", DEPTH_CLASSES, [depth_class(a.shape[1]) for a, _, _ in jobs])
+    shapes = {block_class(m, n, rows, cols) for m in range(1, 2 * rows + 2) for n in range(1, 2 * cols + 2)}
+    blocks = [name for name in BLOCK_CLASSES if name in shapes]         # a 1 x 1 array has whole blocks only
+    cover("matmul.blocks", blocks, [block_class(a.shape[0], b.shape[1], rows, cols) for a, b, _ in jobs])
 
     cycles = []
     for spec in params["cycle_jobs"]:

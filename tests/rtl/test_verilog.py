@@ -93,7 +93,7 @@ def test_synth_counts_one_multiplier_per_pe_and_two_per_residual_lane():
     report = synth(SMALL, units=["intvit_pe", "intvit_requant", "intvit_matmul"])
     pe = report["intvit_pe"]
     assert pe["multipliers"] == 1
-    assert pe["flipflops"] == 32 + 8 + 8 + 1 + 1        # acc and the forwarded operands
+    assert pe["flipflops"] == 32 + 32 + 8 + 8 + 1 + 1 + 1      # acc, result and the forwarded operands
     assert pe["cells"] == sum(pe["by_type"].values()) and all(cell.startswith("$_") for cell in pe["by_type"])
     assert report["intvit_requant"]["multipliers"] == 2 * SMALL.requant_lanes
     assert report["intvit_matmul"]["multipliers"] == SMALL.rows * SMALL.cols

@@ -28,6 +28,7 @@ from intvit.quant.executor import run_program
 from intvit.quant.model import ViT
 from intvit.quant.ptq import quantize_model
 from intvit.sim.config import AcceleratorConfig, config_from_dict
+from intvit.sim.matmul import MatMulUnit
 from intvit.sim.simulator import simulate
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -146,21 +147,28 @@ def op_reports(program, config: AcceleratorConfig = FIXED, batch: int = 1) -> tu
 
 def test_matmul_costs(mnist_shapes):
     ops, _ = op_reports(mnist_shapes)
-    # 16x16 OS, latency 2, so a fold of K beats costs 2*16 + 16 + K - 2 + 2 = 48 + K.
+    # 16x16 OS, latency 2: a fold alone costs K + 16 + 15 + 2 = 33 + K; back to back one fold
+    # starts every max(K, 16 + 16 + 2) cycles (sim.matmul). At 16 bytes per cycle the products
+    # below are memory-bound: their cycles are their DRAM bytes / 16.
+    unit = MatMulUnit(FIXED)
     fc1 = ops["blocks.0.mlp.fc1"]  # M=50 tokens, K=64, N=128: 4 x 8 folds
-    assert (fc1.unit, fc1.cycles, fc1.exposed_cycles, fc1.macs, fc1.bound) == ("matmul", 32 * 112, 32 * 112,
-                                                                                50 * 64 * 128, "compute")
-    assert fc1.utilization == 50 * 64 * 128 / (32 * 112 * 256)
+    assert unit.compute_cycles(50, 64, 128) == 97 + 31 * 64
+    assert (fc1.unit, fc1.cycles, fc1.exposed_cycles, fc1.macs, fc1.bound) == ("matmul", 2312, 2312,
+                                                                                50 * 64 * 128, "memory")
+    assert fc1.cycles == -(-fc1.dram_bytes // 16)
+    assert fc1.utilization == 50 * 64 * 128 / (2312 * 256)
     qk = ops["blocks.0.attn.qk"]  # 4 heads of (50 x 16) @ (16 x 50): 4 x 4 folds each
-    assert (qk.cycles, qk.macs) == (4 * 16 * 64, 4 * 50 * 16 * 50)
+    assert unit.compute_cycles(50, 16, 50) == 49 + 15 * 34
+    assert (qk.cycles, qk.macs, qk.bound) == (4 * 725, 4 * 50 * 16 * 50, "memory")
     head = ops["head"]  # class token only: (1 x 64) @ (64 x 10), one fold
-    assert (head.cycles, head.macs) == (112, 640)
+    assert (head.cycles, head.macs, head.bound) == (97, 640, "compute")
 
 
 def test_matmul_stacks_the_batch_into_m(mnist_shapes):
     one, _ = op_reports(mnist_shapes, batch=1)
     three, _ = op_reports(mnist_shapes, batch=3)
-    assert three["blocks.0.mlp.fc1"].cycles == 10 * 8 * 112        # M = 150: 10 row folds
+    assert MatMulUnit(FIXED).compute_cycles(150, 64, 128) == 97 + 79 * 64    # M = 150: 10 row folds
+    assert three["blocks.0.mlp.fc1"].cycles == -(-three["blocks.0.mlp.fc1"].dram_bytes // 16)
     assert three["blocks.0.attn.qk"].cycles == 3 * one["blocks.0.attn.qk"].cycles
 
 
