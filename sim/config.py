@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from intvit.quant.errors import IntVitError
+from intvit.sim.energy import EnergyTable
 
 __all__ = [
     "DATAFLOWS",
@@ -207,6 +208,8 @@ class AcceleratorConfig:
     requant, softmax, gelu, layernorm : UnitConfig
     buffers : BufferConfig
     memory : MemoryConfig
+    energy : EnergyTable
+        Energy per action and leakage (``sim.energy``); only for energy reports.
     """
 
     clock_mhz: int | float = 500
@@ -218,6 +221,7 @@ class AcceleratorConfig:
     layernorm: UnitConfig = field(default_factory=lambda: UnitConfig(lanes=8, latency=_default_latency("layernorm")))
     buffers: BufferConfig = field(default_factory=BufferConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    energy: EnergyTable = field(default_factory=EnergyTable)
 
     def __post_init__(self):
         _check_positive_number("clock_mhz", self.clock_mhz, 1e-6, MAX_CLOCK_MHZ)
@@ -255,6 +259,7 @@ SECTIONS: dict[str, type] = {
     **{name: UnitConfig for name in ELEMENTWISE_UNITS},
     "buffers": BufferConfig,
     "memory": MemoryConfig,
+    "energy": EnergyTable,
 }
 
 
@@ -341,5 +346,7 @@ def dump_config(config: AcceleratorConfig) -> str:
     for name in SECTIONS:
         lines.append(f"\n[{name}]")
         for key, value in dataclasses.asdict(getattr(config, name)).items():
+            if isinstance(value, tuple):        # the energy table's SRAM columns: TOML arrays
+                value = list(value)
             lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value!r}")
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 from intvit.quant.atomic import atomic_file, check_output_file
 from intvit.quant.errors import IntVitError
 
-__all__ = ["format_table", "format_count", "op_groups", "check_plot_path", "plot_unit_cycles", "plot_sweep", "UNIT_ORDER"]
+__all__ = ["format_table", "format_count", "op_groups", "check_plot_path", "plot_unit_cycles", "plot_pareto", "UNIT_ORDER"]
 
 # Units in the order the stacked bars pile them up (MatMul at the bottom: usually the largest).
 UNIT_ORDER = ("matmul", "requant", "softmax", "gelu", "layernorm")
@@ -144,30 +144,39 @@ def plot_unit_cycles(names: Sequence[str], units: Sequence[str], cycles: Sequenc
     return _save(figure, path)
 
 
-def plot_sweep(series: dict[str, list[tuple[int, float]]], labels: Sequence[str], path: str | Path,
-               title: str = "") -> Path:
-    """Latency against array size, one line per series; write a PNG.
+def plot_pareto(panels: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Every configuration as a point and its Pareto front as a step line, one panel per pair of
+    quantities (both minimised, log axes); write a PNG.
 
     Parameters
     ----------
-    series : dict of label -> list of (x position, latency in µs)
-        x positions index ``labels``.
-    labels : sequence of str
-        Array sizes in sweep order (``"16x16"``), the x tick labels.
+    panels : sequence of dict
+        ``{"x": label, "y": label, "points": [(x, y, group), ...], "front": [bool, ...]}``;
+        points of one ``group`` (e.g. the array size) share a colour across panels.
     path : str or Path
+        ``.png`` file to write.
     title : str
     """
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7.0, 4.5), layout="constrained")
-    axes = figure.add_subplot()
-    for label, points in series.items():
-        xs, ys = zip(*points)
-        axes.plot(xs, ys, marker="o", label=label)
-    axes.set_xticks(range(len(labels)), labels)
-    axes.set_xlabel("array (rows x cols)")
-    axes.set_ylabel("latency (µs)")
-    axes.set_yscale("log")
-    axes.set_title(title)
-    figure.legend(loc="outside right upper", fontsize="small")
+    figure = Figure(figsize=(4.6 * len(panels), 3.9), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    groups = list(dict.fromkeys(group for panel in panels for _, _, group in panel["points"]))
+    colors = {group: f"C{i % 10}" for i, group in enumerate(groups)}
+    for ax, panel in zip(axes, panels):
+        for group in groups:
+            xy = [(x, y) for x, y, g in panel["points"] if g == group]
+            if xy:
+                ax.scatter(*zip(*xy), s=14, alpha=0.75, color=colors[group], label=group)
+        front = sorted((x, y) for (x, y, _), on in zip(panel["points"], panel["front"]) if on)
+        if front:
+            ax.step(*zip(*front), where="post", color="black", linewidth=1.2, marker="o", markersize=6,
+                    markerfacecolor="none", label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(panel["x"])
+        ax.set_ylabel(panel["y"])
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+    figure.suptitle(title, fontsize="medium")
     return _save(figure, path)

@@ -25,7 +25,7 @@ from intvit.commands.common import (
 from intvit.quant.atomic import check_output_file, check_output_folder
 from intvit.sim.config import load_config
 from intvit.sim.matmul import MODES
-from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, plot_unit_cycles
+from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, op_groups, plot_unit_cycles
 
 __all__ = ["register", "run"]
 
@@ -126,7 +126,7 @@ def _simulate_model(args: argparse.Namespace):
     report = simulate(program, config, x, batch=args.batch, mode=args.mode or "native",
                       functional=args.functional,
                       progress=lambda ops: progress(ops, "simulate", len(program.ops), unit="op"))
-    return report, labels, classes
+    return report, labels, classes, program
 
 
 def _op_rows(report) -> list[list]:
@@ -186,11 +186,39 @@ def _print_model_report(report, predictions: list[dict], classes: list[str]) -> 
         print(f"image {entry['image']}: predicted class {entry['class']}{name}{label}")
 
 
+def _energy_rows(energy, groups: list[str]) -> tuple[list[list], list[list]]:
+    """Rows of the energy tables: per unit (with leakage) and per model part, µJ per image and share."""
+    total = energy.total_pj * 1e-6
+    per_image = 1 / energy.batch
+
+    def rows(values: dict) -> list[list]:
+        return [[name, f"{value * per_image:,.3f}", f"{100 * value / total:.1f}%"] for name, value in values.items()]
+
+    units = energy.by_unit()
+    ordered = {unit: units[unit] for unit in (*UNIT_ORDER, "leakage") if unit in units}
+    return rows(ordered), rows(energy.by_layer(groups))
+
+
+def _print_energy(energy, groups: list[str]) -> None:
+    print(f"\nenergy: {energy.energy_uj:,.2f} µJ per image, average power {energy.average_power_mw:,.1f} mW "
+          f"(leakage {energy.leakage_mw:,.1f} mW); table: [energy] of the accelerator config (sim.energy)")
+    by_unit, by_layer = _energy_rows(energy, groups)
+    print(format_table(["unit", "µJ/image", "share"], by_unit, align="lrr"))
+    print()
+    print(format_table(["layer (dynamic)", "µJ/image", "share"], by_layer, align="lrr"))
+
+
 def _run_model(args: argparse.Namespace) -> int:
-    report, labels, classes = _simulate_model(args)
+    from intvit.sim.energy import energy_report
+
+    report, labels, classes, program = _simulate_model(args)
+    energy = energy_report(program, report, args.mode or "native")
+    groups = op_groups([op.name for op in report.ops])
     predictions = _predictions(report, labels, classes) if args.functional else []
     if args.json:
         data = report.as_dict()
+        data["energy_uj"] = energy.energy_uj
+        data["energy"] = energy.as_dict(groups)
         data["accelerator"] = dataclasses.asdict(report.config)
         data["mode"] = args.mode or "native"
         data["predictions"] = predictions
@@ -198,6 +226,7 @@ def _run_model(args: argparse.Namespace) -> int:
         write_json(data, args.json)
     if args.json != "-":
         _print_model_report(report, predictions, classes)
+        _print_energy(energy, groups)
     if args.plot:
         m = report.config.matmul
         plot_unit_cycles([op.name for op in report.ops], [op.unit for op in report.ops],

