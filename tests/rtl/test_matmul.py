@@ -95,6 +95,7 @@ def test_back_to_back_folds_overlap_in_amaranth_sim():
         ctx.set(dut.results.ready, 1)
         sent = cycle = 0
         while len(got) < rows * len(jobs):
+            assert cycle < 1000, f"stuck: {sent}/{len(beats)} beats in, {len(got)} rows out"
             if sent < len(beats):
                 ctx.set(dut.operands.payload, beats[sent])
             ctx.set(dut.operands.valid, sent < len(beats))
