@@ -26,7 +26,7 @@ __all__ = ["CLUSTER_EXTRA", "ClusterMap", "add_cluster_arguments", "cluster_mapp
 
 CLUSTER_EXTRA = "pip install intvit[cluster]"
 CONNECT_TIMEOUT_S = 20
-# The local cluster stays quiet: a worker that dies is reported by cluster_map in one line, and
+# The local cluster stays quiet: a worker that dies is reported by ClusterMap in one line, and
 # an error inside a task reaches the command line, which reports it as any other.
 LOCAL_LOG_LEVEL = logging.CRITICAL
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from intvit.cluster.engine import CLUSTER_EXTRA
 from intvit.quant.errors import IntVitError
 
 __all__ = ["SAMPLERS", "SEARCH_COLUMNS", "SearchSpace", "check_objectives", "objective_values", "pareto_mask", "search"]
@@ -159,7 +160,10 @@ def search(space: SearchSpace, evaluate: Callable[[list[dict]], list[dict]], obj
 
 
 def _optimise(space, evaluate, objectives, budget, seed, sampler) -> list[dict]:
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise IntVitError(f"--search needs Optuna, which is not installed: {CLUSTER_EXTRA}") from None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     samplers = {

@@ -197,6 +197,13 @@ def test_workers_without_dask_names_the_extra(capsys, monkeypatch):
                                        "installed: pip install intvit[cluster]\n")
 
 
+def test_search_without_optuna_names_the_extra(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    assert main([*SWEEP, "--search", "--trials", "4"]) == 2
+    assert capsys.readouterr().err == ("intvit sweep: error: --search needs Optuna, which is not installed: "
+                                       "pip install intvit[cluster]\n")
+
+
 def test_in_process_runs_never_import_dask_or_optuna(tmp_path):
     script = ("import sys; from intvit.cli import main; "
               "code = main(['sweep', '--arrays', '8x8', '--dataflows', 'os', '--bandwidths', '8']); "
