@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, vectorize
+from numba import njit
 
-from intvit.quant.requant import UNARY_SIGNATURES
+from intvit.quant.requant import unary_operand, unary_result
 
 __all__ = [
     "GELU_INPUT_FRAC_BITS", "GELU_INPUT_BITS", "GELU_OUTPUT_FRAC_BITS",
@@ -46,21 +46,31 @@ def gelu_value(x):
     return x * (ONE + erf_value(x))
 
 
-@vectorize(UNARY_SIGNATURES, cache=True)
-def _int_erf(x):
-    return erf_value(x)
+# One pass over the flat operand, compiled per operand dtype on first use; the int32 store
+# wraps as numpy's astype(int32) does.
+@njit(cache=True)
+def _erf_flat(x, out):
+    for i in range(x.size):
+        out[i] = erf_value(x[i])
 
 
-@vectorize(UNARY_SIGNATURES, cache=True)
-def _int_gelu(x):
-    return gelu_value(x)
+@njit(cache=True)
+def _gelu_flat(x, out):
+    for i in range(x.size):
+        out[i] = gelu_value(x[i])
 
 
 def int_erf(x: np.ndarray) -> np.ndarray:
     """``erf(x / sqrt 2)`` in Q.10 for Q.10 input; int32 in [-1024, 1024]."""
-    return _int_erf(x).astype(np.int32)
+    flat = unary_operand(x)
+    out = np.empty(flat.size, dtype=np.int32)
+    _erf_flat(flat, out)
+    return unary_result(out, x)
 
 
 def int_gelu(x: np.ndarray) -> np.ndarray:
     """GELU of Q.10 INT32 input (17-bit range); INT32 result in Q.21."""
-    return _int_gelu(x).astype(np.int32)
+    flat = unary_operand(x)
+    out = np.empty(flat.size, dtype=np.int32)
+    _gelu_flat(flat, out)
+    return unary_result(out, x)

@@ -21,11 +21,11 @@ its standard deviation. ``int_sqrt`` is Newton's iteration ``x <- (x + n // x) /
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, vectorize
+from numba import njit, prange
 
 from intvit.quant.errors import IntVitError
-from intvit.quant.requant import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, UNARY_SIGNATURES, as_rows, dyadic,
-                           requantize_value, round_shift)
+from intvit.quant.requant import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, as_rows, dyadic,
+                                  requantize_value, round_shift, unary_operand, unary_result)
 
 __all__ = [
     "LN_MEAN_FRAC_BITS", "LN_SQUARE_SHIFT", "LN_STD_FRAC_BITS", "LN_NORM_FRAC_BITS", "LN_RECIP_BITS",
@@ -57,14 +57,18 @@ def sqrt_value(n):
     return x
 
 
-@vectorize(UNARY_SIGNATURES, cache=True)
-def _int_sqrt(n):
-    return sqrt_value(n)
+@njit(cache=True)
+def _sqrt_flat(n, out):
+    for i in range(n.size):
+        out[i] = sqrt_value(n[i])
 
 
 def int_sqrt(n: np.ndarray) -> np.ndarray:
-    """``floor(sqrt(n))`` for integer ``0 <= n < 2**31``, element-wise."""
-    return _int_sqrt(n)
+    """``floor(sqrt(n))`` for integer ``0 <= n < 2**31``, element-wise; int64 result."""
+    flat = unary_operand(n)
+    out = np.empty(flat.size, dtype=np.int64)
+    _sqrt_flat(flat, out)
+    return unary_result(out, n)
 
 
 def layernorm_divisors(width: int) -> tuple[int, int, int, int]:

@@ -24,7 +24,7 @@ __all__ = [
     "INT8_MIN", "INT8_MAX", "INT32_MIN", "INT32_MAX", "MULTIPLIER_BITS", "MIN_SHIFT", "MAX_SHIFT",
     "ADD_MULTIPLIER_BITS", "check_dyadic", "check_add",
     "int_range", "out_dtype", "round_shift", "clamp", "requantize_value", "as_rows", "broadcast_rows", "rounding_shift", "dyadic", "dyadic_value",
-    "requantize", "int_add", "add_multipliers",
+    "requantize", "int_add", "add_multipliers", "unary_operand", "unary_result",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -113,8 +113,28 @@ def requantize_value(x, multiplier, shift, lo, hi):
     return clamp(round_shift(x * multiplier, shift), lo, hi)
 
 
-# Loops per operand dtype for the element-wise ufuncs of the other kernel modules.
-UNARY_SIGNATURES = [f"int64({t})" for t in ("int8", "int16", "int32", "int64")]
+# Operand dtypes of the element-wise kernels of the other modules, narrowest first.
+_UNARY_DTYPES = (np.int8, np.int16, np.int32, np.int64)
+
+
+def unary_operand(x) -> np.ndarray:
+    """``x`` as a flat array of the narrowest of ``_UNARY_DTYPES`` that holds its dtype exactly.
+
+    The kernels are compiled per operand dtype on first use (and cached on disk), so importing
+    a kernel module compiles nothing. The dtype is picked as numpy picks a ufunc loop (the first
+    safe cast), so a kernel sees an int8 operand as int8, as the hardware's narrow input does.
+    """
+    x = np.asarray(x)
+    for dtype in _UNARY_DTYPES:
+        if np.can_cast(x.dtype, dtype):
+            return np.ravel(x.astype(dtype, copy=False))
+    raise TypeError(f"integer kernels take signed integers up to 64 bits, not {x.dtype}")
+
+
+def unary_result(flat: np.ndarray, x):
+    """``flat`` in the shape of ``x``: a numpy scalar for a scalar ``x``, as a ufunc returns."""
+    shape = np.shape(x)
+    return flat.reshape(shape) if shape else flat[0]
 
 
 # Element-wise kernels run over rows of the broadcast operands in parallel, writing the

@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, vectorize
+from numba import njit, prange
 
-from intvit.quant.requant import INT8_MAX, UNARY_SIGNATURES, as_rows, round_shift
+from intvit.quant.requant import INT8_MAX, as_rows, round_shift, unary_operand, unary_result
 
 __all__ = [
     "SOFTMAX_INPUT_FRAC_BITS", "SOFTMAX_OUTPUT_FRAC_BITS", "EXP_LN2", "EXP_POLY_A", "EXP_POLY_A_SHIFT",
@@ -59,14 +59,18 @@ def exp_value(d):
     return (poly + ((1 << q) >> 1)) >> q                 # rounded: a floor would bias row sums low
 
 
-@vectorize(UNARY_SIGNATURES, cache=True)
-def _int_exp(d):
-    return exp_value(d)
+@njit(cache=True)
+def _exp_flat(d, out):
+    for i in range(d.size):
+        out[i] = exp_value(d[i])
 
 
 def int_exp(d: np.ndarray) -> np.ndarray:
     """``exp(d / 2**12)`` in Q.12 for integer ``d <= 0``; int32 result in [0, 4096]."""
-    return _int_exp(d).astype(np.int32)
+    flat = unary_operand(d)
+    out = np.empty(flat.size, dtype=np.int32)
+    _exp_flat(flat, out)
+    return unary_result(out, d)
 
 
 @njit(parallel=True, cache=True)
