@@ -38,7 +38,7 @@ COST_COLUMNS = ("energy_uj", "area_mm2", "edp_uj_us", "fmax_latency_us")
 METRIC_COLUMNS = ("cycles", "latency_us", "images_per_second", "utilization", "dram_bytes", "memory_bound_share",
                   *(f"{unit}_cycles" for unit in UNIT_ORDER), *COST_COLUMNS)
 COLUMNS = (*POINT_COLUMNS, *METRIC_COLUMNS, "note")
-# Post-route Fmax of the default accelerator on an LFE5U-85F (`intvit synth --target ecp5`).
+# No clock limit unless --fmax-mhz gives one (e.g. the post-route Fmax of `intvit synth --target ecp5`).
 ECP5_FMAX_MHZ = 0.0
 
 
@@ -96,8 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", metavar="FILE.png", help="Pareto fronts of latency against energy per image "
                         "and against area, over every configuration")
     parser.add_argument("--fmax-mhz", type=float, default=ECP5_FMAX_MHZ, metavar="MHZ",
-                        help="clock limit for the fmax_latency_us column (default: %(default)s, the default "
-                             "accelerator's post-route Fmax on an LFE5U-85F)")
+                        help="clock limit for the fmax_latency_us column, e.g. the post-route Fmax that "
+                             "intvit synth --target ecp5 reports (default: %(default)s, no limit)")
     add_cluster_arguments(parser, "configurations")
     add_search_arguments(parser)
     parser.set_defaults(run=run)
