@@ -28,7 +28,7 @@ import numpy as np
 
 from intvit.compiler.isa import (
     AXI_BOUNDARY_BYTES, CONTROL_CYCLES, ELEMENT_BYTES, FETCH_BURST_INSTRUCTIONS, FETCH_QUEUE_DEPTH,
-    INSTRUCTION_BYTES, ISSUE_CYCLES, QUEUE_DEPTH, QUEUE_OF, TOKEN_BITS, Instruction, Opcode, Queue,
+    INSTRUCTION_BYTES, ISSUE_CYCLES, QUEUE_DEPTH, QUEUE_OF, TOKEN_BITS, Instruction, Memory, Opcode, Queue,
 )
 from intvit.quant.errors import IntVitError
 from intvit.quant.program import IntProgram
@@ -123,12 +123,18 @@ def burst_cost(offset: int, size: int, beat_bytes: int, max_beats: int) -> tuple
     return bursts, beats
 
 
-def _runs(ins: Instruction) -> tuple[np.ndarray, int]:
-    """Start addresses and length of the contiguous runs of a LOAD or STORE (docs/isa.md, "Runs")."""
+def _runs(ins: Instruction, cols: int) -> tuple[np.ndarray, int]:
+    """Start addresses and length of the contiguous runs of a LOAD or STORE (docs/isa.md, "Runs").
+
+    Every ACC plane starts at lane 0 of a ``cols``-lane word, so an ACC transfer is one run across
+    planes only when each plane fills whole words (docs/isa.md, "RTL notes", point 1); otherwise
+    each plane is its own run, as in ``rtl.loadstore``.
+    """
     row = ins.x_count * ELEMENT_BYTES[ins.elem]
     if ins.y_count == 1 or ins.y_stride == row:
         plane = row * ins.y_count
-        if ins.z_count == 1 or ins.z_stride == plane:
+        whole_words = ins.mem != Memory.ACC or (ins.x_count * ins.y_count) % cols == 0
+        if ins.z_count == 1 or (ins.z_stride == plane and whole_words):
             return np.array([ins.dram_addr]), plane * ins.z_count
         return ins.dram_addr + np.arange(ins.z_count) * ins.z_stride, plane
     starts = ins.dram_addr + (np.arange(ins.z_count)[:, None] * ins.z_stride
@@ -140,7 +146,7 @@ def dma_cycles(ins: Instruction, config: AcceleratorConfig) -> int:
     """Cycles of one LOAD or STORE: ``ISSUE_CYCLES`` plus ``latency + beats`` per burst."""
     mem = config.memory
     latency = mem.read_latency_cycles if ins.opcode == Opcode.LOAD else mem.write_latency_cycles
-    starts, size = _runs(ins)
+    starts, size = _runs(ins, config.matmul.cols)
     offsets, counts = np.unique(starts % AXI_BOUNDARY_BYTES, return_counts=True)
     total = ISSUE_CYCLES
     for offset, count in zip(offsets.tolist(), counts.tolist()):

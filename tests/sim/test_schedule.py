@@ -46,6 +46,17 @@ def test_dma_cycles_runs_and_bursts():
     assert instruction_cycles(load(x_count=64), narrow) == 1 + 20 + 16
 
 
+def test_acc_planes_of_partial_words_are_runs_of_their_own():
+    # docs/isa.md, RTL notes 1: ACC planes start at lane 0 of a 16-lane word, so 3 planes of
+    # 50 INT32 elements (200 bytes, back to back) are 3 runs of 13 beats, each with its latency.
+    acc = load(mem=Memory.ACC, elem=1, x_count=50, z_count=3, z_stride=200)
+    assert instruction_cycles(acc, CONFIG) == 1 + 3 * (8 + 13)
+    # Planes of whole words (64 elements) stay one run: 768 bytes, 48 beats, 3 bursts.
+    assert instruction_cycles(acc.replace(x_count=64, z_stride=256), CONFIG) == 1 + 3 * 8 + 48
+    # Outside ACC the rule does not apply: 600 contiguous bytes, one run of 38 beats.
+    assert instruction_cycles(acc.replace(mem=Memory.A), CONFIG) == 1 + 8 * 3 + 38
+
+
 @pytest.mark.parametrize(("rows", "cols", "latency"), [(16, 16, 1), (8, 4, 3), (32, 8, 0)])
 @pytest.mark.parametrize("k", [1, 7, 64, 768])
 def test_matmul_cycles_follow_sim_matmul(rows, cols, latency, k):
