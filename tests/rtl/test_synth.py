@@ -73,8 +73,9 @@ def test_array_area_is_composed_from_distinct_pes(pe_area):
     assert sorted(top["children"].values()) == [1, 2, 2, 4] and len(modules) == 5
     composed = top["own_area_um2"] + sum(n * modules[c]["area_um2"] for c, n in top["children"].items())
     assert report["area_um2"] == pytest.approx(composed)
+    # An inner PE is at most the stand-alone PE, whose every output is a port (none pruned).
     full = max(modules[c]["area_um2"] for c in top["children"])
-    assert full == pytest.approx(pe_area["area_um2"])           # an inner PE is the PE
+    assert 0.8 * pe_area["area_um2"] < full <= pe_area["area_um2"] + 1e-6
     assert compose(report, "mm").startswith(f"{top['own_area_um2']:,.1f} µm² own + 4 x ")
 
 
