@@ -295,3 +295,22 @@ def test_reports_refuse_a_file_as_the_folder(tmp_path):
     (tmp_path / "taken").write_text("x")
     with pytest.raises(IntVitError, match=r"^.+/taken/sub: .+/taken is a file, not a directory$"):
         simulate_topology(ScaleSimConfig(rows=4, cols=4), SMALL_TOPOLOGY, "scalesim", tmp_path / "taken" / "sub")
+
+
+def test_topology_of_a_checkpoint_takes_its_own_architecture(tmp_path, capsys):
+    """Without --model the checkpoint's shapes are used (no preset default to conflict with)."""
+    import torch
+
+    from intvit.quant.config import ViTConfig
+    from intvit.quant.model import ViT
+
+    cfg = ViTConfig("small", img_size=32, patch_size=8, in_chans=3, num_classes=5, embed_dim=48, depth=2,
+                    num_heads=3, mlp_ratio=2.0)
+    weights = tmp_path / "small.pth"
+    torch.save(ViT(cfg).state_dict(), weights)
+    out = tmp_path / "topo.csv"
+    assert main(["topology", "--weights", str(weights), "--heads", "3", "--out", str(out)]) == 0
+    assert [(g.m, g.n, g.k) for g in read_topology(out)] == [(g.m, g.n, g.k) for g in vit_gemms(cfg)]
+    capsys.readouterr()
+    assert main(["topology", "--weights", str(weights), "--out", str(out)]) == 2
+    assert "give --heads N" in capsys.readouterr().err
