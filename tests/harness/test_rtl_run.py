@@ -1,7 +1,8 @@
 """``intvit rtl-run``: the embedded MNIST ViT, whole inference, on the accelerator's RTL (Verilator + AxiRam).
 
-The whole-model runs build the full-size accelerator with Verilator, which takes many minutes
-on 2 cores: they are ``slow``. The default run checks the command's user errors only.
+The default run builds the small 8x8 accelerator (``docs/configs/small_8x8.toml``), whose Verilog
+compiles in minutes, and runs one test image: logits equal to the golden executor's, RTL cycles
+within 2 % of ``sim.schedule``. The full-size and other configs, and 8 images, are ``slow``.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ def test_user_errors_are_one_line(capsys, args, message):
     assert len([line for line in err.splitlines() if "error" in line]) == 1
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("config, images", [
-    (None, 8),
-    ("docs/configs/small_scratchpads.toml", 1),
-    ("docs/configs/narrow_axi.toml", 1),
+    ("docs/configs/small_8x8.toml", 1),
+    pytest.param(None, 8, marks=pytest.mark.slow),
+    pytest.param("docs/configs/small_scratchpads.toml", 1, marks=pytest.mark.slow),
+    pytest.param("docs/configs/narrow_axi.toml", 1, marks=pytest.mark.slow),
 ])
 def test_mnist_on_rtl_is_bit_exact_and_within_two_percent(capsys, tmp_path, config, images):
     args = ["--images", str(images), "--calib-size", "256", "--json", str(tmp_path / "out.json"),
