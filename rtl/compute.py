@@ -167,17 +167,22 @@ class ComputeUnit(wiring.Component):
         # The one instruction running owns the memory ports.
         with m.If(vector["active"]):
             m.d.comb += [self.acc_ren.eq(vector["acc_ren"]), self.acc_raddr.eq(vector["acc_raddr"]),
-                         self.acc_rbaddr.eq(vector["acc_rbaddr"]), self.param_ren.eq(vector["param_ren"]),
-                         self.acc_waddr.eq(vector["acc_waddr"])]
+                         self.acc_rbaddr.eq(vector["acc_rbaddr"]), self.param_ren.eq(vector["param_ren"])]
             m.d.comb += [self.param_raddr[lane].eq(addr) for lane, addr in enumerate(vector["param_raddr"])]
-            m.d.comb += [self.acc_we[c].eq(we) for c, we in enumerate(vector["acc_we"])]
-            m.d.comb += [self.acc_wdata[c].eq(value) for c, value in enumerate(vector["acc_wdata"])]
         with m.Else():
             m.d.comb += [self.acc_ren.eq(matmul_acc_read[0]), self.acc_raddr.eq(matmul_acc_read[1]),
-                         self.param_ren.eq(matmul_param_ren), self.acc_waddr.eq(matmul_write[1])]
+                         self.param_ren.eq(matmul_param_ren)]
             m.d.comb += [self.param_raddr[lane].eq(addr) for lane, addr in enumerate(matmul_param_addr)]
-            m.d.comb += [self.acc_we[c].eq(matmul_write[0]) for c in range(cols)]
+        # A MATMUL writes its last row in its done cycle, which may be a vector instruction's start
+        # cycle; a vector's first result comes cycles after its start, so the two writes never meet.
+        with m.If(matmul_write[0]):
+            m.d.comb += [self.acc_waddr.eq(matmul_write[1])]
+            m.d.comb += [self.acc_we[c].eq(1) for c in range(cols)]
             m.d.comb += [self.acc_wdata[c].eq(value) for c, value in enumerate(matmul_write[2])]
+        with m.Else():
+            m.d.comb += [self.acc_waddr.eq(vector["acc_waddr"])]
+            m.d.comb += [self.acc_we[c].eq(we) for c, we in enumerate(vector["acc_we"])]
+            m.d.comb += [self.acc_wdata[c].eq(value) for c, value in enumerate(vector["acc_wdata"])]
         return m
 
     def _vector(self, m: Module, insn, cur, done) -> dict:

@@ -52,7 +52,8 @@ K = 12
 
 def matmul_program(cols: int) -> list[Instruction]:
     """A (R x K) and two K-chunks of B^T into the banks at unaligned offsets, C bias records at an
-    unaligned record, a MATMUL with bias, one accumulating on top, and the INT32 rows stored."""
+    unaligned record, a MATMUL with bias, one accumulating on top, a REQUANT straight after it, and
+    the INT32 rows stored."""
     return [
         Instruction(Opcode.LOAD, mem=Memory.A, elem=0, dram_addr=0x100, x_count=K, y_count=1, z_count=cols,
                     z_stride=K, sp_addr=3),
@@ -64,7 +65,9 @@ def matmul_program(cols: int) -> list[Instruction]:
                     sp_addr=2, push_next=1),
         Instruction(Opcode.MATMUL, bias=1, a_addr=3, b_addr=5, k=K, acc_addr=1, acc_stride=2, param_addr=2,
                     pop_prev=1),
-        Instruction(Opcode.MATMUL, accumulate=1, a_addr=3, b_addr=5 + K, k=K, acc_addr=1, acc_stride=2,
+        Instruction(Opcode.MATMUL, accumulate=1, a_addr=3, b_addr=5 + K, k=K, acc_addr=1, acc_stride=2),
+        # Starts in the MATMUL's done cycle, in which the MATMUL writes its last row.
+        Instruction(Opcode.REQUANT, width=0, src=1, dst=40, rows=1, length=cols, stride=1, param_addr=2,
                     push_next=1),
         Instruction(Opcode.STORE, mem=Memory.ACC, elem=1, dram_addr=0x800, x_count=cols, y_count=1, z_count=cols,
                     z_stride=4 * cols + 8, sp_addr=1, sp_stride=2, pop_prev=1, push_prev=1),
