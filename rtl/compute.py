@@ -167,11 +167,16 @@ class ComputeUnit(wiring.Component):
         # The one instruction running owns the memory ports.
         with m.If(vector["active"]):
             m.d.comb += [self.acc_ren.eq(vector["acc_ren"]), self.acc_raddr.eq(vector["acc_raddr"]),
-                         self.acc_rbaddr.eq(vector["acc_rbaddr"]), self.param_ren.eq(vector["param_ren"])]
+                         self.acc_rbaddr.eq(vector["acc_rbaddr"])]
+        with m.Else():
+            m.d.comb += [self.acc_ren.eq(matmul_acc_read[0]), self.acc_raddr.eq(matmul_acc_read[1])]
+        # A MATMUL may start (and read its bias records) in a vector instruction's done cycle, while
+        # the vector still counts as active; the vector reads no PARAM by then.
+        with m.If(vector["active"] & ~matmul_start):
+            m.d.comb += self.param_ren.eq(vector["param_ren"])
             m.d.comb += [self.param_raddr[lane].eq(addr) for lane, addr in enumerate(vector["param_raddr"])]
         with m.Else():
-            m.d.comb += [self.acc_ren.eq(matmul_acc_read[0]), self.acc_raddr.eq(matmul_acc_read[1]),
-                         self.param_ren.eq(matmul_param_ren)]
+            m.d.comb += self.param_ren.eq(matmul_param_ren)
             m.d.comb += [self.param_raddr[lane].eq(addr) for lane, addr in enumerate(matmul_param_addr)]
         # A MATMUL writes its last row in its done cycle, which may be a vector instruction's start
         # cycle; a vector's first result comes cycles after its start, so the two writes never meet.

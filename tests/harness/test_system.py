@@ -52,7 +52,7 @@ K = 12
 
 def matmul_program(cols: int) -> list[Instruction]:
     """A (R x K) and two K-chunks of B^T into the banks at unaligned offsets, C bias records at an
-    unaligned record, a MATMUL with bias, one accumulating on top, a REQUANT straight after it, and
+    unaligned record, a REQUANT running while the bias loads, a MATMUL with bias, one accumulating on top, a REQUANT straight after it, and
     the INT32 rows stored."""
     return [
         Instruction(Opcode.LOAD, mem=Memory.A, elem=0, dram_addr=0x100, x_count=K, y_count=1, z_count=cols,
@@ -60,9 +60,12 @@ def matmul_program(cols: int) -> list[Instruction]:
         Instruction(Opcode.LOAD, mem=Memory.B, elem=0, dram_addr=0x201, x_count=K, y_count=1, z_count=cols,
                     z_stride=K, sp_addr=5),
         Instruction(Opcode.LOAD, mem=Memory.B, elem=0, dram_addr=0x300, x_count=K, y_count=1, z_count=cols,
-                    z_stride=K + 3, sp_addr=5 + K),
+                    z_stride=K + 3, sp_addr=5 + K, push_next=1),
         Instruction(Opcode.LOAD, mem=Memory.PARAM, elem=2, dram_addr=0x400, x_count=cols, y_count=1, z_count=1,
                     sp_addr=2, push_next=1),
+        # Outlasts the PARAM LOAD, so the MATMUL starts (and reads its bias) in the REQUANT's done cycle.
+        Instruction(Opcode.REQUANT, width=0, src=40, dst=40, rows=20, length=cols, stride=1, param_addr=8,
+                    pop_prev=1),
         Instruction(Opcode.MATMUL, bias=1, a_addr=3, b_addr=5, k=K, acc_addr=1, acc_stride=2, param_addr=2,
                     pop_prev=1),
         Instruction(Opcode.MATMUL, accumulate=1, a_addr=3, b_addr=5 + K, k=K, acc_addr=1, acc_stride=2),
