@@ -35,10 +35,7 @@ def test_user_errors_are_one_line(capsys, args, message):
 
 
 @pytest.mark.parametrize("config, images", [
-    # Known RTL bug (issue 9): one ACC word of a MATMUL straight after a 1-row A LOAD differs
-    # (MNIST instruction 83); strict, so the fix turns this into a failure until the mark goes.
-    pytest.param("docs/configs/small_8x8.toml", 1,
-                 marks=pytest.mark.xfail(raises=AssertionError, strict=True, reason="RTL logits differ (issue 9)")),
+    ("docs/configs/small_8x8.toml", 1),
     pytest.param(None, 8, marks=pytest.mark.slow),
     pytest.param("docs/configs/small_scratchpads.toml", 1, marks=pytest.mark.slow),
     pytest.param("docs/configs/narrow_axi.toml", 1, marks=pytest.mark.slow),
