@@ -64,6 +64,7 @@ def test_one_pe_on_nangate45(pe_area):
     assert pe_area["area_um2"] == pe["area_um2"] and pe_area["sram_bits"] == 0
 
 
+@pytest.mark.slow
 def test_array_area_is_composed_from_distinct_pes(pe_area):
     report = synth_asic(MatMulArray(3, 3), "mm")
     modules = report["modules"]
@@ -92,6 +93,7 @@ def test_scan_shell_needs_five_pins():
         ScanShell(3)
 
 
+@pytest.mark.slow
 def test_tiny_unit_through_nextpnr():
     report = synth_fpga(Accumulator(), "acc")
     assert report["device"] == "LFE5U-85F-CABGA381"
