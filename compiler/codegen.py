@@ -68,6 +68,8 @@ class CompiledProgram:
     geometry : Geometry
     manifest : dict
         JSON-ready description: regions, input, output, geometry, counts.
+    origins : list of str
+        The program op each instruction was emitted for (END: the last op's), for reports.
     """
 
     instructions: list[Instruction]
@@ -75,6 +77,7 @@ class CompiledProgram:
     memory: MemoryMap
     geometry: Geometry
     manifest: dict = field(default_factory=dict)
+    origins: list[str] = field(default_factory=list)
 
     @property
     def memory_bytes(self) -> int:
@@ -99,6 +102,8 @@ class _Emitter:
         self.last_writer: dict = {}
         self.readers: dict = {}
         self.popped: dict = {}
+        self.origins: list[str] = []                     # the op each instruction serves
+        self.current = ""
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -138,6 +143,7 @@ class _Emitter:
 
     def _append(self, opcode: Opcode, fields: dict) -> int:
         self.ops.append([opcode, dict(fields)])
+        self.origins.append(self.current)
         return len(self.ops) - 1
 
     def _tokens(self, index: int, deps: dict) -> None:
@@ -352,6 +358,7 @@ class _Compiler:
     # ------------------------------------------------------------------ jobs
     def run(self) -> None:
         for kind, op, chain in self.plan:
+            self.out.current = op.name
             try:
                 {"matmul": self.matmul, "vector": self.vector, "concat": self.concat}[kind](op, chain)
             except IntVitError as exc:
@@ -574,4 +581,4 @@ def compile_program(program: IntProgram, config) -> CompiledProgram:
         "geometry": {k: (dict(v) if isinstance(v, dict) else v) for k, v in geometry.__dict__.items()},
         "regions": {name: {"addr": addr, "bytes": size} for name, (addr, size) in memory.regions.items()},
     }
-    return CompiledProgram(instructions, image, memory, geometry, manifest)
+    return CompiledProgram(instructions, image, memory, geometry, manifest, compiler.out.origins)

@@ -11,15 +11,20 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from intvit.quant.atomic import atomic_file, check_output_file
 from intvit.quant.errors import IntVitError
 
-__all__ = ["format_table", "format_count", "op_groups", "check_plot_path", "plot_unit_cycles", "plot_pareto", "UNIT_ORDER"]
+__all__ = ["format_table", "format_count", "op_groups", "check_plot_path", "plot_timeline", "plot_pareto",
+           "UNIT_ORDER"]
 
-# Units in the order the stacked bars pile them up (MatMul at the bottom: usually the largest).
+# The op-level model's units, in the order its tables list them.
 UNIT_ORDER = ("matmul", "requant", "softmax", "gelu", "layernorm")
-UNIT_COLORS = {"matmul": "#4c72b0", "requant": "#dd8452", "softmax": "#55a868", "gelu": "#c44e52",
-               "layernorm": "#8172b3"}
+TIMELINE_COLORS = {"array": "#4c72b0", "requant": "#dd8452", "softmax": "#55a868", "gelu": "#c44e52",
+                   "layernorm": "#8172b3", "load": "#ccb974", "store": "#64b5cd", "control": "#8c8c8c"}
+# Up to this many busy intervals and path segments a Gantt chart draws each one; beyond, bins.
+EXACT_INTERVALS = 4000
 BLOCK_NAME = re.compile(r"^(blocks\.\d+)(\.|$)")
 FIGURE_DPI = 120
 
@@ -108,39 +113,75 @@ def _save(figure, path: str | Path) -> Path:
     return path
 
 
-def plot_unit_cycles(names: Sequence[str], units: Sequence[str], cycles: Sequence[int], path: str | Path,
-                     title: str = "") -> Path:
-    """Stacked bars of cycles per model part (``op_groups``), one colour per unit; write a PNG.
+def plot_timeline(timeline, path: str | Path, title: str = "", bins: int = 600) -> Path:
+    """A Gantt chart of one inference (``sim.timeline.Timeline``) and its critical path; write a PNG.
+
+    Top panel: one lane per unit (array, requant, softmax, gelu, layernorm, load, store) and a
+    last lane for the critical path, coloured by the resource that bounds it. A run of more than
+    ``EXACT_INTERVALS`` busy intervals is aggregated into ``bins`` equal bins, each drawn as high as
+    the unit is busy in it (the critical lane: stacked shares of each resource). Bottom panel:
+    critical-path cycles per model part, stacked by resource.
 
     Parameters
     ----------
-    names, units, cycles : sequences of equal length
-        Per op: its name, the unit it runs on and the cycles it adds (layout ops, unit
-        ``"none"``, add nothing and are left out).
+    timeline : Timeline
     path : str or Path
         ``.png`` file to write.
     title : str
+    bins : int
+        Bins of an aggregated run.
     """
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
-    groups = op_groups(names)
-    order = list(dict.fromkeys(groups))
-    totals = {unit: [0] * len(order) for unit in UNIT_ORDER}
-    index = {group: i for i, group in enumerate(order)}
-    for group, unit, count in zip(groups, units, cycles):
-        if unit in totals:
-            totals[unit][index[group]] += count
-    figure = Figure(figsize=(max(6.0, 0.6 * len(order) + 2), 4.5), layout="constrained")
-    axes = figure.add_subplot()
-    bottom = [0] * len(order)
-    for unit in UNIT_ORDER:
-        if any(totals[unit]):
-            axes.bar(order, totals[unit], bottom=bottom, label=unit, color=UNIT_COLORS[unit])
-            bottom = [b + v for b, v in zip(bottom, totals[unit])]
-    axes.set_ylabel("cycles")
-    axes.set_title(title)
-    axes.tick_params(axis="x", labelrotation=45)
-    figure.legend(loc="outside right upper")
+    from intvit.sim.timeline import CRITICAL_UNITS, LANES
+
+    path = check_plot_path(path)
+    total = max(timeline.total_cycles, 1)
+    lanes = list(LANES) + ["critical"]
+    figure = Figure(figsize=(12, 7.5), layout="constrained")
+    gantt, parts = figure.subplots(2, 1, height_ratios=(3, 2))
+    height = 0.8
+    exact = sum(len(spans) for spans in timeline.busy.values()) + len(timeline.path_start) <= EXACT_INTERVALS
+    for row, unit in enumerate(LANES):
+        y = len(lanes) - 1 - row
+        if exact:
+            spans = timeline.busy[unit]
+            gantt.broken_barh(list(zip(spans[:, 0], spans[:, 1] - spans[:, 0])), (y - height / 2, height),
+                              color=TIMELINE_COLORS[unit])
+    if exact:
+        for u, unit in enumerate(CRITICAL_UNITS):
+            mask = timeline.path_unit == u
+            starts, ends = timeline.path_start[mask], timeline.path_end[mask]
+            gantt.broken_barh(list(zip(starts, ends - starts)), (-height / 2, height), color=TIMELINE_COLORS[unit])
+    else:
+        edges, busy, critical = timeline.bins(bins)
+        width = np.diff(edges)
+        for row, unit in enumerate(LANES):
+            y = len(lanes) - 1 - row
+            gantt.bar(edges[:-1], busy[unit] * height, width=width, bottom=y - height / 2, align="edge",
+                      color=TIMELINE_COLORS[unit], linewidth=0)
+        bottom = np.full(len(width), -height / 2)
+        for u, unit in enumerate(CRITICAL_UNITS):
+            gantt.bar(edges[:-1], critical[u] * height, width=width, bottom=bottom, align="edge",
+                      color=TIMELINE_COLORS[unit], linewidth=0)
+            bottom = bottom + critical[u] * height
+    gantt.set_yticks(range(len(lanes)), lanes[::-1])
+    gantt.set_xlim(0, total)
+    gantt.set_xlabel("cycle" if exact else f"cycle (bins of {total // bins:,} cycles; bar height = share busy)")
+    gantt.set_title(title)
+    by_part = timeline.critical_by_part()
+    names = [part for part, _ in by_part]
+    bottom = np.zeros(len(names))
+    for unit in CRITICAL_UNITS:
+        values = np.array([cycles[unit] for _, cycles in by_part], dtype=float)
+        if values.any():
+            parts.bar(names, values, bottom=bottom, color=TIMELINE_COLORS[unit])
+            bottom += values
+    parts.set_ylabel("critical-path cycles")
+    parts.tick_params(axis="x", labelrotation=45)
+    figure.legend(handles=[Patch(color=TIMELINE_COLORS[unit], label=unit) for unit in CRITICAL_UNITS],
+                  loc="outside right upper")
     return _save(figure, path)
 
 

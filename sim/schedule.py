@@ -39,6 +39,7 @@ from intvit.sim.matmul import fold_cycles, fold_plan
 from intvit.sim.requant import requant_cycles
 from intvit.sim.simulator import gemm_shape
 from intvit.sim.softmax import softmax_cycles
+from intvit.sim.timeline import LANES, Timeline
 
 __all__ = ["UNIT_OF", "ScheduleReport", "burst_cost", "instruction_cycles", "schedule", "predict_cycles",
            "program_macs"]
@@ -48,6 +49,14 @@ UNIT_OF = {
     Opcode.ADD: "requant", Opcode.SOFTMAX: "softmax", Opcode.GELU: "gelu", Opcode.LAYERNORM: "layernorm",
     Opcode.SYNC: "control", Opcode.END: "control",
 }
+TIMELINE_UNIT = {
+    Opcode.LOAD: "load", Opcode.STORE: "store", Opcode.MATMUL: "array", Opcode.REQUANT: "requant",
+    Opcode.ADD: "requant", Opcode.SOFTMAX: "softmax", Opcode.GELU: "gelu", Opcode.LAYERNORM: "layernorm",
+    Opcode.SYNC: "control", Opcode.END: "control",
+}
+# What bound a start or a dispatch: the fetch burst's arrival, the previous dispatch (or, for a
+# start, its own dispatch), the module's previous instruction, a token's push, a full queue.
+_FETCHED, _DISPATCHED, _MODULE, _TOKEN, _QUEUE_FULL = range(5)
 # Token counters by (producer queue, consumer queue); which flag pushes and which pops.
 COUNTERS = ((Queue.LOAD, Queue.COMPUTE), (Queue.COMPUTE, Queue.LOAD), (Queue.COMPUTE, Queue.STORE),
             (Queue.STORE, Queue.COMPUTE))
@@ -82,6 +91,7 @@ class ScheduleReport:
     dram_read_bytes: int = 0
     dram_write_bytes: int = 0
     macs: int = 0
+    causes: _Causes | None = None
 
     @property
     def latency_us(self) -> float:
@@ -103,6 +113,70 @@ class ScheduleReport:
             "units": {unit: {"busy_cycles": busy, "utilization": busy / self.total_cycles}
                       for unit, busy in self.units.items()},
         }
+
+
+    def timeline(self, names: list[str] | None = None) -> Timeline:
+        """Busy intervals per unit and the critical path (``sim.timeline``).
+
+        The path is walked back from END: each start is bound by its module's previous
+        instruction, a token's push or its dispatch; a dispatch by the previous dispatch, a
+        full queue (the start that frees it) or its fetch burst. ``names`` (the op of every
+        instruction, ``CompiledProgram.origins``) groups the path by model part.
+        """
+        from intvit.sim.report import op_groups
+
+        c = self.causes
+        start, end = self.start, self.end
+        n = len(start)
+        unit = [TIMELINE_UNIT[Opcode(op)] for op in self.opcodes.tolist()]
+        parts = op_groups(names[:n]) if names is not None else ["program"] * n
+        units = np.array(unit)
+        busy = {lane: np.stack([start[units == lane], end[units == lane]], axis=1) for lane in LANES}
+        path = [(int(start[-1]), int(end[-1]), unit[-1], parts[-1])]
+        kind, i = "start", n - 1
+        while True:
+            if kind == "start":
+                by, j = c.start_by[i]
+                if by in (_MODULE, _TOKEN):
+                    path.append((int(start[j]), int(end[j]), unit[j], parts[j]))
+                    i = int(j)
+                else:
+                    path.append((int(c.dispatch[i]), int(start[i]), "control", parts[i]))
+                    kind = "dispatch"
+                continue
+            by, j = c.dispatch_by[i]
+            if by == _DISPATCHED:
+                path.append((int(c.dispatch[j]), int(c.dispatch[i]), "control", parts[i]))
+                i = int(j)
+                continue
+            if by == _QUEUE_FULL:
+                path.append((int(start[j]), int(c.dispatch[i]), "control", parts[i]))
+                kind, i = "start", int(j)
+                continue
+            burst, t = int(j), int(c.dispatch[i])          # fetch-bound: walk back through the bursts
+            while True:
+                issue = int(c.arrival[burst]) - c.fetch_cost
+                path.append((issue, t, "control", parts[i]))
+                room = int(c.issued_by[burst])
+                if room >= 0:
+                    path.append((int(c.dispatch[room]), issue, "control", parts[i]))
+                    kind, i = "dispatch", room
+                    break
+                if burst == 0:
+                    return Timeline.build(self.total_cycles, busy, path[::-1])
+                burst, t = burst - 1, issue
+
+
+@dataclass(frozen=True)
+class _Causes:
+    """What bound each time of a schedule, for ``ScheduleReport.timeline``."""
+
+    dispatch: np.ndarray
+    start_by: np.ndarray
+    dispatch_by: np.ndarray
+    arrival: np.ndarray
+    issued_by: np.ndarray
+    fetch_cost: int
 
 
 @lru_cache(maxsize=1 << 16)
@@ -217,27 +291,39 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
     dispatch = np.zeros(n, dtype=np.int64)
     start = np.zeros(n, dtype=np.int64)
     end = np.zeros(n, dtype=np.int64)
+    # What bound each time (for the critical path): start by (kind, index), dispatch by (kind, index),
+    # fetch burst issue by the previous burst (-1) or the dispatch that made room (its index).
+    start_by = np.zeros((n, 2), dtype=np.int64)
+    dispatch_by = np.zeros((n, 2), dtype=np.int64)
     arrival: list[int] = []
+    issued_by: list[int] = []
     queue_members: dict[Queue, list[int]] = {q: [] for q in Queue}
     last_end = {q: 0 for q in Queue}
+    last_index = {q: -1 for q in Queue}
     pushes: dict[tuple, list[int]] = {c: [] for c in COUNTERS}     # completion cycles, in push order
+    pushers: dict[tuple, list[int]] = {c: [] for c in COUNTERS}    # and the pushing instructions
     pops: dict[tuple, list[int]] = {c: [] for c in COUNTERS}
     for i, ins in enumerate(instructions):
         burst = i // FETCH_BURST_INSTRUCTIONS
         while len(arrival) <= burst:
             b = len(arrival)
-            issue = arrival[-1] if arrival else 0
+            issue, by = (arrival[-1], -1) if arrival else (0, -1)
             room = b * FETCH_BURST_INSTRUCTIONS - FETCH_QUEUE_DEPTH + FETCH_BURST_INSTRUCTIONS - 1
-            if room >= 0:
-                issue = max(issue, int(dispatch[room]) + 1)
+            if room >= 0 and int(dispatch[room]) + 1 > issue:
+                issue, by = int(dispatch[room]) + 1, room
             arrival.append(issue + fetch_cost)
+            issued_by.append(by)
         queue = QUEUE_OF[ins.opcode]
         members = queue_members[queue]
-        d = max(arrival[burst], int(dispatch[i - 1]) + 1 if i else 0)
-        if len(members) >= QUEUE_DEPTH:
-            d = max(d, int(start[members[-QUEUE_DEPTH]]) + 1)
-        dispatch[i] = d
-        s = max(d + 1, last_end[queue])
+        d, dby = arrival[burst], (_FETCHED, burst)
+        if i and int(dispatch[i - 1]) + 1 > d:
+            d, dby = int(dispatch[i - 1]) + 1, (_DISPATCHED, i - 1)
+        if len(members) >= QUEUE_DEPTH and int(start[members[-QUEUE_DEPTH]]) + 1 > d:
+            d, dby = int(start[members[-QUEUE_DEPTH]]) + 1, (_QUEUE_FULL, members[-QUEUE_DEPTH])
+        dispatch[i], dispatch_by[i] = d, dby
+        s, sby = d + 1, (_DISPATCHED, i)
+        if last_end[queue] >= s and last_index[queue] >= 0:
+            s, sby = last_end[queue], (_MODULE, last_index[queue])
         f = ins.fields
         for counter in COUNTERS:
             producer, consumer = counter
@@ -247,19 +333,23 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
                     raise IntVitError(f"instruction {i} ({ins.opcode.name}) waits for a {producer.name.lower()}->"
                                       f"{consumer.name.lower()} token that no earlier instruction gives: "
                                       "the controller would hang")
-                s = max(s, pushes[counter][taken])
+                if pushes[counter][taken] > s:
+                    s, sby = pushes[counter][taken], (_TOKEN, pushers[counter][taken])
         start[i], end[i] = s, s + int(duration[i])
+        start_by[i] = sby
         for counter in COUNTERS:
             producer, consumer = counter
             if consumer == queue and f.get("pop_prev" if producer < consumer else "pop_next"):
                 pops[counter].append(s)
             if producer == queue and f.get("push_next" if producer < consumer else "push_prev"):
                 pushes[counter].append(int(end[i]))
+                pushers[counter].append(i)
         members.append(i)
-        last_end[queue] = int(end[i])
+        last_end[queue], last_index[queue] = int(end[i]), i
     _check_counters(pushes, pops)
     report = _report(instructions, config, start, end, duration)
     report.macs = macs
+    report.causes = _Causes(dispatch, start_by, dispatch_by, np.array(arrival), np.array(issued_by), fetch_cost)
     return report
 
 

@@ -46,6 +46,7 @@ from intvit.sim.layernorm import layernorm_cycles
 from intvit.sim.matmul import MatMulUnit
 from intvit.sim.requant import requant_cycles
 from intvit.sim.softmax import softmax_cycles
+from intvit.sim.timeline import Timeline
 
 __all__ = ["OpReport", "SimReport", "gemm_shape", "simulate"]
 
@@ -75,6 +76,10 @@ class OpReport:
         Bytes read and written on chip and off chip.
     bound : str
         ``"compute"``, ``"memory"`` or ``"-"``.
+    compute_cycles : int
+        Cycles the unit computes (``cycles`` less any wait for memory).
+    dram_write_bytes : int
+        The part of ``dram_bytes`` written off chip.
     """
 
     name: str
@@ -87,6 +92,8 @@ class OpReport:
     sram_bytes: int = 0
     dram_bytes: int = 0
     bound: str = "-"
+    compute_cycles: int = 0
+    dram_write_bytes: int = 0
 
 
 @dataclass
@@ -135,6 +142,45 @@ class SimReport:
     def dram_bytes(self) -> int:
         return sum(op.dram_bytes for op in self.ops)
 
+    def timeline(self) -> Timeline:
+        """Busy intervals per unit and the critical path of this schedule (``sim.timeline``).
+
+        Ops run one after another; a requant fused to its matmul's drain ends ``exposed_cycles``
+        after the matmul and runs for its ``cycles`` up to then. Off-chip transfers share one
+        port at ``bandwidth_bytes_per_cycle``: an op's reads occupy ``load`` from its start,
+        its writes ``store`` up to its end. The op's exposed cycles are on the critical path,
+        bound by its unit, or by ``load``/``store`` for an op that waits for memory.
+        """
+        from intvit.sim.report import op_groups
+
+        bandwidth = self.config.memory.bandwidth_bytes_per_cycle
+        lane = {"matmul": "array"}
+        busy: dict[str, list] = {}
+        path = []
+        t = previous_start = 0
+        names = [op.name for op in self.ops]
+        for op, part in zip(self.ops, op_groups(names)):
+            if op.unit == "none":
+                continue
+            unit = lane.get(op.unit, op.unit)
+            compute = op.compute_cycles or op.cycles
+            if op.exposed_cycles < op.cycles:                  # streams from the previous matmul's drain
+                end = t + op.exposed_cycles
+                op_start = max(previous_start, end - compute)
+            else:
+                op_start, end = t, t + op.cycles
+            busy.setdefault(unit, []).append((op_start, op_start + compute))
+            reads = math.ceil((op.dram_bytes - op.dram_write_bytes) / bandwidth)
+            writes = math.ceil(op.dram_write_bytes / bandwidth)
+            busy.setdefault("load", []).append((op_start, op_start + reads))
+            busy.setdefault("store", []).append((end - writes, end))
+            if op.bound == "memory" and op.exposed_cycles == op.cycles:
+                path += [(t, end - writes, "load", part), (end - writes, end, "store", part)]
+            else:
+                path.append((t, end, unit, part))
+            previous_start, t = op_start, end
+        return Timeline.build(self.total_cycles, busy, path)
+
     def as_dict(self) -> dict:
         m = self.config.matmul
         return {
@@ -156,7 +202,8 @@ def _elementwise_report(op: Op, unit: str, compute: int, in_bytes: int, out_byte
     memory = math.ceil(dram / config.memory.bandwidth_bytes_per_cycle)
     cycles = max(compute, memory)
     return OpReport(op.name, op.kind, unit, cycles, cycles, sram_bytes=traffic, dram_bytes=dram,
-                    bound="memory" if memory > compute else "compute")
+                    bound="memory" if memory > compute else "compute", compute_cycles=compute,
+                    dram_write_bytes=out_bytes if spills else 0)
 
 
 def gemm_shape(op: Op, shapes: dict) -> tuple[int, int, int, int]:
@@ -186,7 +233,9 @@ class _Costing:
             return OpReport(op.name, op.kind, "matmul", cycles, cycles, macs=count * layer.macs,
                             utilization=layer.macs / (layer.cycles * layer.plan.rows * layer.plan.cols),
                             sram_bytes=count * (layer.a_sram_reads + layer.b_sram_reads + layer.out_sram_writes),
-                            dram_bytes=count * layer.dram_bytes, bound=layer.bound)
+                            dram_bytes=count * layer.dram_bytes, bound=layer.bound,
+                            compute_cycles=count * layer.compute_cycles,
+                            dram_write_bytes=count * layer.out_dram_bytes)
         shape = shapes[op.inputs[0]]
         size = math.prod(shape)
         activations = op.inputs[:2] if op.kind in ("add", "average") else op.inputs[:1]  # constants live on chip

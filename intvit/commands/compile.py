@@ -28,7 +28,7 @@ from intvit.quant.atomic import atomic_folder, check_output_file, check_output_f
 from intvit.quant.errors import IntVitError
 from intvit.sim.config import load_config
 
-__all__ = ["register", "run", "write_compiled", "simulate_compiled"]
+__all__ = ["register", "run", "write_compiled"]
 
 DEFAULT_DATA = "mnist"
 STREAM_NAME, IMAGE_NAME, MANIFEST_NAME = "program.bin", "image.bin", "manifest.json"
@@ -115,51 +115,4 @@ def run(args: argparse.Namespace) -> int:
               f"  bit-exact (program order and overlapped schedule): {'yes' if check['bit_exact'] else 'NO'}")
         if not check["bit_exact"]:
             raise IntVitError("the compiled stream's logits differ from the golden executor's")
-    return 0
-
-
-
-def simulate_compiled(args: argparse.Namespace) -> int:
-    """``intvit simulate --compiled``: the cycle model of the compiled schedule (``sim.schedule``).
-
-    Prints total cycles, cycles per instruction class and busy cycles per unit; unless
-    ``--no-functional``, also runs the first test image through the instruction-level executor
-    and prints its predicted class.
-    """
-    from intvit.compiler.codegen import compile_program
-    from intvit.compiler.executor import execute
-    from intvit.sim.report import format_count, format_table
-    from intvit.sim.schedule import program_macs, schedule
-
-    if args.batch != 1 or args.image or args.plot:
-        raise IntVitError("--compiled simulates one test image of --data: --batch, --image and --plot do not apply")
-    config = load_config(args.config)
-    program = build_program(args, load_model(args), args.data)
-    compiled = compile_program(program, config)
-    report = schedule(compiled.instructions, config, macs=program_macs(program))
-    data = {"model": program.config.name, "compiled": True, **report.as_dict(),
-            "accelerator": dataclasses.asdict(config)}
-    if args.functional:
-        images, _, _ = load_images(args.data, program.config, "test", 1)
-        logits = execute(compiled, program.quantize_input(images[:1]),
-                         progress=lambda it: progress(it, "execute", len(compiled.instructions), unit="instr"))
-        data["logits"] = logits.tolist()
-        data["predicted_class"] = int(np.argmax(logits[0]))
-    if args.json:
-        write_json(data, args.json)
-        if args.json == "-":
-            return 0
-    total = report.total_cycles
-    print(f"{program.config.name} compiled for a {data['array']} accelerator: {len(compiled.instructions):,} "
-          f"instructions, {format_count(total)} cycles ({report.latency_us:,.1f} µs at {config.clock_mhz:g} MHz), "
-          f"MAC utilisation {100 * report.mac_utilization:.1f}%, DRAM read {format_count(report.dram_read_bytes)} "
-          f"/ written {format_count(report.dram_write_bytes)} bytes")
-    print(format_table(["class", "count", "busy cycles", "of total"],
-                       [[name, format_count(e["count"]), format_count(e["busy_cycles"]),
-                         f"{100 * e['busy_cycles'] / total:.1f}%"] for name, e in report.classes.items()], align="lrrr"))
-    print(format_table(["unit", "busy cycles", "utilisation"],
-                       [[unit, format_count(busy), f"{100 * busy / total:.1f}%"] for unit, busy in report.units.items()],
-                       align="lrr"))
-    if args.functional:
-        print(f"image 0: predicted class {data['predicted_class']} (logits {data['logits'][0]})")
     return 0

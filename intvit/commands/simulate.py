@@ -1,12 +1,18 @@
 """``intvit simulate``: one inference on the accelerator model, per-layer cycles and totals.
 
-Two paths:
+Three paths:
 
 * a model (default): quantise it (or load ``--program``), run a batch of images through
   ``sim.simulator.simulate`` and print a per-op table, totals, cycles per unit and the
   predicted classes; ``--json`` and ``--plot`` write the report and a chart;
+* ``--compiled``: compile the model (``compiler.codegen``) and evaluate the instruction
+  stream's schedule (``sim.schedule``), the cycles the RTL counts;
 * a SCALE-Sim topology (``--topology``, with ``--scalesim-config`` or ``--config``): run the
   MatMul model over its GEMMs and write SCALE-Sim's three reports plus intvit's own.
+
+Both model paths print per unit busy, exposed (busy while the array idles) and critical-path
+cycles, and the critical path per model part (``sim.timeline``); ``--plot`` draws the Gantt
+chart of the units (``sim.report.plot_timeline``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from intvit.commands.common import (
 from intvit.quant.atomic import check_output_file, check_output_folder
 from intvit.sim.config import load_config
 from intvit.sim.matmul import MODES
-from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, op_groups, plot_unit_cycles
+from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_table, op_groups, plot_timeline
 
 __all__ = ["register", "run"]
 
@@ -63,7 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "scratchpads, the controller's overlap), as the RTL runs it; batch 1")
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE",
                         help="write the report as JSON to FILE, or alone: print it instead of the tables")
-    parser.add_argument("--plot", metavar="FILE.png", help="stacked bar chart of cycles per block and unit")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="Gantt chart of the units over one inference, the critical path and its cycles per "
+                             "block")
     topo = parser.add_argument_group("SCALE-Sim topology")
     topo.add_argument("--topology", metavar="FILE", help="SCALE-Sim topology CSV to run instead of a model")
     topo.add_argument("--scalesim-config", metavar="FILE", help="SCALE-Sim scale.cfg for --topology")
@@ -89,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise IntVitError(f"--batch {args.batch}: a functional simulation keeps every image's tensors; at most "
                           f"{MAX_FUNCTIONAL_BATCH} (--no-functional costs larger batches from shapes alone)")
     if args.compiled:
-        from intvit.commands.compile import simulate_compiled
-
-        return simulate_compiled(args)
+        return _run_compiled(args)
     return _run_model(args)
 
 
@@ -166,6 +172,27 @@ def _predictions(report, labels, classes: list[str]) -> list[dict]:
     return out
 
 
+def _print_timeline(timeline) -> None:
+    """Per unit busy, exposed (busy while the array idles) and critical-path cycles; the path per model part."""
+    total = timeline.total_cycles
+    share = lambda cycles: f"{100 * cycles / total:.1f}%"
+    rows = [[unit, "-" if e["busy_cycles"] is None else format_count(e["busy_cycles"]),
+             "-" if e["busy_cycles"] is None else share(e["busy_cycles"]),
+             "-" if e["exposed_cycles"] is None else format_count(e["exposed_cycles"]),
+             format_count(e["critical_cycles"]), share(e["critical_cycles"])]
+            for unit, e in timeline.units().items()]
+    array_idle = total - timeline.busy_cycles("array")
+    print(f"units (exposed: busy while the array idles; the array idles {format_count(array_idle)} cycles, "
+          f"{share(array_idle)})")
+    print(format_table(["unit", "busy", "util", "exposed", "critical", "of path"], rows, align="lrrrrr"))
+    print(f"\ncritical path: {timeline.stretches():,} stretches; cycles per model part and bounding resource")
+    by_part = timeline.critical_by_part()
+    units = [u for u in timeline.critical_cycles() if any(cycles[u] for _, cycles in by_part)]
+    rows = [[part, format_count(sum(cycles.values())),
+             *(f"{100 * cycles[u] / max(sum(cycles.values()), 1):.0f}%" for u in units)] for part, cycles in by_part]
+    print(format_table(["part", "cycles", *units], rows, align="l" + "r" * (len(units) + 1)))
+
+
 def _print_model_report(report, predictions: list[dict], classes: list[str]) -> None:
     m = report.config.matmul
     print(f"{report.model} on a {m.rows}x{m.cols} {m.dataflow} array, batch {report.batch}\n")
@@ -174,10 +201,7 @@ def _print_model_report(report, predictions: list[dict], classes: list[str]) -> 
     print()
     print(format_table(["total", "value"], _totals_rows(report), align="lr"))
     print()
-    units = report.unit_cycles()
-    rows = [[unit, format_count(units[unit]), f"{100 * units[unit] / report.total_cycles:.1f}%"]
-            for unit in UNIT_ORDER if unit in units]
-    print(format_table(["unit", "cycles", "share"], rows, align="lrr"))
+    _print_timeline(report.timeline())
     if predictions:
         print()
     for entry in predictions:
@@ -223,15 +247,68 @@ def _run_model(args: argparse.Namespace) -> int:
         data["mode"] = args.mode or "native"
         data["predictions"] = predictions
         data["logits"] = report.logits
+        data["timeline"] = report.timeline().as_dict()
         write_json(data, args.json)
     if args.json != "-":
         _print_model_report(report, predictions, classes)
         _print_energy(energy, groups)
     if args.plot:
         m = report.config.matmul
-        plot_unit_cycles([op.name for op in report.ops], [op.unit for op in report.ops],
-                         [op.exposed_cycles for op in report.ops], args.plot,
-                         title=f"{report.model}: {m.rows}x{m.cols} {m.dataflow}, {report.total_cycles:,} cycles")
+        plot_timeline(report.timeline(), args.plot,
+                      title=f"{report.model} (op-level model): {m.rows}x{m.cols} {m.dataflow}, "
+                            f"{report.total_cycles:,} cycles, MAC utilisation {100 * report.utilization:.1f}%")
+    return 0
+
+
+# -------------------------------------------------------------------------- compiled path
+def _run_compiled(args: argparse.Namespace) -> int:
+    """The cycle model of the compiled schedule (``sim.schedule``), as the RTL runs it.
+
+    Prints total cycles, cycles per instruction class, per unit busy, exposed and critical-path
+    cycles; unless ``--no-functional``, also runs the first test image through the
+    instruction-level executor and prints its predicted class.
+    """
+    from intvit.compiler.codegen import compile_program
+    from intvit.compiler.executor import execute
+    from intvit.sim.schedule import program_macs, schedule
+
+    if args.batch != 1 or args.image:
+        raise IntVitError("--compiled simulates one test image of --data: --batch and --image do not apply")
+    config = load_config(args.config)
+    # Cycles depend on shapes only: a cycle-only run compiles the uncalibrated shape program.
+    program = build_program(args, load_model(args), args.data) if args.functional else shape_program(args)
+    compiled = compile_program(program, config)
+    report = schedule(compiled.instructions, config, macs=program_macs(program))
+    timeline = report.timeline(compiled.origins)
+    data = {"model": program.config.name, "compiled": True, **report.as_dict(), "timeline": timeline.as_dict(),
+            "accelerator": dataclasses.asdict(config)}
+    if args.functional:
+        images, _, _ = load_images(args.data, program.config, "test", 1)
+        logits = execute(compiled, program.quantize_input(images[:1]),
+                         progress=lambda it: progress(it, "execute", len(compiled.instructions), unit="instr"))
+        data["logits"] = logits.tolist()
+        data["predicted_class"] = int(np.argmax(logits[0]))
+    if args.json:
+        write_json(data, args.json)
+    if args.json != "-":
+        total = report.total_cycles
+        print(f"{program.config.name} compiled for a {data['array']} accelerator: {len(compiled.instructions):,} "
+              f"instructions, {format_count(total)} cycles ({report.latency_us:,.1f} µs at {config.clock_mhz:g} MHz), "
+              f"MAC utilisation {100 * report.mac_utilization:.1f}%, DRAM read {format_count(report.dram_read_bytes)} "
+              f"/ written {format_count(report.dram_write_bytes)} bytes\n")
+        print(format_table(["class", "count", "busy cycles", "of total"],
+                           [[name, format_count(e["count"]), format_count(e["busy_cycles"]),
+                             f"{100 * e['busy_cycles'] / total:.1f}%"] for name, e in report.classes.items()],
+                           align="lrrr"))
+        print()
+        _print_timeline(timeline)
+        if args.functional:
+            print(f"\nimage 0: predicted class {data['predicted_class']} (logits {data['logits'][0]})")
+    if args.plot:
+        m = config.matmul
+        plot_timeline(timeline, args.plot,
+                      title=f"{program.config.name} (compiled schedule): {m.rows}x{m.cols}, {report.total_cycles:,} "
+                            f"cycles, MAC utilisation {100 * report.mac_utilization:.1f}%")
     return 0
 
 

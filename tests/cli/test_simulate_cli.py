@@ -84,7 +84,7 @@ def test_table_totals_units_and_prediction(capsys, mnist):
     for field in ("cycles", "latency", "throughput", "MACs/cycle", "MAC utilisation", "DRAM bytes"):
         assert any(line.startswith(field) for line in out.splitlines()), field
     assert "µs at 500 MHz" in out
-    for unit in ("matmul", "requant", "softmax", "gelu", "layernorm"):
+    for unit in ("array", "requant", "softmax", "gelu", "layernorm", "load", "store"):
         assert any(line.split()[0] == unit and line.endswith("%") for line in out.splitlines() if line), unit
     assert "image 0: predicted class" in out and "image 1: predicted class" in out and ", label " in out
     # Layout ops take no cycles and stay out of the table.
@@ -103,6 +103,10 @@ def test_json_report(capsys, mnist, tmp_path):
     assert data["mode"] == "scalesim" and data["model"] == "mnist"
     assert data["total_cycles"] == sum(op["exposed_cycles"] for op in data["ops"])
     assert data["total_cycles"] == sum(data["unit_cycles"].values())
+    # On the op-level model's sequential schedule the critical path is each op's exposed cycles.
+    critical = {unit: e["critical_cycles"] for unit, e in data["timeline"]["units"].items()}
+    assert sum(critical.values()) == data["total_cycles"]
+    assert critical["softmax"] == data["unit_cycles"]["softmax"]
     assert data["predictions"][0]["class"] == int(np.argmax(data["logits"][0]))
     assert data["accelerator"]["matmul"]["rows"] == 16
 

@@ -38,11 +38,26 @@ def test_compile_writes_stream_image_manifest(tmp_path, program_file, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["image.bin", "manifest.json", "program.bin"]
 
 
-def test_simulate_compiled(program_file, capsys):
-    assert main(["simulate", "--compiled", "--program", str(program_file), "--no-functional", "--json", "-"]) == 0
+def test_simulate_compiled(program_file, capsys, tmp_path):
+    plot = tmp_path / "gantt.png"
+    assert main(["simulate", "--compiled", "--program", str(program_file), "--no-functional", "--json", "-",
+                 "--plot", str(plot)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["compiled"] and report["total_cycles"] > report["units"]["matmul"]["busy_cycles"] > 0
     assert sum(c["count"] for c in report["classes"].values()) == report["instructions"]
+    units = report["timeline"]["units"]
+    assert units["array"]["busy_cycles"] == report["units"]["matmul"]["busy_cycles"]
+    assert units["load"]["busy_cycles"] == report["units"]["dma_load"]["busy_cycles"] >= units["load"]["exposed_cycles"]
+    assert sum(e["critical_cycles"] for e in units.values()) == report["total_cycles"]
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_simulate_compiled_tables(program_file, capsys):
+    assert main(["simulate", "--compiled", "--program", str(program_file), "--no-functional"]) == 0
+    out = capsys.readouterr().out
+    assert "critical path:" in out and "the array idles" in out
+    for unit in ("array", "requant", "softmax", "gelu", "layernorm", "load", "store", "control"):
+        assert any(line.split()[0] == unit and line.endswith("%") for line in out.splitlines() if line), unit
 
 
 def test_compile_refusal_is_one_line(tmp_path, program_file, capsys):
