@@ -37,7 +37,7 @@ from intvit.compiler.isa import (
     TOKEN_BITS, Format, Memory, Opcode, Queue,
 )
 from intvit.quant.errors import IntVitError
-from intvit.rtl.dma import BURST_INCR, AxiSignature
+from intvit.rtl.axi import BURST_INCR, CACHE_NORMAL, AxiSignature
 
 __all__ = ["ModuleSignature", "Controller", "field_slice"]
 
@@ -146,7 +146,7 @@ class Controller(wiring.Component):
         # The first burst goes out in the start cycle itself (cycle 0 of the schedule).
         base = Mux(started, self.insn_base, address)
         m.d.comb += [axi.araddr.eq(base), axi.arlen.eq(burst_beats - 1), axi.arsize.eq((w // 8).bit_length() - 1),
-                     axi.arburst.eq(BURST_INCR), axi.arcache.eq(0b0011),
+                     axi.arburst.eq(BURST_INCR), axi.arcache.eq(CACHE_NORMAL),
                      axi.arvalid.eq(started | (running & (~in_flight | arrived) & ~self._fetch_stop
                                                & (fetched.level + fetched.w_en
                                                   <= FETCH_QUEUE_DEPTH - FETCH_BURST_INSTRUCTIONS))),

@@ -27,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 from intvit.compiler.isa import AXI_BOUNDARY_BYTES, ELEMENT_BYTES, INSTRUCTION_BITS, Format, Memory
 from intvit.quant.errors import IntVitError
 from intvit.rtl.controller import field_slice
-from intvit.rtl.dma import BURST_INCR, AxiSignature
+from intvit.rtl.axi import BURST_INCR, CACHE_NORMAL, AxiSignature
 
 __all__ = ["LoadUnit", "StoreUnit", "SpGeometry"]
 
@@ -247,7 +247,7 @@ class LoadUnit(wiring.Component):
         handshake = axi.rvalid & axi.rready
         burst_end = handshake & last_beat
         m.d.comb += [axi.araddr.eq(Cat(Const(0, wb), runs.addr[wb:])), axi.arlen.eq(runs.beats - 1),
-                     axi.arsize.eq(wb), axi.arburst.eq(BURST_INCR), axi.arcache.eq(0b0011),
+                     axi.arsize.eq(wb), axi.arburst.eq(BURST_INCR), axi.arcache.eq(CACHE_NORMAL),
                      axi.arvalid.eq(busy & runs.busy & (~in_flight | burst_end)), axi.rready.eq(in_flight)]
         with m.If(handshake):
             m.d.sync += [left.eq(left - 1), first_beat.eq(0)]
@@ -391,7 +391,7 @@ class StoreUnit(wiring.Component):
         w_handshake = axi.wvalid & axi.wready
         b_handshake = axi.bvalid & axi.bready
         m.d.comb += [axi.awaddr.eq(Cat(Const(0, wb), runs.addr[wb:])), axi.awlen.eq(runs.beats - 1),
-                     axi.awsize.eq(wb), axi.awburst.eq(BURST_INCR), axi.awcache.eq(0b0011),
+                     axi.awsize.eq(wb), axi.awburst.eq(BURST_INCR), axi.awcache.eq(CACHE_NORMAL),
                      axi.awvalid.eq(busy & runs.busy & (~in_flight | b_handshake)), axi.bready.eq(in_flight)]
         m.d.comb += runs.next.eq(axi.awvalid & axi.awready)
         with m.If(b_handshake):

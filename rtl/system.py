@@ -35,7 +35,7 @@ from intvit.compiler.isa import Opcode
 from intvit.quant.errors import IntVitError
 from intvit.rtl.compute import ComputeUnit
 from intvit.rtl.controller import CYCLE_BITS, Controller
-from intvit.rtl.dma import AxiSignature
+from intvit.rtl.axi import AxiSignature
 from intvit.rtl.loadstore import LoadUnit, SpGeometry, StoreUnit
 
 __all__ = ["SystemParams", "System", "IMPLEMENTED_OPCODES"]
