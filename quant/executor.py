@@ -1,18 +1,23 @@
 """The golden executor: runs an ``IntProgram`` op by op, in integers only, bit-exact and batched.
 
 Every op kind maps to one integer kernel of ``quant``; the simulator executes the
-same table, so the two cannot drift apart. No float value is created here: the input
+same table, so the two cannot drift apart. Without ``collect``, a matmul and the ops that
+only consume its accumulator (requant; requant, GELU, requant; requant, softmax) run as one
+kernel of ``quant.fused``, which computes the same integers without storing the
+intermediates (``FUSED``; tests run every program both ways). No float value is created here: the input
 is INT8 already (``IntProgram.quantize_input``) and every intermediate is an integer
 array (a test walks the collected tensors and the module's source to prove it).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from intvit.quant.errors import IntVitError
+from intvit.quant.fused import fusable_scale, matmul_gelu, matmul_requant, matmul_softmax
 from intvit.quant.gelu import int_gelu
 from intvit.quant.layernorm import int_layernorm
 from intvit.quant.matmul import int_matmul
@@ -21,7 +26,7 @@ from intvit.quant.program import IntProgram, Op
 from intvit.quant.requant import int_add, int_range, requantize
 from intvit.quant.softmax import int_softmax
 
-__all__ = ["KERNELS", "execute_op", "run_program", "saturation_counts"]
+__all__ = ["FUSED", "KERNELS", "execute_op", "run_program", "saturation_counts"]
 
 
 def _patchify(op, x):
@@ -69,14 +74,67 @@ KERNELS: dict[str, Callable] = {
 }
 
 
-def execute_op(op: Op, env: dict[str, np.ndarray], constants: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """Run one op, reading operands from ``env`` (tensors) or ``constants``; returns its outputs."""
+def _operands(op: Op, env: dict[str, np.ndarray], constants: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
-        args = [env[name] if name in env else constants[name] for name in op.inputs]
+        return [env[name] if name in env else constants[name] for name in op.inputs]
     except KeyError as exc:
         raise IntVitError(f"op {op.name!r}: operand {exc.args[0]!r} is neither a tensor nor a constant") from None
-    result = KERNELS[op.kind](op, *args)
+
+
+def execute_op(op: Op, env: dict[str, np.ndarray], constants: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Run one op, reading operands from ``env`` (tensors) or ``constants``; returns its outputs."""
+    result = KERNELS[op.kind](op, *_operands(op, env, constants))
     return result if isinstance(result, tuple) else (result,)
+
+
+def _matmul_arguments(chain):
+    mm = chain[0]
+    return {"transpose_b": bool(mm.attrs.get("transpose_b")), "name": mm.name}
+
+
+# Op chains run as one kernel: kinds -> kernel(chain, a, b, bias, scales), scales being the
+# (multiplier, shift) pair of each requant in the chain.
+FUSED: dict[tuple[str, ...], Callable] = {
+    ("matmul", "requant"): lambda chain, a, b, bias, scales: matmul_requant(
+        a, b, bias, *scales[0], chain[1].attrs["bits"], **_matmul_arguments(chain)),
+    ("matmul", "requant", "gelu", "requant"): lambda chain, a, b, bias, scales: matmul_gelu(
+        a, b, bias, scales[0], chain[1].attrs["bits"], scales[1], chain[3].attrs["bits"], **_matmul_arguments(chain)),
+    ("matmul", "requant", "softmax"): lambda chain, a, b, bias, scales: matmul_softmax(
+        a, b, bias, *scales[0], chain[1].attrs["bits"], **_matmul_arguments(chain)),
+}
+
+
+def _chain_length(ops: list[Op], i: int, readers: Counter, keep: str) -> int:
+    """The ops from ``ops[i]`` that run as one ``FUSED`` kernel (the longest chain; 1: none).
+
+    Each op after the first must read its predecessor's output as its first operand, and be
+    that output's only reader; the program's output is never an intermediate.
+    """
+    def consumes(j: int) -> bool:
+        produced = ops[j - 1].outputs
+        return (j < len(ops) and len(produced) == 1 and ops[j].inputs[:1] == produced
+                and readers[produced[0]] == 1 and produced[0] != keep)
+
+    for kinds in sorted(FUSED, key=len, reverse=True):
+        if all(i + k < len(ops) and ops[i + k].kind == kind for k, kind in enumerate(kinds)) \
+                and all(consumes(i + k) for k in range(1, len(kinds))):
+            return len(kinds)
+    return 1
+
+
+def _run_fused(chain: list[Op], env: dict[str, np.ndarray], constants: dict[str, np.ndarray]) -> bool:
+    """Run a chain as its ``FUSED`` kernel, storing its last output; False if a scale has another form."""
+    a, b, *bias = _operands(chain[0], env, constants)
+    channels = b.shape[-2 if chain[0].attrs.get("transpose_b") else -1]
+    scales = [tuple(constants.get(name, env.get(name)) for name in op.inputs[1:]) for op in chain
+              if op.kind == "requant"]
+    if any(value is None for pair in scales for value in pair):
+        return False
+    if not all(fusable_scale(value, channels) for pair in scales for value in pair):
+        return False
+    kernel = FUSED[tuple(op.kind for op in chain)]
+    env[chain[-1].output] = kernel(chain, a, b, bias[0] if bias else None, scales)
+    return True
 
 
 def run_program(program: IntProgram, x: np.ndarray, *, collect: bool = False,
@@ -88,7 +146,8 @@ def run_program(program: IntProgram, x: np.ndarray, *, collect: bool = False,
     program : IntProgram
     x : int8 array (B, C, H, W), from ``program.quantize_input``
     collect : bool
-        Also return every intermediate tensor by name (for SQNR reports and tests).
+        Also return every intermediate tensor by name (for SQNR reports and tests); every op
+        then runs on its own.
     ops : optional iterable of Op
         Run these instead of ``program.ops`` (e.g. wrapped in a progress bar).
 
@@ -101,13 +160,21 @@ def run_program(program: IntProgram, x: np.ndarray, *, collect: bool = False,
     ops = list(program.ops if ops is None else ops)
     # Free each tensor after its last reader, so DeiT-Base batches fit comfortably in memory.
     last_reader = {name: i for i, op in enumerate(ops) for name in op.inputs}
+    readers = Counter(name for op in ops for name in op.inputs)
     env = {"input": x}
-    for i, op in enumerate(ops):
-        env.update(zip(op.outputs, execute_op(op, env, program.constants)))
+    i = 0
+    while i < len(ops):
+        length = 1 if collect else _chain_length(ops, i, readers, program.output)
+        chain = ops[i:i + length]
+        if length == 1 or not _run_fused(chain, env, program.constants):
+            for op in chain:
+                env.update(zip(op.outputs, execute_op(op, env, program.constants)))
         if not collect:
-            for name in op.inputs:
-                if last_reader[name] == i and name != program.output:
-                    env.pop(name, None)
+            for j in range(i, i + length):
+                for name in ops[j].inputs:
+                    if last_reader[name] == j and name != program.output:
+                        env.pop(name, None)
+        i += length
     logits = env[program.output]
     return (logits, env) if collect else logits
 

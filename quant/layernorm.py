@@ -25,7 +25,7 @@ from numba import njit, prange
 
 from intvit.quant.errors import IntVitError
 from intvit.quant.requant import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, as_rows, dyadic,
-                                  requantize_value, round_shift, unary_operand, unary_result)
+                                  requantize_value, round_shift, run_parallel, unary_operand, unary_result)
 
 __all__ = [
     "LN_MEAN_FRAC_BITS", "LN_SQUARE_SHIFT", "LN_STD_FRAC_BITS", "LN_NORM_FRAC_BITS", "LN_RECIP_BITS",
@@ -102,8 +102,8 @@ def int_layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     width = rows.shape[1]
     per_channel = lambda v: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64), (width,)))
     out = np.empty(rows.shape, dtype=np.int8)
-    _layernorm_rows(rows, per_channel(gamma), per_channel(beta), per_channel(out_multiplier),
-                    per_channel(out_shift), *divisors, out)
+    run_parallel(_layernorm_rows, rows.size, rows, per_channel(gamma), per_channel(beta),
+                 per_channel(out_multiplier), per_channel(out_shift), *divisors, out)
     return out.reshape(x.shape)
 
 

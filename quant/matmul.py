@@ -28,7 +28,8 @@ from numba import njit, prange
 from intvit.quant.errors import IntVitError
 from intvit.quant.requant import INT8_MIN, INT32_MAX
 
-__all__ = ["int_matmul", "int_matmul_reference", "check_accumulator", "MAX_PRODUCT", "FLOAT32_EXACT_DEPTH"]
+__all__ = ["int_matmul", "int_matmul_reference", "check_accumulator", "operands", "product_blocks", "MAX_PRODUCT",
+           "FLOAT32_EXACT_DEPTH"]
 
 MAX_PRODUCT = INT8_MIN * INT8_MIN   # 2**14, the largest |a * b| of two INT8 values
 
@@ -72,21 +73,61 @@ def _matmul_kernel(a, b_t, bias, out):
             out[p, i, j] = acc
 
 
+def _exact_products(a_f: np.ndarray, b_f: np.ndarray) -> np.ndarray:
+    # float32 a_f (..., M, K) @ b_f (..., K, N): the exact sums, as float32 when K fits one chunk
+    # (exact by FLOAT32_EXACT_DEPTH, converted by the caller), else INT32 summed over chunks.
+    depth = a_f.shape[-1]
+    if depth <= FLOAT32_EXACT_DEPTH:
+        return np.matmul(a_f, b_f)
+    out = None
+    for start in range(0, depth, FLOAT32_EXACT_DEPTH):
+        stop = start + FLOAT32_EXACT_DEPTH
+        part = np.matmul(a_f[..., start:stop], b_f[..., start:stop, :]).astype(np.int32)
+        out = part if out is None else np.add(out, part, out=out)
+    return out
+
+
+def product_blocks(a3: np.ndarray, b3: np.ndarray, block_elements: int):
+    """Exact INT8 products of ``a3 @ b3^T`` in blocks of whole rows, for a pass that uses them at once.
+
+    Parameters
+    ----------
+    a3 : int8 (P, M, K)
+    b3 : int8 (Pb, N, K) with Pb in {1, P}
+    block_elements : int
+        Products per block, at least one row (or one matrix when ``b3`` differs per ``p``).
+
+    Yields
+    ------
+    ``(start, products)``: rows ``start:start + len(products)`` of the (P*M, N) result, as
+    float32 holding exact integers (K <= FLOAT32_EXACT_DEPTH) or INT32; no bias added.
+    """
+    p, m, depth = a3.shape
+    n = b3.shape[1]
+    if b3.shape[0] == 1:
+        rows = a3.reshape(p * m, depth)                                 # (P*M, K)
+        b_f = b3[0].T.astype(np.float32)                                # (K, N)
+        step = max(1, block_elements // max(n, 1))
+        for start in range(0, p * m, step):
+            yield start, _exact_products(rows[start:start + step].astype(np.float32), b_f)
+    else:
+        step = max(1, block_elements // max(m * n, 1))
+        for first in range(0, p, step):
+            a_f = a3[first:first + step].astype(np.float32)             # (g, M, K)
+            b_f = np.swapaxes(b3[first:first + step], -1, -2).astype(np.float32)   # (g, K, N)
+            yield first * m, _exact_products(a_f, b_f).reshape(-1, n)
+
+
 def _blas_products(a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     # a3 (P, M, K), b3 (Pb, N, K) with Pb in {1, P} -> INT32 (P, M, N), exact by FLOAT32_EXACT_DEPTH.
     p, m, depth = a3.shape
     shared = b3.shape[0] == 1
     a_f = a3.reshape(p * m, depth).astype(np.float32) if shared else a3.astype(np.float32)   # (P*M, K) | (P, M, K)
     b_f = np.swapaxes(b3[0] if shared else b3, -1, -2).astype(np.float32)                   # (K, N) | (P, K, N)
-    out = None
-    for start in range(0, max(depth, 1), FLOAT32_EXACT_DEPTH):     # K = 0 still gives one (zero) chunk
-        stop = start + FLOAT32_EXACT_DEPTH
-        part = np.matmul(a_f[..., start:stop], b_f[..., start:stop, :]).astype(np.int32)
-        out = part if out is None else np.add(out, part, out=out)
-    return out.reshape(p, m, -1)
+    return _exact_products(a_f, b_f).astype(np.int32, copy=False).reshape(p, m, -1)
 
 
-def _operands(a, b, bias, transpose_b: bool, name: str):
+def operands(a, b, bias, transpose_b: bool, name: str):
     """Checked 3-D operands: a (P, M, K), b as (Pb, N, K), INT32 bias (N,), and the leading dims."""
     if a.dtype != np.int8 or b.dtype != np.int8:
         raise IntVitError(f"{name}: operands must be int8, got {a.dtype} and {b.dtype}")
@@ -124,7 +165,7 @@ def int_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None, *,
     -------
     int32 array (..., M, N), equal to ``int_matmul_reference`` bit for bit.
     """
-    a3, b3, bias, lead = _operands(a, b, bias, transpose_b, name)
+    a3, b3, bias, lead = operands(a, b, bias, transpose_b, name)
     out = _blas_products(a3, b3)
     out += bias
     return out.reshape(*lead, *out.shape[1:])
@@ -136,7 +177,7 @@ def int_matmul_reference(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None =
 
     Parameters and result as for ``int_matmul``.
     """
-    a3, b3, bias, lead = _operands(a, b, bias, transpose_b, name)
+    a3, b3, bias, lead = operands(a, b, bias, transpose_b, name)
     out = np.empty((a3.shape[0], a3.shape[1], b3.shape[1]), dtype=np.int32)
     _matmul_kernel(np.ascontiguousarray(a3), np.ascontiguousarray(b3), bias, out)
     return out.reshape(*lead, *out.shape[1:])

@@ -22,12 +22,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from intvit.quant.requant import INT8_MAX, as_rows, round_shift, unary_operand, unary_result
+from intvit.quant.requant import INT8_MAX, as_rows, round_shift, run_parallel, unary_operand, unary_result
 
 __all__ = [
     "SOFTMAX_INPUT_FRAC_BITS", "SOFTMAX_OUTPUT_FRAC_BITS", "EXP_LN2", "EXP_POLY_A", "EXP_POLY_A_SHIFT",
     "EXP_POLY_B", "EXP_POLY_C", "EXP_N_MAX", "EXP_DIV_MULT", "EXP_DIV_SHIFT", "SOFTMAX_RECIP_BITS",
-    "exp_value", "int_exp", "int_softmax",
+    "exp_value", "int_exp", "int_softmax", "softmax_row",
 ]
 
 SOFTMAX_INPUT_FRAC_BITS = 12                   # Q.12 scores: 1/4096 resolution, +-2**19 range
@@ -73,23 +73,32 @@ def int_exp(d: np.ndarray) -> np.ndarray:
     return unary_result(out, d)
 
 
+@njit(cache=True)
+def softmax_row(x, e, out):
+    """Softmax of one row of integer Q.12 scores ``x`` into the INT8 row ``out``.
+
+    ``e`` is an int64 buffer of the row's length (the row's exponentials); the fused
+    matmul epilogue (``quant.fused``) calls this on rows it has just requantised.
+    """
+    length = x.shape[0]
+    peak = np.int64(x[0])
+    for j in range(1, length):
+        peak = max(peak, np.int64(x[j]))
+    total = np.int64(0)                                  # >= 4096: the max element contributes exp(0)
+    for j in range(length):
+        e[j] = exp_value(np.int64(x[j]) - peak)
+        total += e[j]
+    recip = (np.int64(1) << SOFTMAX_RECIP_BITS) // total
+    for j in range(length):
+        p = round_shift(e[j] * recip, SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS)
+        out[j] = min(p, INT8_MAX)
+
+
 @njit(parallel=True, cache=True)
 def _softmax_rows(x, out):
     # x (rows, L) integer Q.12, out (rows, L) int8; one row per thread, e kept in a row buffer.
-    length = x.shape[1]
     for i in prange(x.shape[0]):
-        peak = np.int64(x[i, 0])
-        for j in range(1, length):
-            peak = max(peak, np.int64(x[i, j]))
-        e = np.empty(length, dtype=np.int64)
-        total = np.int64(0)                              # >= 4096: the max element contributes exp(0)
-        for j in range(length):
-            e[j] = exp_value(np.int64(x[i, j]) - peak)
-            total += e[j]
-        recip = (np.int64(1) << SOFTMAX_RECIP_BITS) // total
-        for j in range(length):
-            p = round_shift(e[j] * recip, SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS)
-            out[i, j] = min(p, INT8_MAX)
+        softmax_row(x[i], np.empty(x.shape[1], dtype=np.int64), out[i])
 
 
 def int_softmax(x: np.ndarray) -> np.ndarray:
@@ -97,5 +106,5 @@ def int_softmax(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     rows = np.ascontiguousarray(as_rows(x))
     out = np.empty(rows.shape, dtype=np.int8)
-    _softmax_rows(rows, out)
+    run_parallel(_softmax_rows, rows.size, rows, out)
     return out.reshape(x.shape)

@@ -10,26 +10,20 @@ import inspect
 
 import numpy as np
 import pytest
-import torch
 
 from intvit import quant
 import intvit.quant.executor
+import intvit.quant.fused
 import intvit.quant.gelu
 import intvit.quant.layernorm
 import intvit.quant.matmul
 import intvit.quant.pool
 import intvit.quant.requant
 import intvit.quant.softmax
-from intvit.quant.config import ViTConfig
 from intvit.quant.errors import IntVitError
 from intvit.quant.executor import KERNELS, execute_op, run_program, saturation_counts
-from intvit.quant.model import ViT
 from intvit.quant.program import OP_KINDS, Op
-from intvit.quant.ptq import quantize_model
 
-SMALL = ViTConfig("small", img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=2,
-                  num_heads=2, mlp_ratio=2.0)
-WEIGHT_NOISE = 0.2          # timm's 0.02 init leaves near-constant activations
 INTEGER_KINDS = "iu"
 
 # Quantisation-time helpers: they turn real scales into integers once, so floats are allowed.
@@ -38,9 +32,10 @@ QUANTISATION_TIME = {
     quant.layernorm: {"layernorm_divisors"},
     # The float32 GEMM carries integers exactly (the bound is quant.matmul.FLOAT32_EXACT_DEPTH,
     # tested bit for bit against the INT32 reference kernel in test_matmul).
-    quant.matmul: {"_blas_products"},
+    quant.matmul: {"_blas_products", "product_blocks"},
 }
-KERNEL_MODULES = (quant.executor, quant.requant, quant.matmul, quant.softmax, quant.gelu, quant.layernorm, quant.pool)
+KERNEL_MODULES = (quant.executor, quant.requant, quant.matmul, quant.softmax, quant.gelu, quant.layernorm, quant.pool,
+                  quant.fused)
 # Float dtypes and conversions, as bare names or attributes (``float(x)``, ``np.float32``).
 FLOAT_TYPES = {
     "float", "float16", "float32", "float64", "float128", "double", "single", "half", "longdouble",
@@ -55,19 +50,9 @@ FLOAT_FUNCTIONS = {
 }
 
 
-def small_program():
-    torch.manual_seed(0)
-    model = ViT(SMALL).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * WEIGHT_NOISE)
-    calibration = np.random.default_rng(0).normal(size=(16, 3, 16, 16)).astype(np.float32)
-    return quantize_model(model, calibration)
-
-
 @pytest.fixture(scope="module")
-def program():
-    return small_program()
+def program(build_small_program):
+    return build_small_program()
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +101,8 @@ def test_runtime_functions_use_no_float_arithmetic():
     expected = {"intvit.quant.requant.requantize", "intvit.quant.requant.int_add", "intvit.quant.requant.rounding_shift",
                 "intvit.quant.requant.round_shift", "intvit.quant.requant.requantize_value",
                 "intvit.quant.matmul.int_matmul", "intvit.quant.matmul._matmul_kernel",
+                "intvit.quant.fused._requant_block", "intvit.quant.fused._gelu_block", "intvit.quant.fused._softmax_block",
+                "intvit.quant.softmax.softmax_row",
                 "intvit.quant.softmax.exp_value", "intvit.quant.softmax.int_softmax", "intvit.quant.softmax._softmax_rows",
                 "intvit.quant.gelu.erf_value", "intvit.quant.gelu.gelu_value", "intvit.quant.layernorm.sqrt_value",
                 "intvit.quant.layernorm.int_layernorm", "intvit.quant.layernorm._layernorm_rows"}
@@ -152,7 +139,7 @@ def test_every_intermediate_is_an_integer_array(program, batch):
     assert produced | {"input"} == env.keys()
     for name, value in env.items():
         assert isinstance(value, np.ndarray) and value.dtype.kind in INTEGER_KINDS, name
-    assert logits.dtype == np.int32 and logits.shape == (len(batch), SMALL.num_classes)
+    assert logits.dtype == np.int32 and logits.shape == (len(batch), program.config.num_classes)
     assert np.array_equal(logits, run_program(program, batch))
 
 
@@ -188,10 +175,10 @@ def test_every_intermediate_is_batch_invariant(program, batch):
         assert np.array_equal(together[name][4:5], value), name
 
 
-def test_runs_are_deterministic(program, batch):
+def test_runs_are_deterministic(program, batch, build_small_program):
     first = run_program(program, batch)
     assert all(np.array_equal(first, run_program(program, batch)) for _ in range(3))
-    rebuilt = small_program()
+    rebuilt = build_small_program()
     assert np.array_equal(first, run_program(rebuilt, batch))
 
 
