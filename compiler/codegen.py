@@ -6,14 +6,18 @@ instructions and STOREs of its tiles (``docs/isa.md``, "The compiler's conventio
 * a ``matmul`` and the element-wise ops that consume only its result (requantisers, GELU,
   Softmax of whole score rows) run tile by tile in ACC: ``R`` rows of A, a group of column
   blocks of ``C``, K in chunks that fit half an A or B bank; A and B stay resident when the
-  whole operand fits half its scratchpad, and are streamed (double-buffered) otherwise;
+  whole operand fits half its scratchpad, and are streamed (double-buffered) otherwise; a
+  resident B region (a head's, or a column group's) is loaded into the other half while the
+  previous one computes, in pieces emitted between that one's tiles;
 * ``layernorm``, ``add`` and any element-wise op left over run row block by row block in ACC;
 * ``concat_token`` copies the class token through ACC; the other data-layout ops are views.
 
-Every instruction declares the scratchpad halves and external-memory tensors it reads and
+Every instruction declares the scratchpad chunks and external-memory blocks it reads and
 writes; ``_Emitter`` turns read-after-write, write-after-read and write-after-write between
 modules into dependency tokens (through a SYNC in the compute queue between load and store),
-so the three modules overlap exactly as far as the data allows.
+leaving out those that earlier tokens already order, so the three modules overlap as far as
+the data and the in-order queues allow. Program order is dispatch order: what a module should
+do early (the next B region's loads) is emitted early.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ VECTOR_OPCODES = {"requant": Opcode.REQUANT, "gelu": Opcode.GELU, "softmax": Opc
                   "layernorm": Opcode.LAYERNORM, "add": Opcode.ADD}
 ELEM_CODE = {1: 0, 4: 1, 16: 2}
 ACC_CHUNKS = 16
+BANK_CHUNKS = 64
 
 
 def geometry_for(program: IntProgram, config) -> Geometry:
@@ -95,7 +100,16 @@ class CompiledProgram:
 
 
 class _Emitter:
-    """Instructions in program order, with dependency tokens derived from declared accesses."""
+    """Instructions in program order, with dependency tokens derived from declared accesses.
+
+    It tracks what each module knows to be complete (its own earlier instructions, and through
+    every token it pops, everything the pushing instruction knew), so a dependency already
+    ordered through a chain of tokens costs no new token. A LOAD that must wait for a STORE
+    goes through a SYNC in the compute queue, which runs only when compute reaches it: the
+    SYNC waits for the last STORE emitted so far into each external-memory tensor the LOAD
+    reads, so that later LOADs of those tensors (the op's next tiles) need no SYNC of their
+    own and stream ahead of compute instead of waiting behind it.
+    """
 
     def __init__(self):
         self.ops: list[list] = []                        # [opcode, fields dict]
@@ -104,6 +118,10 @@ class _Emitter:
         self.popped: dict = {}
         self.origins: list[str] = []                     # the op each instruction serves
         self.current = ""
+        # known[q][p]: the latest instruction of queue p complete whenever q's next one starts.
+        self.known = {q: dict.fromkeys(Queue, -1) for q in Queue}
+        self.known_at: list[dict] = []                   # the same, once each instruction completes
+        self.tensor_store: dict = {}                     # external-memory tensor -> its last STORE
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -114,10 +132,11 @@ class _Emitter:
     def emit(self, opcode: Opcode, reads=(), writes=(), **fields) -> int:
         Instruction(opcode, **fields)                    # every field fits its width, or one line says which
         queue = QUEUE_OF[opcode]
+        known = self.known[queue]
         deps: dict[Queue, int] = {}
 
         def need(index):
-            if index is not None and self.queue(index) != queue:
+            if index is not None and self.queue(index) != queue and index > known[self.queue(index)]:
                 q = self.queue(index)
                 deps[q] = max(deps.get(q, -1), index)
 
@@ -129,8 +148,11 @@ class _Emitter:
                 need(index)
         far = {Queue.LOAD: Queue.STORE, Queue.STORE: Queue.LOAD}.get(queue)
         if far in deps:                                  # load <-> store meet through a SYNC in compute
+            target = deps.pop(far)
+            if queue == Queue.LOAD:
+                target = max([target] + [self.tensor_store.get(key[1], -1) for key in reads if key[0] == "dram"])
             sync = self._append(Opcode.SYNC, {})
-            self._tokens(sync, {far: deps.pop(far)})
+            self._tokens(sync, {far: target})
             deps[Queue.COMPUTE] = sync
         index = self._append(opcode, fields)
         self._tokens(index, deps)
@@ -139,6 +161,8 @@ class _Emitter:
         for key in writes:
             self.last_writer[key] = index
             self.readers[key] = {}
+            if queue == Queue.STORE:
+                self.tensor_store[key[1]] = index
         return index
 
     def _append(self, opcode: Opcode, fields: dict) -> int:
@@ -148,6 +172,7 @@ class _Emitter:
 
     def _tokens(self, index: int, deps: dict) -> None:
         queue = self.queue(index)
+        known = self.known[queue]
         for producer_queue, producer in deps.items():
             pair = (producer_queue, queue)
             if producer <= self.popped.get(pair, -1):
@@ -156,6 +181,10 @@ class _Emitter:
             forward = producer_queue < queue
             self.ops[producer][1]["push_next" if forward else "push_prev"] = 1
             self.ops[index][1]["pop_prev" if forward else "pop_next"] = 1
+            for q, latest in self.known_at[producer].items():
+                known[q] = max(known[q], latest)
+        known[queue] = index
+        self.known_at.append(dict(known))
 
     def finish(self) -> list[Instruction]:
         deps = {}
@@ -173,7 +202,9 @@ class _Buffers:
 
     ACC tiles are often far smaller than half of ACC; a ring lets as many be in flight as fit
     (computed, being stored, the next being filled). Hazards are tracked per ``ACC_CHUNKS``-th
-    of ACC, so a tile waits only for the tiles it overwrites.
+    of ACC, so a tile waits only for the tiles it overwrites, and per ``BANK_CHUNKS``-th of the
+    A and B bank depth, so the next block of an operand resident in a half loads while the
+    array reads the blocks before it.
     """
 
     def __init__(self, geometry: Geometry):
@@ -183,6 +214,13 @@ class _Buffers:
         self.acc_words = geometry.acc_words
         self.chunk = max(1, geometry.acc_words // ACC_CHUNKS)
         self.acc_next = 0
+        self.bank_chunk = {Memory.A: max(1, geometry.a_depth // BANK_CHUNKS),
+                           Memory.B: max(1, geometry.b_depth // BANK_CHUNKS)}
+
+    def span(self, memory: Memory, offset: int, length: int) -> tuple:
+        """Resource keys of bytes ``[offset, offset + length)`` of every bank of A or B."""
+        chunk = self.bank_chunk[memory]
+        return tuple((memory, c) for c in range(offset // chunk, (offset + length - 1) // chunk + 1))
 
     def ring(self, words: int) -> tuple[int, tuple]:
         """The next ``words`` (at most half of ACC) of the ACC ring: (base word, resource keys)."""
@@ -192,15 +230,22 @@ class _Buffers:
         self.acc_next = -(-(base + words) // self.chunk) * self.chunk
         return base, tuple((Memory.ACC, c) for c in range(base // self.chunk, (base + words - 1) // self.chunk + 1))
 
+    def pitch(self, memory: Memory, k: int, count: int, room: int) -> int:
+        """Bytes between ``count`` resident blocks of ``k``: ``k`` rounded up to a hazard chunk if they fit ``room``."""
+        chunk = self.bank_chunk[memory]
+        padded = -(-k // chunk) * chunk
+        return padded if count * padded <= room else k
+
     def whole(self, memory: Memory) -> tuple[int, tuple]:
-        """Both halves at once, for an operand that fits only the whole scratchpad."""
-        return 0, ((memory, 0), (memory, 1))
+        """Both halves of A or B at once, for an operand that fits only the whole scratchpad."""
+        return 0, self.span(memory, 0, 2 * self.half[memory])
 
     def take(self, memory: Memory) -> tuple[int, tuple]:
-        """The next half: (base offset, resource key)."""
+        """The next half: (base offset, resource keys)."""
         h = self.turn[memory]
         self.turn[memory] ^= 1
-        return h * self.half[memory], ((memory, h),)
+        base = h * self.half[memory]
+        return base, self.span(memory, base, self.half[memory]) if memory in self.bank_chunk else ((memory, h),)
 
 
 class _Compiler:
@@ -457,20 +502,32 @@ class _Compiler:
         n_groups = -(-n_cb // group)
         group = -(-n_cb // n_groups)                     # even groups
         groups = range(0, n_cb, group)
-        for h in range(heads):
-            a = a_all if isinstance(a_all, PatchSource) else a_all.matrix(h)
+        # Resident blocks start on hazard-chunk boundaries where they still fit, so that loading
+        # one never waits for the array to finish reading its neighbour.
+        a_pitch = self.buffers.pitch(Memory.A, k, n_rb, half_a if n_rb * k <= half_a else geo.a_depth)
+        b_pitch = self.buffers.pitch(Memory.B, k, n_cb if b_whole else group, half_b)
+        # An epoch computes with one resident B region: a head (all of B on chip) or a column
+        # group of a head (cols_outer). The next epoch's B loads into the other half while this
+        # one computes, its blocks emitted one by one between this epoch's tiles.
+        resident_b = b_whole or cols_outer
+        epochs = [(h, [(g0, rb) for rb in range(n_rb)]) for h in range(heads) for g0 in groups] if cols_outer else \
+            [(h, [(g0, rb) for rb in range(n_rb) for g0 in groups]) for h in range(heads)]
+        staged = None
+        for e, (h, order) in enumerate(epochs):
+            if e == 0 or epochs[e - 1][0] != h:
+                a = a_all if isinstance(a_all, PatchSource) else a_all.matrix(h)
+                out = out_all.matrix(h)
+                a_loaded: dict = {}
+                a_region = self.buffers.take(Memory.A) if n_rb * k <= half_a else \
+                    self.buffers.whole(Memory.A) if cols_outer and n_rb * k <= geo.a_depth else None
             b = b_all.matrix(h)
-            out = out_all.matrix(h)
-            a_loaded: dict = {}
-            b_loaded: dict = {}
-            a_region = self.buffers.take(Memory.A) if n_rb * k <= half_a else \
-                self.buffers.whole(Memory.A) if cols_outer and n_rb * k <= geo.a_depth else None
-            b_region = self.buffers.take(Memory.B) if b_whole else None
-            order = [(g0, rb) for g0 in groups for rb in range(n_rb)] if cols_outer else \
-                [(g0, rb) for rb in range(n_rb) for g0 in groups]
-            for g0, rb in order:
-                if cols_outer and rb == 0:
-                    b_region, b_loaded = self.buffers.take(Memory.B), {}
+            b_region, b_loaded = staged or ((self.buffers.take(Memory.B), {}) if resident_b else (None, {}))
+            staged, prefetch = None, {}
+            if resident_b and e + 1 < len(epochs):
+                staged = (self.buffers.take(Memory.B), {})
+                prefetch = self._prefetch_b(op, epochs[e + 1], staged, len(order), b_all, transpose_b, n, k,
+                                            k_chunk, cols_outer, group, b_pitch)
+            for tile, (g0, rb) in enumerate(order):
                 b_first = g0 if cols_outer else 0
                 m0, rows = rb * r_, min(r_, m - rb * r_)
                 cbs = min(group, n_cb - g0)
@@ -479,12 +536,13 @@ class _Compiler:
                 acc_base, acc_keys = self.buffers.ring(r_ * cbs)
                 for kc in range(n_kc):
                     k0, kl = kc * k_chunk, min(k_chunk, k - kc * k_chunk)
-                    a_off, a_keys = self._operand(a_loaded, (rb, kc), a_region, rb * k + k0, Memory.A,
+                    a_off, a_keys = self._operand(a_loaded, (rb, kc), a_region, rb * a_pitch + k0, kl, Memory.A,
                                                   lambda off, keys: self._load_a(op, a, m0, rows, k0, kl, off, keys))
                     for cb in range(g0, g0 + cbs):
                         n0, cv = cb * c_, min(c_, n - cb * c_)
                         b_off, b_keys = self._operand(
-                            b_loaded, (kc, cb), b_region, (cb - b_first) * k + k0, Memory.B,
+                            b_loaded, (kc, cb), b_region, (cb - b_first) * b_pitch + k0, kl,
+                            Memory.B,
                             lambda off, keys: self._load_b(op, b, transpose_b, n0, cv, k0, kl, off, keys))
                         bias_key = (f"{op.name}.params.bias", g0 * c_, cbs * c_)
                         bias = kc == 0 and bias_key in params
@@ -498,14 +556,47 @@ class _Compiler:
                                   width=REQUANT_WIDTHS.index(step.attrs["bits"]) if step.kind == "requant" else 0,
                                   src=acc_base, dst=acc_base, rows=rows, length=cols, stride=cbs, param_addr=p_off)
                 self.store_rows(acc_keys, final, out, m0, rows, g0 * c_, cols, acc_base, cbs)
+                for load in prefetch.get(tile, ()):
+                    load()
 
-    def _operand(self, loaded: dict, key, resident, offset: int, memory: Memory, load) -> tuple[int, tuple]:
-        """Where operand block ``key`` sits: resident blocks load once, streamed ones into a fresh half."""
+    def _prefetch_b(self, op: Op, epoch, staged, steps: int, b_all, transpose_b: bool, n: int, k: int,
+                    k_chunk: int, cols_outer: bool, group: int, b_pitch: int) -> dict[int, list]:
+        """The next epoch's B blocks as loads into ``staged``, keyed by the tile of this epoch after
+        which each is emitted. Blocks are cut along K into about one piece per tile and spread
+        evenly, so that each tile's share fits beside its own A load on the load module."""
+        c_ = self.geo.cols
+        h, order = epoch
+        first = order[0][0] if cols_outer else 0
+        n_cb = -(-n // c_)
+        columns = range(first, min(first + group, n_cb)) if cols_outer else range(n_cb)
+        b = b_all.matrix(h)
+        region, loaded = staged
+        blocks = [(kc, cb) for kc in range(-(-k // k_chunk)) for cb in columns]
+        pieces = -(-steps // len(blocks))
+        plan: dict[int, list] = {}
+        for j, (kc, cb) in enumerate(blocks):
+            k0, kl = kc * k_chunk, min(k_chunk, k - kc * k_chunk)
+            n0, cv = cb * c_, min(c_, n - cb * c_)
+            base = region[0] + (cb - first) * b_pitch + k0
+            loaded[(kc, cb)] = (base, self.buffers.span(Memory.B, base, kl))
+            size = -(-kl // pieces)
+            for p, lo in enumerate(range(0, kl, size)):
+                part = min(size, kl - lo)
+                keys = self.buffers.span(Memory.B, base + lo, part)
+                plan.setdefault((j * pieces + p) * steps // (len(blocks) * pieces), []).append(
+                    lambda n0=n0, cv=cv, lo=k0 + lo, part=part, at=base + lo, keys=keys:
+                    self._load_b(op, b, transpose_b, n0, cv, lo, part, at, keys))
+        return plan
+
+    def _operand(self, loaded: dict, key, resident, offset: int, length: int, memory: Memory,
+                 load) -> tuple[int, tuple]:
+        """Where operand block ``key`` (``length`` bytes a bank) sits: resident blocks load once, at
+        ``offset`` into the resident region, streamed ones into a fresh half."""
         if key in loaded:
             return loaded[key]
         if resident is not None:
-            base, keys = resident
-            where = (base + offset, keys)
+            base = resident[0] + offset
+            where = (base, self.buffers.span(memory, base, length))
         else:
             loaded.clear()                               # a streamed half holds one block at a time
             where = self.buffers.take(memory)
