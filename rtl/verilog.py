@@ -1,31 +1,46 @@
-"""Verilog generation and Verilator lint for the accelerator's units.
+"""Verilog generation and Verilator lint: the whole accelerator, and its units one by one.
 
-``generate`` writes one self-contained Verilog file per unit and one for the top
-(``intvit_top.v``), plus ``manifest.json`` with the parameters, each unit's latency and
-its ports. ``lint`` runs ``verilator --lint-only -Wall`` with the waivers listed in
-``LINT_WAIVERS``, each one a warning class that Amaranth's generated code raises by
-construction. Synthesis (generic gates, NanGate 45 nm, ECP5) is ``intvit.rtl.synth``.
+``system_verilog`` is the complete accelerator (``rtl.system.System``: controller, load and
+store modules, compute units, scratchpad memories) as one self-contained file whose top is
+``SYSTEM_NAME``, ports named as ``rtl.top.flat_ports`` names them; it is the text that
+``intvit verilog`` ships and that ``harness.runner.build`` compiles for ``intvit rtl-run``.
+``system_ports`` lists its ports for a manifest.
+
+``generate`` writes the units side by side instead (``intvit verilog --units``): one file per
+unit and one for ``rtl.top.Accelerator`` (``intvit_top.v``), plus ``manifest.json`` with the
+parameters, each unit's latency and its ports. ``lint`` runs ``verilator --lint-only -Wall``
+with the waivers listed in ``LINT_WAIVERS``, each one a warning class that Amaranth's
+generated code raises by construction. Synthesis (generic gates, NanGate 45 nm, ECP5) is
+``intvit.rtl.synth``.
 """
 
+import gc
 import json
 import shutil
 import subprocess
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 from amaranth import __version__ as amaranth_version
+from amaranth.hdl import UnusedElaboratable
 from amaranth._toolchain.yosys import find_yosys
 from amaranth.back import rtlil
+from amaranth.lib import wiring
 
 from intvit.quant.atomic import atomic_folder, check_output_folder
 from intvit.quant.errors import IntVitError
 from intvit.rtl.pe import ProcessingElement
-from intvit.rtl.top import Accelerator, TopParams, unit_builders
+from intvit.rtl.system import System, SystemParams
+from intvit.rtl.top import Accelerator, TopParams, flat_ports, unit_builders
 
-__all__ = ["TOP_NAME", "LINT_WAIVERS", "designs", "to_verilog", "check_size", "generate", "lint"]
+__all__ = ["TOP_NAME", "SYSTEM_NAME", "LINT_WAIVERS", "designs", "to_verilog", "system_params", "system_verilog",
+           "system_ports", "check_size", "generate", "lint"]
 
 TOP_NAME = "intvit_top"
+SYSTEM_NAME = "intvit_system"
 MANIFEST_NAME = "manifest.json"
 # Size guard (check_size): elaboration time and memory grow with these.
 MAX_PES = 64 * 64
@@ -40,7 +55,10 @@ LINT_WAIVERS = {
              "already fixed every width by its own rules, checked bit-exactly by the benches.",
     "UNUSEDSIGNAL": "Struct payload ports are single vectors, so a unit that reads some fields "
                     "(the bias only on a fold's first beat, lanes past a row's width) leaves "
-                    "other bits unread; Amaranth also keeps named intermediate wires.",
+                    "other bits unread; each module of the system keeps the whole 256-bit "
+                    "instruction and reads only its format's fields; the AXI inputs rid, bid, "
+                    "rresp and bresp are part of the standard port but unread (IDs are always "
+                    "0, responses are not checked); Amaranth also keeps named intermediate wires.",
     "DECLFILENAME": "Submodules are emitted into the same file as their parent under "
                     "hierarchical names (intvit_top.matmul.pe_0_0), not one file per module.",
     "CASEINCOMPLETE": "FSM and Switch statements become casez without a default arm; every "
@@ -54,6 +72,48 @@ def designs(params: TopParams) -> dict[str, Callable[[], object]]:
     """Builders of fresh components keyed by Verilog module name: the units, one PE, the top."""
     units = {f"intvit_{name}": build for name, build in unit_builders(params).items()}
     return {**units, "intvit_pe": ProcessingElement, TOP_NAME: lambda: Accelerator(params)}
+
+
+def system_params(config, model) -> SystemParams:
+    """``SystemParams`` of an accelerator config (``sim.config.AcceleratorConfig``) for a model's shapes.
+
+    The scratchpads as ``compiler.codegen.geometry_for`` sizes them for any program of ``model``
+    (a ``quant.config.ViTConfig``: only its token count and width matter), the AXI port from
+    ``config.memory``: the parameters ``intvit compile``, ``intvit rtl-run`` and ``intvit
+    verilog`` give the accelerator.
+    """
+    from intvit.compiler.codegen import geometry_for
+
+    return SystemParams.from_geometry(geometry_for(SimpleNamespace(config=model), config), config.memory)
+
+
+def system_verilog(params: SystemParams) -> str:
+    """Verilog of the complete accelerator ``System(params)``, top module ``SYSTEM_NAME``.
+
+    The same text ``harness.runner.build`` writes for ``intvit rtl-run``: ``to_verilog`` with
+    the AMBA-style port names of ``rtl.top.flat_ports`` (``dmem_araddr``, ``imem_rdata``).
+    """
+    design = System(params)
+    return to_verilog(design, SYSTEM_NAME, ports=flat_ports(design))
+
+
+def system_ports(params: SystemParams) -> dict[str, dict]:
+    """Every port of ``system_verilog(params)``'s top: name -> ``{"direction", "bits"}``, clock and reset first.
+
+    ``clk`` is the only clock (every register on its rising edge); ``rst`` is a synchronous,
+    active-high reset.
+    """
+    ports = {"clk": {"direction": "input", "bits": 1}, "rst": {"direction": "input", "bits": 1}}
+    # Only the signature is read: the instance is never elaborated, which Amaranth would flag.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        design = System(params)
+        for path, member, value in design.signature.flatten(design):
+            ports["_".join(map(str, path))] = {"direction": "input" if member.flow == wiring.In else "output",
+                                               "bits": len(value)}
+        del design, value
+        gc.collect()
+    return ports
 
 
 def to_verilog(design, name: str, ports=None) -> str:

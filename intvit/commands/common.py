@@ -25,6 +25,7 @@ if TYPE_CHECKING:       # torch and the numba kernels load only in the commands 
 __all__ = [
     "add_model_arguments", "add_calibration_arguments", "add_calib_data_argument", "model_spec", "load_model",
     "load_images", "calibration_images", "build_program", "calibrated_program", "shape_program",
+    "compile_model", "quantized_test_images",
     "progress", "positive_int", "seed_int", "write_json", "check_output_file",
 ]
 
@@ -283,6 +284,23 @@ def _shape_program(spec: ModelSpec, seed: int) -> IntProgram:
     images = np.random.default_rng(seed).standard_normal(
         (SHAPE_CALIBRATION_IMAGES, c.in_chans, c.img_size, c.img_size), dtype=np.float32)
     return quantize_model(spec.build(seed), images, batch_size=SHAPE_CALIBRATION_IMAGES)
+
+
+def compile_model(args: argparse.Namespace, config, data: str):
+    """``(program, compiled)``: ``build_program``'s program (``--program`` or the calibrated model)
+    compiled for the accelerator ``config`` (``compiler.codegen.compile_program``)."""
+    from intvit.compiler.codegen import compile_program
+
+    program = build_program(args, load_model(args), data)
+    return program, compile_program(program, config)
+
+
+def quantized_test_images(program: IntProgram, data: str, count: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The first ``count`` test images of ``data`` as the program's INT8 inputs (one per image) and their labels."""
+    images, labels, _ = load_images(data, program.config, "test", count)
+    if len(images) < count:
+        raise IntVitError(f"{data}: the test split has {len(images)} images, not the {count} asked for")
+    return [program.quantize_input(images[i:i + 1]) for i in range(count)], labels
 
 
 def progress(iterable, desc: str, total: int | None = None, unit: str = "batch"):

@@ -1,19 +1,58 @@
-"""``intvit verilog``: emit the accelerator's Verilog (one file per unit, the top, a manifest)."""
+"""``intvit verilog``: the complete accelerator's Verilog with a compiled model, ready to run elsewhere.
+
+Writes, into one folder and all or none (``quant.atomic.atomic_folder``):
+
+* ``intvit_system.v``: ``rtl.system.System`` (controller, load/store modules with AXI4 masters,
+  compute units, scratchpad memories), the text ``intvit rtl-run`` compiles;
+* ``program.bin``: the model's instruction stream (docs/isa.md);
+* ``memory.bin``: external memory as ``intvit rtl-run`` gives it to the accelerator, from byte
+  0: constants (weights, biases, parameter records), one quantised test image, zeroed space for
+  the activations and the logits, and ``program.bin`` again at ``insn_base``;
+* ``manifest.json``: ``insn_base``/``data_base``, sizes, where the input goes and the logits
+  come out, the golden logits and the predicted cycles for the included image, the ports and
+  the control/status protocol.
+
+``--units`` writes the units side by side instead (``rtl.verilog.generate``: one file per
+unit, ``rtl.top.Accelerator`` as ``intvit_top.v``), no model program.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
-from intvit.quant.config import PRESETS, ViTConfig, get_config
-from intvit.commands.common import DEFAULT_MODEL, progress
-from intvit.quant.atomic import check_output_folder
+from intvit.commands.common import (
+    DEFAULT_MODEL, add_calibration_arguments, add_model_arguments, compile_model, model_spec, progress,
+    quantized_test_images,
+)
+from intvit.quant.atomic import atomic_folder, check_output_folder
+from intvit.quant.config import PRESETS, ViTConfig
+from intvit.quant.errors import IntVitError
 from intvit.sim.config import AcceleratorConfig, load_config
 
-__all__ = ["register", "run", "add_top_arguments", "top_params", "latency_mismatches"]
+__all__ = ["register", "run", "add_top_arguments", "top_params", "latency_mismatches",
+           "PROGRAM_NAME", "MEMORY_NAME", "MANIFEST_NAME", "PROTOCOL"]
 
 UNIT_SECTIONS = ("matmul", "requant", "softmax", "gelu", "layernorm")
+DEFAULT_DATA = "mnist"
+PROGRAM_NAME, MEMORY_NAME, MANIFEST_NAME = "program.bin", "memory.bin", "manifest.json"
+# The control/status protocol, as the manifest states it (docs/isa.md, "Control and status").
+PROTOCOL = (
+    "clk: every register on its rising edge; rst: synchronous, active high; hold it a few cycles",
+    "external memory: AXI4 slaves on dmem (read and write) and imem (read only) that see the same bytes; "
+    "put memory.bin at a byte address A, a multiple of 4096",
+    "drive insn_base = A + insn_base and data_base = A + data_base (this manifest's), start = 0",
+    "pulse start for one cycle while busy is low: it latches insn_base and data_base and clears done, error, cycles",
+    "wait for done (END completed, every STORE answered) or error (error_index: the illegal instruction; "
+    "assert rst before the next start); both stay high until the next start",
+    "cycles: from the start cycle to END's completion; equals expected.cycles with the memory latencies of "
+    "expected.cycles_assume",
+    "read output.shape little-endian values of output.dtype at A + output.addr, rows output.row_stride_bytes "
+    "apart; they equal expected.logits",
+)
 
 
 def add_top_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,14 +66,26 @@ def add_top_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "verilog",
-        help="write the accelerator's Verilog and a manifest",
-        description="Elaborate the Amaranth units with the array shape and lane counts of an accelerator "
-        "config and the row lengths of a model, and write one Verilog file per unit, intvit_top.v and "
-        "manifest.json.",
+        help="write the complete accelerator's Verilog with a compiled model (program, memory image, manifest)",
+        description="Compile a model for --config and write the whole accelerator (rtl.system.System: controller, "
+        "AXI4 load/store, units, scratchpad memories) as intvit_system.v, the instruction stream (program.bin), "
+        "the external-memory image with one quantised test image (memory.bin) and manifest.json (addresses, "
+        "ports, protocol, the golden logits and predicted cycles of that image). --units writes the units side by "
+        "side instead.",
     )
-    add_top_arguments(parser)
-    parser.add_argument("--out", required=True, help="directory to write into (created if missing)")
-    parser.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall on every file")
+    parser.add_argument("--config", metavar="FILE", help="accelerator TOML (default: the built-in accelerator)")
+    add_model_arguments(parser)
+    add_calibration_arguments(parser)
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help="calibration and test images: mnist, digits or an ImageFolder directory "
+                             "(default: %(default)s)")
+    parser.add_argument("--image", type=int, default=0, metavar="I",
+                        help="index of the test image placed in memory.bin (default: %(default)s)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write into (created if missing)")
+    parser.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall on the Verilog")
+    parser.add_argument("--units", action="store_true",
+                        help="write one Verilog file per unit and rtl.top.Accelerator (the units side by side, "
+                             "no controller or memories) with their own manifest, no model program")
     parser.set_defaults(run=run)
 
 
@@ -62,17 +113,16 @@ def latency_mismatches(config: AcceleratorConfig, manifest: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from intvit.rtl.verilog import generate, lint
+    from intvit.rtl.verilog import check_size, lint
 
-    check_output_folder(args.out)
+    out = check_output_folder(args.out)
+    if args.image < 0:
+        raise IntVitError(f"--image must be a test image index >= 0, not {args.image}")
     config = load_config(args.config)
-    paths = generate(top_params(config, get_config(args.model)), args.out,
-                     progress=lambda items: progress(items, "verilog", len(items), unit="module"))
+    check_size(top_params(config, model_spec(args).config))     # before minutes or hours of elaboration
+    paths = _units(args, config, out) if args.units else _system(args, config, out)
     for path in paths:
         print(path)
-    manifest = json.loads(paths[-1].read_text())
-    for line in latency_mismatches(config, manifest):
-        print(f"warning: {line}; simulated cycles will not match this RTL", file=sys.stderr)
     if args.lint:
         problems = lint(paths)
         for problem in problems:
@@ -80,3 +130,72 @@ def run(args: argparse.Namespace) -> int:
         print(f"lint: {'clean' if not problems else f'{len(problems)} file(s) with warnings'}")
         return 1 if problems else 0
     return 0
+
+
+def _units(args: argparse.Namespace, config: AcceleratorConfig, out: Path) -> list[Path]:
+    from intvit.rtl.verilog import generate
+
+    paths = generate(top_params(config, model_spec(args).config), out,
+                     progress=lambda items: progress(items, "verilog", len(items), unit="module"))
+    for line in latency_mismatches(config, json.loads(paths[-1].read_text())):
+        print(f"warning: {line}; simulated cycles will not match this RTL", file=sys.stderr)
+    return paths
+
+
+def _system(args: argparse.Namespace, config: AcceleratorConfig, out: Path) -> list[Path]:
+    import numpy as np
+
+    from intvit.compiler.executor import load_machine
+    from intvit.harness.run import memory_layout
+    from intvit.quant.executor import run_program
+    from intvit.rtl.verilog import LINT_WAIVERS, SYSTEM_NAME, system_params, system_ports, system_verilog
+    from intvit.sim.schedule import predict_cycles
+
+    params = system_params(config, model_spec(args).config)
+    params.sp_geometry      # refuses shapes the RTL does not build (one line) before calibration and elaboration
+    program, compiled = compile_model(args, config, args.data)
+    xs, labels = quantized_test_images(program, args.data, args.image + 1)
+    x = xs[args.image]
+    golden = np.asarray(run_program(program, x))
+    insn_base, memory_bytes = memory_layout(compiled)
+    stream = compiled.stream()
+    memory = np.zeros(memory_bytes, dtype=np.uint8)
+    data = load_machine(compiled, x).dram
+    memory[:data.size] = data
+    memory[insn_base:insn_base + len(stream)] = np.frombuffer(stream, dtype=np.uint8)
+    input_addr, input_bytes = compiled.input_region()
+    logits = compiled.output_place()
+    manifest = {
+        "format": "intvit-accelerator", "isa_version": compiled.manifest["isa_version"], "top": SYSTEM_NAME,
+        "model": program.config.name,
+        "files": {"verilog": f"{SYSTEM_NAME}.v", "program": PROGRAM_NAME, "memory": MEMORY_NAME},
+        "insn_base": insn_base, "data_base": 0, "memory_bytes": memory_bytes,
+        "instructions": len(compiled.instructions), "program_bytes": len(stream),
+        "input": {"addr": input_addr, "bytes": input_bytes, "shape": compiled.manifest["input"]["shape"],
+                  "dtype": "int8", "data": args.data, "split": "test", "index": args.image,
+                  "label": int(labels[args.image])},
+        "output": {"addr": logits.addr, "shape": list(logits.shape),
+                   "dtype": "int32" if logits.elem == 4 else "int8", "row_stride_bytes": logits.strides[0]},
+        "expected": {"logits": golden.tolist(), "class": int(np.argmax(golden[0])),
+                     "cycles": predict_cycles(compiled.instructions, config),
+                     "cycles_assume": {"read_latency_cycles": config.memory.read_latency_cycles,
+                                       "write_latency_cycles": config.memory.write_latency_cycles,
+                                       "base_alignment_bytes": 4096}},
+        "params": dataclasses.asdict(params), "regions": compiled.manifest["regions"],
+        "ports": system_ports(params), "protocol": list(PROTOCOL), "lint_waivers": sorted(LINT_WAIVERS),
+        "config": dataclasses.asdict(config),
+    }
+    with atomic_folder(out) as staging:
+        for step in progress(["elaborate", "write"], "verilog", unit="step"):
+            if step == "elaborate":
+                text = system_verilog(params)
+            else:
+                (staging / f"{SYSTEM_NAME}.v").write_text(text)
+                (staging / PROGRAM_NAME).write_bytes(stream)
+                (staging / MEMORY_NAME).write_bytes(memory.tobytes())
+                (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"{program.config.name} on {SYSTEM_NAME}: {len(compiled.instructions):,} instructions at insn_base "
+          f"{insn_base:#x}, memory image {memory_bytes:,} bytes, input at {input_addr:#x}, logits at {logits.addr:#x}; "
+          f"test image {args.image} (label {manifest['input']['label']}): class {manifest['expected']['class']}, "
+          f"{manifest['expected']['cycles']:,} cycles predicted")
+    return [out / name for name in (f"{SYSTEM_NAME}.v", PROGRAM_NAME, MEMORY_NAME, MANIFEST_NAME)]

@@ -212,12 +212,12 @@ def test_failure_part_way_through_verilog_leaves_no_file(capsys, tmp_path, monke
 
     monkeypatch.setattr(rtl_verilog, "to_verilog", failing)
     out = tmp_path / "rtl"
-    assert one_line_error(capsys, ["verilog", "--out", str(out)], "verilog") == f"{out}: No space left on device"
+    assert one_line_error(capsys, ["verilog", "--units", "--out", str(out)], "verilog") == f"{out}: No space left on device"
     assert leftovers(tmp_path) == []          # three files were written, none of them is left
     out.mkdir()
     (out / "mine.txt").write_text("keep")
     calls.clear()
-    assert main(["verilog", "--out", str(out)]) == 2
+    assert main(["verilog", "--units", "--out", str(out)]) == 2
     assert leftovers(tmp_path) == ["mine.txt", "rtl"]
 
 

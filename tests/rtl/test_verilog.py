@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from intvit.commands.common import compile_model, quantized_test_images
+from intvit.compiler.executor import load_machine
+from intvit.compiler.isa import decode_program
+from intvit.harness.run import memory_layout
+from intvit.quant.config import get_config
 from intvit.quant.errors import IntVitError
+from intvit.quant.executor import run_program
 from intvit.quant.requant import requantize
 from intvit.rtl.requant import PROGRAM_WIDTHS
 from intvit.rtl.top import Accelerator, TopParams
 from intvit.rtl.synth import synth_generic
-from intvit.rtl.verilog import LINT_WAIVERS, TOP_NAME, designs, generate, lint
-from intvit.cli import main
+from intvit.rtl.verilog import (LINT_WAIVERS, SYSTEM_NAME, TOP_NAME, designs, generate, lint, system_params,
+                                system_verilog)
+from intvit.cli import build_parser, main
+from intvit.sim.config import load_config
+from intvit.sim.schedule import predict_cycles
 
 SMALL = TopParams(rows=2, cols=2, requant_lanes=2, softmax_lanes=2, gelu_lanes=2, layernorm_lanes=2,
                   max_length=5, width=4)
@@ -146,7 +158,7 @@ def test_verilog_and_synth_commands(tmp_path, capsys):
     config = tmp_path / "small.toml"
     config.write_text(SMALL_TOML)
     out = tmp_path / "v"
-    assert main(["verilog", "--config", str(config), "--out", str(out)]) == 0
+    assert main(["verilog", "--units", "--config", str(config), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert str(out / "intvit_top.v") in captured.out
     assert "warning: matmul.latency is 2 in the config, 1 in the RTL" in captured.err
@@ -163,7 +175,7 @@ def test_verilog_command_sizes_the_top_from_the_model(tmp_path, capsys):
     config = tmp_path / "small.toml"
     config.write_text(SMALL_TOML.replace("latency = 2", "latency = 1"))   # the RTL's: no warning
     out = tmp_path / "v"
-    assert main(["verilog", "--config", str(config), "--model", "deit-tiny", "--out", str(out)]) == 0
+    assert main(["verilog", "--units", "--config", str(config), "--model", "deit-tiny", "--out", str(out)]) == 0
     assert capsys.readouterr().err == ""
     params = json.loads((out / "manifest.json").read_text())["params"]
     assert (params["max_length"], params["width"]) == (197, 192)
@@ -174,7 +186,126 @@ def test_verilog_command_lints_clean(verilator, tmp_path, capsys):
     config = tmp_path / "small.toml"
     config.write_text(SMALL_TOML.replace("latency = 2", "latency = 1"))
     out = tmp_path / "v"
-    assert main(["verilog", "--config", str(config), "--out", str(out), "--lint"]) == 0
+    assert main(["verilog", "--units", "--config", str(config), "--out", str(out), "--lint"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("lint: clean")
     assert sorted(path.name for path in out.iterdir()) == sorted(
         [f"{name}.v" for name in UNITS] + [f"{TOP_NAME}.v", "manifest.json"])
+
+
+# ------------------------------------------------------------ the complete accelerator (intvit verilog)
+SMALL_8X8 = str(Path(__file__).resolve().parents[2] / "docs" / "configs" / "small_8x8.toml")
+# Calibration size does not matter to what is checked here; a small one keeps the run short.
+SYSTEM_ARGV = ["verilog", "--config", SMALL_8X8, "--calib-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """``intvit verilog`` for the embedded model on small_8x8, and the program it compiled (from
+    the same program cache, so the same calibration)."""
+    out = tmp_path_factory.mktemp("system") / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        argv = [*SYSTEM_ARGV, "--out", str(out)]
+        assert main(argv) == 0
+        config = load_config(SMALL_8X8)
+        program, compiled = compile_model(build_parser().parse_args(argv), config, "mnist")
+    return out, json.loads((out / "manifest.json").read_text()), program, compiled, config
+
+
+def test_system_files_hold_the_compiled_program_and_memory(shipped):
+    out, manifest, program, compiled, config = shipped
+    assert sorted(p.name for p in out.iterdir()) == ["intvit_system.v", "manifest.json", "memory.bin", "program.bin"]
+    assert manifest["top"] == SYSTEM_NAME and manifest["files"]["verilog"] == f"{SYSTEM_NAME}.v"
+    stream = (out / "program.bin").read_bytes()
+    assert decode_program(stream) == compiled.instructions and len(stream) == manifest["program_bytes"]
+    memory = np.fromfile(out / "memory.bin", dtype=np.uint8)
+    insn_base, size = memory_layout(compiled)          # what rtl-run gives the accelerator
+    assert (manifest["insn_base"], manifest["data_base"], manifest["memory_bytes"]) == (insn_base, 0, size)
+    assert memory.size == size and memory[insn_base:insn_base + len(stream)].tobytes() == stream
+    # Constants (weights, biases, records) as compiled, the input as quantised: compiler.executor's memory.
+    (x,), labels = quantized_test_images(program, "mnist", 1)
+    assert np.array_equal(memory[:compiled.memory_bytes], load_machine(compiled, x).dram)
+    addr, nbytes = compiled.input_region()
+    assert manifest["input"] == {"addr": addr, "bytes": nbytes, "shape": [1, 28, 28], "dtype": "int8",
+                                 "data": "mnist", "split": "test", "index": 0, "label": int(labels[0])}
+    assert memory[addr:addr + nbytes].view(np.int8).tolist() == x.reshape(-1).tolist()
+    assert not memory[compiled.image.size:compiled.memory_bytes].any()        # activations and logits: zero
+    assert manifest["regions"]["blocks.0.attn.qkv.weight"] == compiled.manifest["regions"]["blocks.0.attn.qkv.weight"]
+    out_place = compiled.output_place()
+    assert manifest["output"] == {"addr": out_place.addr, "shape": [1, 10], "dtype": "int32", "row_stride_bytes": 40}
+    expected = manifest["expected"]
+    assert expected["logits"] == run_program(program, x).tolist()
+    assert expected["class"] == int(np.argmax(expected["logits"][0]))
+    assert expected["cycles"] == predict_cycles(compiled.instructions, config)
+    assert expected["cycles_assume"]["read_latency_cycles"] == config.memory.read_latency_cycles
+
+
+def test_system_verilog_is_what_rtl_run_builds(shipped, monkeypatch, tmp_path):
+    """``harness.run.build_system`` (rtl-run's build) converts the same design under the same names."""
+    import cocotb_tools.runner
+
+    import intvit.rtl.verilog as rtl_verilog
+    from intvit.harness.run import TOP_NAME as HARNESS_TOP, build_system
+
+    out, manifest, _, compiled, config = shipped
+    calls = []
+
+    def recorder(design, name, ports=None):
+        calls.append((design.params, name, sorted(ports)))
+        names = [*ports, "clk", "rst"]          # a stand-in with the header Yosys writes
+        return "\n".join([f"module {name}({', '.join(names)});", *(f"  input {n};" for n in names), "endmodule", ""])
+
+    class NoBuild:
+        def build(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(rtl_verilog, "to_verilog", recorder)
+    monkeypatch.setattr(cocotb_tools.runner, "get_runner", lambda name: NoBuild())
+    build_system(compiled, config, tmp_path)
+    ((params, name, ports),) = calls
+    assert HARNESS_TOP == name == SYSTEM_NAME
+    assert dataclasses.asdict(params) == manifest["params"]
+    assert ports == sorted(set(manifest["ports"]) - {"clk", "rst"})
+    # The shipped file is system_verilog(params): to_verilog of that design under those names.
+    text = (out / f"{SYSTEM_NAME}.v").read_text()
+    header = re.search(rf"^module {SYSTEM_NAME}\((.*?)\);", text, re.S | re.M).group(1)
+    assert sorted(name.strip() for name in header.split(",")) == sorted(manifest["ports"])
+    for port, entry in manifest["ports"].items():
+        width = f"[{entry['bits'] - 1}:0] " if entry["bits"] > 1 else ""
+        assert re.search(rf"^\s*{entry['direction']} (wire |reg )?{re.escape(width)}{port};", text, re.M), port
+
+
+def test_system_manifest_states_the_protocol(shipped):
+    _, manifest, _, _, _ = shipped
+    ports = manifest["ports"]
+    assert {name: (ports[name]["direction"], ports[name]["bits"]) for name in
+            ("clk", "rst", "start", "insn_base", "data_base", "busy", "done", "error", "error_index", "cycles")} == {
+        "clk": ("input", 1), "rst": ("input", 1), "start": ("input", 1), "insn_base": ("input", 32),
+        "data_base": ("input", 32), "busy": ("output", 1), "done": ("output", 1), "error": ("output", 1),
+        "error_index": ("output", 32), "cycles": ("output", 48)}
+    assert ports["dmem_wdata"] == {"direction": "output", "bits": 64} and "imem_awaddr" not in ports
+    assert any("start" in step and "insn_base" in step for step in manifest["protocol"])
+    assert manifest["lint_waivers"] == sorted(LINT_WAIVERS)
+
+
+def test_system_verilog_is_lint_clean(verilator, shipped):
+    out, _, _, _, _ = shipped
+    assert lint([out / f"{SYSTEM_NAME}.v"]) == []
+
+
+@pytest.mark.slow
+def test_default_system_verilog_is_lint_clean(verilator, tmp_path):
+    params = system_params(load_config(None), get_config("mnist"))
+    path = tmp_path / f"{SYSTEM_NAME}.v"
+    path.write_text(system_verilog(params))
+    assert lint([path]) == []
+
+
+def test_system_command_refuses_what_the_rtl_cannot_build(tmp_path, capsys):
+    config = tmp_path / "odd.toml"
+    config.write_text("[matmul]\nrows = 6\ncols = 6\n[requant]\nlanes = 2\n[softmax]\nlanes = 2\n"
+                      "[gelu]\nlanes = 2\n[layernorm]\nlanes = 2\n")
+    assert main(["verilog", "--config", str(config), "--out", str(tmp_path / "v")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "intvit verilog: error: matmul.cols must be a power of two for the RTL's ACC lanes, not 6")
+    assert not (tmp_path / "v").exists()
