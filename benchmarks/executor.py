@@ -14,7 +14,7 @@ Both sides get the same threads: torch's intra-op pool, numba's prange pool and 
 (OpenBLAS, through threadpoolctl). ``--isa avx2`` re-runs the script with every library held to
 AVX2 (no AVX-512, no VNNI/AMX), the instruction set of the AMD EPYC machines this project also
 runs on. On a shared machine a busy core stalls every multi-threaded op, so say how loaded it was:
-the load average is printed before and after.
+the load average is printed before and after, and the CPU time of each side next to its wall time.
 """
 
 from __future__ import annotations
@@ -50,45 +50,58 @@ def cpu_name() -> str:
     return f"{name} ({', '.join(isa) or 'no AVX2'})"
 
 
-def median_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each callable, the callables taking turns within every repeat."""
+def median_seconds(runs: dict[str, Callable[[], object]], repeats: int,
+                   cpu: dict[str, float] | None = None) -> dict[str, float]:
+    """Median wall time of each callable, the callables taking turns within every repeat.
+
+    With ``cpu``, also fills it with each callable's median CPU time (this process, all threads),
+    which a neighbour's load moves far less than the wall time.
+    """
     for run in runs.values():
         run()                                       # warm-up: numba cache load, allocator, torch kernels
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu_times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - start_cpu)
+    if cpu is not None:
+        cpu.update({name: statistics.median(values) for name, values in cpu_times.items()})
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 def profile(program, x) -> tuple[dict[str, float], list[tuple[float, str]]]:
-    """Seconds per op kind and per op for one ``run_program`` pass, timed kernel by kernel.
+    """Seconds per op kind (or fused chain) and per op for one ``run_program`` pass, timed kernel by kernel.
 
-    The kernels are wrapped in place for the one pass, so tensors are freed as in a normal run.
+    The kernels and fused chains are wrapped in place for the one pass, so tensors are freed as
+    in a normal run; a fused chain is named by its kinds joined with ``+`` and by its matmul.
     """
-    from intvit.quant.executor import KERNELS, run_program
+    from intvit.quant.executor import FUSED, KERNELS, run_program
 
     by_kind: dict[str, float] = defaultdict(float)
     by_op = []
-    original = dict(KERNELS)
+    tables = (KERNELS, FUSED)
+    originals = [dict(table) for table in tables]
 
     def timed(kind, kernel):
-        def run(op, *args):
+        def run(op, *args):                     # op: an Op, or a fused chain's list of them
             start = time.perf_counter()
             result = kernel(op, *args)
             elapsed = time.perf_counter() - start
             by_kind[kind] += elapsed
-            by_op.append((elapsed, op.name))
+            by_op.append((elapsed, op.name if isinstance(kind, str) else op[0].name))
             return result
         return run
 
-    KERNELS.update({kind: timed(kind, kernel) for kind, kernel in original.items()})
+    for table, original in zip(tables, originals):
+        table.update({kind: timed(kind, kernel) for kind, kernel in original.items()})
     try:
         run_program(program, x)
     finally:
-        KERNELS.update(original)
+        for table, original in zip(tables, originals):
+            table.update(original)
     return dict(by_kind), sorted(by_op, reverse=True)
 
 
@@ -123,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[int, int], tuple[float, fl
 
     print(f"{MODEL} on {cpu_name()}, kernels {args.isa} (torch: {torch.backends.cpu.get_cpu_capability()}), "
           f"median of {args.repeats} after a warm-up; load average {os.getloadavg()[0]:.2f} before")
-    print(f"{'threads':>7}  {'batch':>5}  {'float ms/img':>12}  {'integer ms/img':>14}  {'ratio':>6}")
+    print(f"{'threads':>7}  {'batch':>5}  {'float ms/img':>12}  {'integer ms/img':>14}  {'ratio':>6}  "
+          f"{'':<13}  {'CPU ms/img: float':>17}  {'integer':>7}  {'ratio':>6}")
     results = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -138,19 +152,22 @@ def main(argv: list[str] | None = None) -> dict[tuple[int, int], tuple[float, fl
                     with torch.no_grad():
                         return model(x_float)
 
+                cpu: dict[str, float] = {}
                 seconds = median_seconds({"float": run_float, "integer": lambda: run_program(program, x_int)},
-                                         args.repeats)
+                                         args.repeats, cpu)
                 float_s, int_s = seconds["float"] / batch, seconds["integer"] / batch
                 results[threads, batch] = (float_s, int_s)
                 verdict = "ok" if int_s <= TARGET_RATIO * float_s else f"misses {TARGET_RATIO:g}x"
                 print(f"{threads:>7}  {batch:>5}  {float_s * 1e3:>12.2f}  {int_s * 1e3:>14.2f}  "
-                      f"{int_s / float_s:>5.2f}x  {verdict}", flush=True)
+                      f"{int_s / float_s:>5.2f}x  {verdict:<13}  {cpu['float'] / batch * 1e3:>17.2f}  "
+                      f"{cpu['integer'] / batch * 1e3:>7.2f}  {cpu['integer'] / cpu['float']:>5.2f}x", flush=True)
                 if args.profile:
                     by_kind, by_op = profile(program, x_int)
                     total = sum(by_kind.values())
                     print(f"  profile, {threads} threads, batch {batch}: {total * 1e3:.1f} ms per pass")
                     for kind, spent in sorted(by_kind.items(), key=lambda item: -item[1]):
-                        print(f"    {kind:<13} {spent * 1e3:8.1f} ms  {100 * spent / total:5.1f}%")
+                        kind = kind if isinstance(kind, str) else "+".join(kind)
+                        print(f"    {kind:<28} {spent * 1e3:8.1f} ms  {100 * spent / total:5.1f}%")
                     for spent, name in by_op[:SLOWEST_OPS]:
                         print(f"    {name:<28} {spent * 1e3:8.1f} ms")
     calibration_vs_forward(model, rng.normal(size=(CALIBRATION_TIMED_IMAGES, *shape)).astype(np.float32),
