@@ -1,10 +1,13 @@
-"""The accelerator top: one instance of every unit, each unit's streams brought out as ports.
+"""The units side by side: one instance of every unit, each unit's streams brought out as ports.
 
-The top fixes the units' parameters from plain numbers (the command line reads them from
-the accelerator config; ``rtl`` never imports ``sim``). Its ports are the units' own
-signatures, one member per unit, so Verilog names read ``<unit>__<port>__<field>``
-(``matmul__operands__payload``, ``requant__results__ready``). The sequencing of layers, the
-operand buffers and the DMA that feed these streams are the simulator's model, not RTL.
+``Accelerator`` is what ``intvit verilog --units`` writes and the unit-level benches drive (one
+attention block in ``tests/rtl/test_attention_block.py``); the complete accelerator, with the
+controller, the AXI4 load/store modules and the scratchpads that feed these units from a
+compiled program, is ``rtl.system.System``. The top fixes the units' parameters from plain
+numbers (the command line reads them from the accelerator config; ``rtl`` never imports
+``sim``). Its ports are the units' own signatures, one member per unit, so Verilog names read
+``<unit>__<port>__<field>`` (``matmul__operands__payload``, ``requant__results__ready``).
+``flat_ports`` gives any component single-underscore port names (``System``'s ``dmem_araddr``).
 """
 
 from collections.abc import Callable
