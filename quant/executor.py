@@ -115,6 +115,8 @@ def _chain_length(ops: list[Op], i: int, readers: Counter, keep: str) -> int:
         return (j < len(ops) and len(produced) == 1 and ops[j].inputs[:1] == produced
                 and readers[produced[0]] == 1 and produced[0] != keep)
 
+    if ops[i].kind != "matmul":                  # every chain starts at a matmul
+        return 1
     for kinds in sorted(FUSED, key=len, reverse=True):
         if all(i + k < len(ops) and ops[i + k].kind == kind for k, kind in enumerate(kinds)) \
                 and all(consumes(i + k) for k in range(1, len(kinds))):
