@@ -11,6 +11,7 @@ accelerator's counter), ``read_latency``/``write_latency`` (AxiRam's, measured o
 data burst: address handshake to first R beat minus one, last W beat to B response).
 """
 
+import logging
 from pathlib import Path
 
 import cocotb
@@ -70,6 +71,9 @@ async def run_stream(dut):
     ram = AxiRam(AxiBus.from_prefix(dut, "dmem"), dut.clk, dut.rst, size=p["memory_bytes"])
     imem = AxiRamRead(AxiReadBus.from_prefix(dut, "imem"), dut.clk, dut.rst, size=p["memory_bytes"], mem=ram.mem)
     ram.write(0, image)
+    # AxiRam logs every burst at INFO (thousands of lines an image); warnings and errors still show.
+    for interface in (ram.read_if, ram.write_if, imem):
+        interface.log.setLevel(logging.WARNING)
     if p.get("read_latency") is not None:
         extra_read = p["read_latency"] - AXI_RAM_READ_LATENCY
         extra_write = p["write_latency"] - AXI_RAM_WRITE_LATENCY

@@ -3,7 +3,9 @@
 ``run_images(compiled, config, images, work_dir)`` builds ``rtl.system.System`` for the
 program's geometry and the config's AXI port, writes the external-memory image (constants,
 input, the instruction stream after them), and runs one Verilator simulation per image through
-``harness.bench_system``; the accelerator runs free and Python only waits for ``done``. AxiRam
+``harness.bench_system``, each in its own folder ``<work_dir>/image<N>``; the accelerator runs
+free and Python only waits for ``done``. Images are independent: given a ``map_images``
+(``intvit.cluster.ClusterMap``) they run on a cluster's workers, the model built once. AxiRam
 is slowed to the config's ``memory.read_latency_cycles``/``write_latency_cycles`` (measured
 on the first image and checked), so ``sim.schedule`` predicts the same memory. Each result
 holds the RTL's INT32 logits (read from external memory as the executor reads its own) and
@@ -12,16 +14,18 @@ the accelerator's cycle counter.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from intvit.harness.runner import build, run
 
-__all__ = ["RtlImage", "TOP_NAME", "memory_layout", "build_system", "run_images"]
+__all__ = ["RtlImage", "TOP_NAME", "memory_layout", "build_system", "run_image", "run_images"]
 
 TOP_NAME = "intvit_system"
 INSN_ALIGN = 4096
@@ -46,15 +50,80 @@ def memory_layout(compiled) -> tuple[int, int]:
 
 
 def build_system(compiled, config, work_dir: str | Path):
-    """Elaborate ``System`` for ``compiled``'s geometry and ``config.memory`` and compile it with Verilator."""
+    """Elaborate ``System`` for ``compiled``'s geometry and ``config.memory`` and compile it with Verilator.
+
+    The Verilog is kept in ``<work_dir>/build`` with a key (the ``SystemParams`` and a hash of
+    the ``rtl`` package's sources): a later call with the same key skips elaboration (90 s for
+    the 16x16 accelerator) and, the Verilog being unchanged, Verilator's build too. The reset
+    is registered (``harness.runner.build``): ``bench_system`` holds it for cycles before ``start``.
+    """
     from intvit.rtl.system import System, SystemParams
 
     params = SystemParams.from_geometry(compiled.geometry, config.memory)
-    return build(System(params), toplevel=TOP_NAME, build_dir=Path(work_dir) / "build")
+    build_dir = Path(work_dir) / "build"
+    key = json.dumps({"params": asdict(params), "rtl": _rtl_hash()}, sort_keys=True)
+    source, key_path = build_dir / f"{TOP_NAME}.v", build_dir / "verilog.key"
+    if source.exists() and key_path.exists() and key_path.read_text() == key:
+        return build(None, toplevel=TOP_NAME, build_dir=build_dir, verilog_text=source.read_text(),
+                     registered_reset="rst")
+    key_path.unlink(missing_ok=True)
+    model = build(System(params), toplevel=TOP_NAME, build_dir=build_dir, registered_reset="rst")
+    key_path.write_text(key)
+    return model
+
+
+def _rtl_hash() -> str:
+    import intvit.rtl
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(intvit.rtl.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_image(model, compiled, config, work_dir: str | Path, timeout_cycles: int,
+              item: tuple[int, np.ndarray]) -> RtlImage:
+    """Run image ``item = (index, x)`` on the built ``model`` in ``<work_dir>/image<index>``.
+
+    Image 0 also measures AxiRam's latencies and checks them against the config's. The
+    arguments are in ``map_images`` order: what every image shares, then the image.
+    """
+    from intvit.compiler.executor import load_machine, read_output
+
+    index, x = item
+    run_dir = Path(work_dir) / f"image{index}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    insn_base, memory_bytes = memory_layout(compiled)
+    stream = compiled.stream()
+    machine = load_machine(compiled, x)
+    memory = np.zeros(memory_bytes, dtype=np.uint8)
+    memory[:machine.dram.size] = machine.dram
+    memory[insn_base:insn_base + len(stream)] = np.frombuffer(stream, dtype=np.uint8)
+    image_path, dump_path = run_dir / "memory.bin", run_dir / "dump.bin"
+    image_path.write_bytes(memory.tobytes())
+    start = time.perf_counter()
+    result = run(model, "intvit.harness.bench_system",
+                 {"image": str(image_path), "dump": str(dump_path), "memory_bytes": memory_bytes,
+                  "insn_base": insn_base, "data_base": 0, "timeout_cycles": timeout_cycles,
+                  "measure": index == 0, "read_latency": config.memory.read_latency_cycles,
+                  "write_latency": config.memory.write_latency_cycles}, run_dir=run_dir)
+    wall = time.perf_counter() - start
+    if result.get("error") or not result.get("done"):
+        raise RuntimeError(f"image {index}: the accelerator stopped with error={result.get('error')} "
+                           f"at instruction {result.get('error_index')} (done={result.get('done')}, "
+                           f"timed out={result.get('timed_out')})")
+    measured = (result.get("read_latency"), result.get("write_latency"))
+    wanted = (config.memory.read_latency_cycles, config.memory.write_latency_cycles)
+    if index == 0 and None not in measured and measured != wanted:
+        raise RuntimeError(f"AxiRam answered with latencies {measured}, not the config's {wanted}")
+    dram = np.frombuffer(dump_path.read_bytes(), dtype=np.uint8)
+    return RtlImage(logits=read_output(compiled, dram), cycles=result["cycles"], read_latency=measured[0],
+                    write_latency=measured[1], wall_s=wall)
 
 
 def run_images(compiled, config, images: Iterable[np.ndarray], work_dir: str | Path, *, model=None,
-               timeout_cycles: int = 50_000_000, progress: Callable | None = None) -> list[RtlImage]:
+               timeout_cycles: int = 50_000_000, progress: Callable | None = None,
+               map_images: Callable | None = None) -> list[RtlImage]:
     """Run each INT8 image (``IntProgram.quantize_input`` output) on the RTL; see the module docstring.
 
     Parameters
@@ -64,43 +133,25 @@ def run_images(compiled, config, images: Iterable[np.ndarray], work_dir: str | P
         Its ``memory`` section fixes the AXI width and burst length of the RTL.
     images : iterable of int8 arrays
     work_dir : path
-        Build and run files go here.
+        Build and run files go here; with ``map_images`` the workers must see it at the same path.
     model : harness.runner.Model, optional
         An already built model (``build_system``).
-    """
-    from intvit.compiler.executor import load_machine, read_output
+    progress : callable, optional
+        Wraps the in-process loop over images (a progress bar); ``map_images`` counts its own.
+    map_images : callable, optional
+        ``map_images(fn, shared, items)`` -> ``[fn(*shared, item) for item in items]`` in order,
+        e.g. on a cluster (``intvit.cluster.ClusterMap``); default: in this process.
 
-    work_dir = Path(work_dir)
+    Returns
+    -------
+    list of RtlImage
+        In the order of ``images``.
+    """
+    work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     model = model or build_system(compiled, config, work_dir)
-    insn_base, memory_bytes = memory_layout(compiled)
-    stream = compiled.stream()
-    results = []
-    for index, x in enumerate(progress(list(images)) if progress else images):
-        machine = load_machine(compiled, x)
-        memory = np.zeros(memory_bytes, dtype=np.uint8)
-        memory[:machine.dram.size] = machine.dram
-        memory[insn_base:insn_base + len(stream)] = np.frombuffer(stream, dtype=np.uint8)
-        image_path, dump_path = work_dir / f"image{index}.bin", work_dir / f"dump{index}.bin"
-        image_path.write_bytes(memory.tobytes())
-        start = time.perf_counter()
-        result = run(model, "intvit.harness.bench_system",
-                     {"image": str(image_path), "dump": str(dump_path), "memory_bytes": memory_bytes,
-                      "insn_base": insn_base, "data_base": 0, "timeout_cycles": timeout_cycles,
-                      "measure": index == 0, "read_latency": config.memory.read_latency_cycles,
-                      "write_latency": config.memory.write_latency_cycles})
-        wall = time.perf_counter() - start
-        if result.get("error") or not result.get("done"):
-            raise RuntimeError(f"image {index}: the accelerator stopped with error={result.get('error')} "
-                               f"at instruction {result.get('error_index')} (done={result.get('done')}, "
-                               f"timed out={result.get('timed_out')})")
-        if index == 0:
-            measured = (result.get("read_latency"), result.get("write_latency"))
-            wanted = (config.memory.read_latency_cycles, config.memory.write_latency_cycles)
-            if None not in measured and measured != wanted:
-                raise RuntimeError(f"AxiRam answered with latencies {measured}, not the config's {wanted}")
-        dram = np.frombuffer(dump_path.read_bytes(), dtype=np.uint8)
-        results.append(RtlImage(logits=read_output(compiled, dram), cycles=result["cycles"],
-                                read_latency=result.get("read_latency"), write_latency=result.get("write_latency"),
-                                wall_s=wall))
-    return results
+    items = list(enumerate(images))
+    shared = (model, compiled, config, work_dir, timeout_cycles)
+    if map_images is not None:
+        return map_images(run_image, shared, items)
+    return [run_image(*shared, item) for item in (progress(items) if progress else items)]

@@ -6,7 +6,13 @@ being an ``AxiRam`` slowed to the config's memory latencies. For each image it p
 INT32 logits and predicted class, the golden executor's verdict, the RTL's cycle counter and
 ``sim.schedule``'s prediction for the same config; then the predicted busy cycles per
 instruction class. ``--json`` holds ``images``: per image ``logits``, ``golden_logits``,
-``rtl_cycles`` and ``sim_cycles``.
+``rtl_cycles`` and ``sim_cycles``; it holds no wall-clock times (printed with the text), so a
+run gives the same file on any number of workers.
+
+``--workers N``/``--cluster ADDRESS`` run the images on a Dask cluster (``intvit.cluster``):
+the model is built once here and every worker runs images on it, each in its own folder of
+the work folder, which the workers must see at the same path (a shared file system for
+``--cluster``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import tempfile
 
 import numpy as np
 
+from intvit.cluster.engine import add_cluster_arguments, cluster_mapper, uses_cluster
 from intvit.commands.common import (
     add_calibration_arguments, add_model_arguments, build_program, load_images, load_model, positive_int, progress,
     write_json,
@@ -44,9 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help="calibration and test images: mnist, digits or an ImageFolder directory (default: %(default)s)")
     parser.add_argument("--images", type=positive_int, default=1, metavar="N", help="test images to run (default: 1)")
-    parser.add_argument("--work-dir", metavar="DIR", help="build and run folder (default: a temporary one)")
+    parser.add_argument("--work-dir", metavar="DIR",
+                        help="build and run folder, kept: a later run with the same accelerator skips the build "
+                             "(default: a temporary one; needed with --cluster, on a file system the workers share)")
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE",
                         help="write the results as JSON to FILE, or alone: print them instead of the text")
+    add_cluster_arguments(parser, "images")
     parser.set_defaults(run=run)
 
 
@@ -59,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json not in (None, "-"):
         check_output_file(args.json)
+    if uses_cluster(args) and args.cluster is not None and not args.work_dir:
+        raise IntVitError("--cluster needs --work-dir: a folder the cluster's workers see at the same path")
     config = load_config(args.config)
     reason = verilator_missing()
     if reason is not None:
@@ -68,10 +80,11 @@ def run(args: argparse.Namespace) -> int:
     report = schedule(compiled.instructions, config, macs=program_macs(program))
     images, labels, _ = load_images(args.data, program.config, "test", args.images)
     xs = [program.quantize_input(images[i:i + 1]) for i in range(len(images))]
-    with tempfile.TemporaryDirectory(prefix="intvit-rtl-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="intvit-rtl-") as scratch, \
+            cluster_mapper(args, "rtl", "image") as map_images:
         work = args.work_dir or scratch
         model = build_system(compiled, config, work)
-        results = run_images(compiled, config, xs, work, model=model,
+        results = run_images(compiled, config, xs, work, model=model, map_images=map_images,
                              progress=lambda it: progress(it, "rtl", len(xs), unit="image"))
     rows = []
     for i, (x, result) in enumerate(zip(xs, results)):
@@ -79,21 +92,20 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"image": i, "label": int(labels[i]), "logits": result.logits.tolist(),
                      "golden_logits": np.asarray(golden).tolist(), "bit_exact": bool(np.array_equal(result.logits, golden)),
                      "predicted_class": int(np.argmax(result.logits[0])), "rtl_cycles": result.cycles,
-                     "sim_cycles": report.total_cycles, "wall_s": round(result.wall_s, 2)})
-    data = {"model": program.config.name, "instructions": len(compiled.instructions),
-            "build_s": round(model.build_s, 1), "images": rows, "classes": report.classes,
-            "config": dataclasses.asdict(config)}
+                     "sim_cycles": report.total_cycles})
+    data = {"model": program.config.name, "instructions": len(compiled.instructions), "images": rows,
+            "classes": report.classes, "config": dataclasses.asdict(config)}
     if args.json:
         write_json(data, args.json)
     if args.json != "-":
         print(f"{program.config.name} on the RTL: {len(compiled.instructions):,} instructions, "
               f"Verilator build {model.build_s:.0f} s")
-        for row in rows:
+        for row, result in zip(rows, results):
             error = 100 * (row["rtl_cycles"] - row["sim_cycles"]) / row["sim_cycles"]
             print(f"image {row['image']} (label {row['label']}): class {row['predicted_class']}, logits "
                   f"{row['logits'][0]}, bit-exact vs golden: {'yes' if row['bit_exact'] else 'NO'}; "
                   f"RTL {row['rtl_cycles']:,} cycles, predicted {row['sim_cycles']:,} ({error:+.2f}%), "
-                  f"{row['wall_s']:.1f} s")
+                  f"{result.wall_s:.1f} s")
         print("predicted busy cycles per instruction class: " + ", ".join(
             f"{name} {entry['busy_cycles']:,} ({entry['count']:,})" for name, entry in report.classes.items()))
     if not all(row["bit_exact"] for row in rows):
