@@ -309,3 +309,29 @@ def test_system_command_refuses_what_the_rtl_cannot_build(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "intvit verilog: error: matmul.cols must be a power of two for the RTL's ACC lanes, not 6")
     assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.slow
+def test_shipped_files_run_with_only_the_manifest(shipped, tmp_path):
+    """The written Verilog, memory image and manifest alone, on Verilator with cocotbext-axi's AxiRam
+    (``harness.bench_system``) at the manifest's memory latencies: the logits at ``output.addr``
+    equal ``expected.logits`` and the counter ``expected.cycles``."""
+    from intvit.harness.runner import build, run
+
+    out, manifest, _, _, _ = shipped
+    model = build(None, toplevel=manifest["top"], build_dir=tmp_path / "build",
+                  verilog_text=(out / manifest["files"]["verilog"]).read_text(), registered_reset="rst")
+    dump = tmp_path / "dump.bin"
+    assume = manifest["expected"]["cycles_assume"]
+    result = run(model, "intvit.harness.bench_system",
+                 {"image": str(out / manifest["files"]["memory"]), "dump": str(dump),
+                  "memory_bytes": manifest["memory_bytes"], "insn_base": manifest["insn_base"],
+                  "data_base": manifest["data_base"], "timeout_cycles": 10 * manifest["expected"]["cycles"],
+                  "read_latency": assume["read_latency_cycles"], "write_latency": assume["write_latency_cycles"]})
+    assert result["done"] and not result["error"], result
+    output = manifest["output"]
+    rows, cols = output["shape"]
+    memory = np.fromfile(dump, dtype=np.uint8)
+    logits = [memory[output["addr"] + r * output["row_stride_bytes"]:][:4 * cols].view("<i4").tolist() for r in range(rows)]
+    assert logits == manifest["expected"]["logits"]
+    assert result["cycles"] == manifest["expected"]["cycles"]
