@@ -31,6 +31,7 @@ from intvit.sim.report import format_table
 __all__ = ["register", "run", "scratchpad_bits", "composed_report", "UNITS"]
 
 TARGETS = ("generic", "nangate45", "ecp5")
+TOP_CELL_TYPES = 4
 # The units reported: name -> the System's instances (dotted paths) whose cells it sums. "glue"
 # entries are a module's own cells (its children reported apart).
 UNITS = {
@@ -57,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="technology (default: %(default)s)")
     parser.add_argument("--abc", action="store_true",
                         help="generic target: optimise gates with ABC (realistic counts, slower)")
+    parser.add_argument("--unit", action="append", default=None,
+                        help="generic target: synthesise this unit of the side-by-side units (as intvit verilog "
+                             "--units writes them, e.g. intvit_requant, intvit_pe) on its own, flattened, with its "
+                             "word-level multipliers and adders counted (repeatable), instead of the System")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="generic and nangate45: Yosys processes at once (default: %(default)s)")
     parser.add_argument("--no-cache", action="store_true",
@@ -70,8 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.json not in (None, "-"):
         check_output_file(args.json)
-    if args.target != "generic" and args.abc:
-        raise IntVitError("--abc applies to --target generic only")
+    if args.target != "generic" and (args.abc or args.unit):
+        raise IntVitError("--abc and --unit apply to --target generic only")
     if args.jobs < 1:
         raise IntVitError(f"--jobs must be a positive integer, not {args.jobs}")
     config = load_config(args.config)
@@ -79,14 +84,17 @@ def run(args: argparse.Namespace) -> int:
     from intvit.rtl.verilog import check_size, system_params
 
     check_size(top_params(config, model))            # before minutes of synthesis, not after
-    params = system_params(config, model)
     start = time.perf_counter()
-    report = {"generic": _composed, "nangate45": _composed, "ecp5": _ecp5}[args.target](args, config, params)
-    report["seconds"] = round(time.perf_counter() - start, 1)
+    if args.unit:
+        report = _units(args, top_params(config, model))
+    else:
+        params = system_params(config, model)
+        report = {"generic": _composed, "nangate45": _composed, "ecp5": _ecp5}[args.target](args, config, params)
+        report["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
         write_json(report, args.json)
     if args.json != "-":
-        print(f"synthesis took {report['seconds']:.1f} s")
+        print(f"synthesis took {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -208,6 +216,26 @@ def _print_composed(report: dict, params, what: str, config) -> None:
               + ", ".join(f"{key} = {value}" for key, value in report["energy_table"].items()))
     s = report["synthesis"]
     print(f"{s['jobs']} Yosys jobs ({s['cached_jobs']} from the cache), {s['yosys_seconds']:.0f} s of Yosys")
+
+
+def _units(args, params) -> dict:
+    from intvit.rtl.synth import synth_generic
+    from intvit.rtl.verilog import designs
+
+    available = designs(params)
+    unknown = [name for name in args.unit if name not in available]
+    if unknown:
+        raise IntVitError(f"unknown unit {unknown[0]!r}; choose from {', '.join(available)}")
+    report = synth_generic({name: available[name] for name in args.unit}, abc=args.abc)
+    if args.json == "-":
+        return report
+    print(f"{'module':<18} {'cells':>8} {'FFs':>7} {'mults':>5} {'time':>7}  most common gates "
+          f"({'ABC-optimised' if args.abc else 'unoptimised, no ABC'})")
+    for name, stats in report.items():
+        common = sorted(stats["by_type"].items(), key=lambda item: -item[1])[:TOP_CELL_TYPES]
+        print(f"{name:<18} {stats['cells']:>8} {stats['flipflops']:>7} {stats['multipliers']:>5} "
+              f"{stats['seconds']:>6.1f}s  " + ", ".join(f"{cell} {count}" for cell, count in common))
+    return report
 
 
 def _ecp5(args, config, params) -> dict:

@@ -205,6 +205,6 @@ def test_default_system_on_nangate45(capsys):
 
 def test_synth_command_errors(capsys):
     assert main(["synth", "--target", "ecp5", "--abc"]) == 2
-    assert "error: --abc applies to --target generic only" in capsys.readouterr().err
+    assert "error: --abc and --unit apply to --target generic only" in capsys.readouterr().err
     assert main(["synth", "--jobs", "0"]) == 2
     assert "error: --jobs must be a positive integer, not 0" in capsys.readouterr().err
