@@ -285,6 +285,11 @@ def test_system_manifest_states_the_protocol(shipped):
         "error_index": ("output", 32), "cycles": ("output", 48)}
     assert ports["dmem_wdata"] == {"direction": "output", "bits": 64} and "imem_awaddr" not in ports
     assert any("start" in step and "insn_base" in step for step in manifest["protocol"])
+    # docs/isa.md's port table names every non-AXI port with its direction and width.
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "isa.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (in|out) \| (\d+) \|", doc, re.M)
+    assert {name: ("input" if way == "in" else "output", int(bits)) for name, way, bits in rows} == {
+        name: (entry["direction"], entry["bits"]) for name, entry in ports.items() if not name.startswith(("imem", "dmem"))}
     assert manifest["lint_waivers"] == sorted(LINT_WAIVERS)
 
 
