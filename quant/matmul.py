@@ -15,12 +15,21 @@ Two kernels compute the same integers:
   of the semantics that the tests hold the BLAS path to. It is 2-10x slower than BLAS
   on the model's shapes and not faster on tiny ones, so the executor does not use it.
 
+The float32 GEMM is torch's (MKL/oneDNN, on torch's OpenMP pool) when the process has torch
+loaded, numpy's (OpenBLAS) otherwise: both are exact by the same bound, so the choice changes
+no bit. With a float model in the process, sharing its BLAS keeps one thread pool: with two
+threads on a loaded 2-core machine, OpenBLAS's spinning workers beside torch's and numba's
+made the integer pass 3.7x the float pass, torch's GEMM 1.2x. A process without torch (a
+cached program, images already at size) does not import it for this.
+
 ``torch._int_mm`` was measured and is not used: with oneDNN limited to AVX2 (no VNNI) its
 int8 GEMM saturates 16-bit pair sums (``vpmaddubsw``) and returns wrong sums, e.g. 32640
 instead of 4129024 for 256 products of 127 * 127.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 from numba import njit, prange
@@ -73,16 +82,24 @@ def _matmul_kernel(a, b_t, bias, out):
             out[p, i, j] = acc
 
 
+def _gemm(a_f: np.ndarray, b_f: np.ndarray) -> np.ndarray:
+    # The float32 GEMM of a loaded torch, else numpy's (see the module docstring).
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return np.matmul(a_f, b_f)
+    return torch.matmul(torch.from_numpy(a_f), torch.from_numpy(b_f)).numpy()
+
+
 def _exact_products(a_f: np.ndarray, b_f: np.ndarray) -> np.ndarray:
     # float32 a_f (..., M, K) @ b_f (..., K, N): the exact sums, as float32 when K fits one chunk
     # (exact by FLOAT32_EXACT_DEPTH, converted by the caller), else INT32 summed over chunks.
     depth = a_f.shape[-1]
     if depth <= FLOAT32_EXACT_DEPTH:
-        return np.matmul(a_f, b_f)
+        return _gemm(a_f, b_f)
     out = None
     for start in range(0, depth, FLOAT32_EXACT_DEPTH):
         stop = start + FLOAT32_EXACT_DEPTH
-        part = np.matmul(a_f[..., start:stop], b_f[..., start:stop, :]).astype(np.int32)
+        part = _gemm(a_f[..., start:stop], b_f[..., start:stop, :]).astype(np.int32)
         out = part if out is None else np.add(out, part, out=out)
     return out
 

@@ -1,5 +1,7 @@
 """INT8 x INT8 -> INT32 products: exact against an int64 reference, overflow guard, dtype errors."""
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -173,9 +175,17 @@ def test_random_extremes_match_the_reference_kernel(depth):
     assert np.array_equal(int_matmul(a, b, bias), reference(a, b, bias))
 
 
-def test_thousands_of_random_products_match_the_reference_kernel():
+@pytest.mark.parametrize("gemm", ["torch", "numpy"])
+def test_thousands_of_random_products_match_the_reference_kernel(gemm, monkeypatch):
     # Seeded random shapes over every layout: shared weights, per-batch operands, transposed B,
-    # strided views; K spans one, two and three chunks.
+    # strided views; K spans one, two and three chunks. Both GEMMs: torch's when the process has
+    # torch loaded, numpy's otherwise (hidden here by a None entry in sys.modules).
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "matmul", lambda *args: calls.append(1) or torch.ops.aten.matmul(*args))
+    if gemm == "numpy":
+        monkeypatch.setitem(sys.modules, "torch", None)
     rng = np.random.default_rng(12)
     vectors = 0
     for case in range(60):
@@ -196,3 +206,4 @@ def test_thousands_of_random_products_match_the_reference_kernel():
         assert np.array_equal(out, int_matmul_reference(a, b, bias, transpose_b=transpose_b)), case
         vectors += out.size
     assert vectors > 5000
+    assert bool(calls) == (gemm == "torch")
