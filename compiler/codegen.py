@@ -42,6 +42,7 @@ CHAIN_KINDS = ("requant", "gelu", "softmax")
 VECTOR_OPCODES = {"requant": Opcode.REQUANT, "gelu": Opcode.GELU, "softmax": Opcode.SOFTMAX,
                   "layernorm": Opcode.LAYERNORM, "add": Opcode.ADD}
 ELEM_CODE = {1: 0, 4: 1, 16: 2}
+FUSED_ADD_MIN_ROW_BYTES = 32
 
 
 def geometry_for(program: IntProgram, config) -> Geometry:
@@ -124,12 +125,8 @@ class _Compiler:
             op = ops[i]
             if op.kind == "matmul":
                 chain = []
-                while i + 1 < len(ops) and ops[i + 1].kind in CHAIN_KINDS:
-                    nxt, prev = ops[i + 1], (chain[-1] if chain else op)
-                    if nxt.inputs[0] != prev.output or self.consumers.get(prev.output) != 1 \
-                            or prev.output == self.program.output:
-                        break
-                    chain.append(nxt)
+                while i + 1 < len(ops) and self._chains(op, chain, ops[i + 1]):
+                    chain.append(ops[i + 1])
                     i += 1
                 self.plan.append(("matmul", op, chain))
                 weight = op.inputs[1]
@@ -143,15 +140,15 @@ class _Compiler:
                 for rq in chain:
                     if rq.kind == "requant":
                         self.params[f"{rq.name}.params"] = self._requant_params(rq, n, width)
+                    elif rq.kind == "add":
+                        self.params[f"{rq.name}.params"] = self._add_params(rq, width)
             elif op.kind in VECTOR_OPCODES:
                 self.plan.append(("vector", op, []))
                 width = self._shape(op.inputs[0])[-1]
                 if op.kind == "requant":
                     self.params[f"{op.name}.params"] = self._requant_params(op, width, width)
                 elif op.kind == "add":
-                    a = op.attrs
-                    self.params[f"{op.name}.params"] = pack_params(width, multiplier=a["m_a"], multiplier_b=a["m_b"],
-                                                                   shift=a["shift"])
+                    self.params[f"{op.name}.params"] = self._add_params(op, width)
                 elif op.kind == "layernorm":
                     self._check_layernorm(op, width)
                     gamma, beta, mult, shift = (self.program.constants[n] for n in op.inputs[1:])
@@ -168,6 +165,25 @@ class _Compiler:
             else:
                 raise IntVitError(f"compile: op {op.name!r} of kind {op.kind!r} is not supported by the accelerator")
             i += 1
+
+    def _chains(self, op: Op, chain: list[Op], nxt: Op) -> bool:
+        """Whether ``nxt`` runs on the matmul's tiles in ACC, after ``chain``: it must consume only
+        the previous step's result (read by nothing else): a requantiser, GELU or Softmax of it,
+        or, last, the residual ADD of it and an activation of the same shape (``matmul`` decides
+        whether that ADD runs on the tiles or after the matmul)."""
+        prev = chain[-1] if chain else op
+        if self.consumers.get(prev.output) != 1 or prev.output == self.program.output or \
+                (chain and chain[-1].kind == "add"):
+            return False
+        if nxt.kind in CHAIN_KINDS:
+            return nxt.inputs[0] == prev.output
+        other = [name for name in nxt.inputs if name != prev.output]
+        return nxt.kind == "add" and op.inputs[1] in self.program.constants and len(other) == 1 and \
+            other[0] not in self.program.constants and self._shape(other[0]) == self._shape(prev.output)
+
+    def _add_params(self, op: Op, width: int) -> np.ndarray:
+        a = op.attrs
+        return pack_params(width, multiplier=a["m_a"], multiplier_b=a["m_b"], shift=a["shift"])
 
     def _shape(self, name: str) -> tuple[int, ...]:
         if name in self.program.constants:
@@ -308,8 +324,6 @@ class _Compiler:
         r_, c_ = geo.rows, geo.cols
         a_all = mem.places[op.inputs[0]]
         b_all = mem.places[op.inputs[1]]
-        final = chain[-1].output if chain else op.output
-        out_all = mem.places[final]
         transpose_b = bool(op.attrs.get("transpose_b"))
         heads = a_all.shape[0] if isinstance(a_all, Place) and len(a_all.shape) == 3 else 1
         m, k = a_all.shape if isinstance(a_all, PatchSource) else a_all.matrix().shape
@@ -323,8 +337,14 @@ class _Compiler:
                 raise IntVitError(f"compile: matmul {op.name!r}: a patch row of {a_all.patch} bytes exceeds half an "
                                   f"A or B bank ({min(half_a, half_b)})")
         n_kc = -(-k // k_chunk)
+        # A residual ADD runs on the tiles, its other operand's tile loaded beside each, when K is
+        # one chunk (chunked operands keep the load module busy already) and the tile rows are
+        # long enough to load well (below); otherwise after the matmul, on whole rows.
+        deferred = None
+        if chain and chain[-1].kind == "add" and n_kc > 1:
+            chain, deferred = chain[:-1], chain[-1]
         blocks = ([f"{op.name}.params.bias"] if len(op.inputs) > 2 else []) + \
-                 [f"{rq.name}.params" for rq in chain if rq.kind == "requant"]
+                 [f"{rq.name}.params" for rq in chain if rq.kind in ("requant", "add")]
         group = min(half_acc // r_, self.buffers.half[Memory.PARAM] // (c_ * max(len(blocks), 1)))
         if group < 1:
             raise IntVitError(f"compile: matmul {op.name!r}: one {r_}x{c_} tile does not fit half of ACC "
@@ -352,6 +372,11 @@ class _Compiler:
         n_groups = -(-n_cb // group)
         group = -(-n_cb // n_groups)                     # even groups
         groups = range(0, n_cb, group)
+        if chain and chain[-1].kind == "add" and min(group * c_, n) < FUSED_ADD_MIN_ROW_BYTES:
+            chain, deferred = chain[:-1], chain[-1]
+            blocks.remove(f"{deferred.name}.params")
+        final = chain[-1].output if chain else op.output
+        out_all = mem.places[final]
         # Resident blocks start on hazard-chunk boundaries where they still fit, so that loading
         # one never waits for the array to finish reading its neighbour.
         a_pitch = self.buffers.pitch(Memory.A, k, n_rb, half_a if n_rb * k <= half_a else geo.a_depth)
@@ -400,14 +425,26 @@ class _Compiler:
                         self.out.emit(Opcode.MATMUL, reads=a_keys + b_keys + p_keys, writes=acc_keys,
                                       accumulate=int(kc > 0), bias=int(bias), a_addr=a_off, b_addr=b_off, k=kl,
                                       acc_addr=acc_base + cb - g0, acc_stride=cbs, param_addr=p_off + (cb - g0) * c_)
+                result = op.output
                 for step in chain:
                     p_off, p_keys = params.get((f"{step.name}.params", g0 * c_, cbs * c_), (0, ()))
-                    self.out.emit(VECTOR_OPCODES[step.kind], reads=acc_keys + p_keys, writes=acc_keys,
+                    src, src_b, o_keys = acc_base, 0, ()
+                    if step.kind == "add":
+                        other = next(name for name in step.inputs if name != result)
+                        o_base, o_keys = self.buffers.ring(r_ * cbs)
+                        self.load_rows(o_keys, other, mem.places[other].matrix(), m0, rows, g0 * c_, cols, o_base, cbs)
+                        src, src_b = (o_base, acc_base) if step.inputs[0] == other else (acc_base, o_base)
+                    self.out.emit(VECTOR_OPCODES[step.kind], reads=acc_keys + o_keys + p_keys, writes=acc_keys,
                                   width=REQUANT_WIDTHS.index(step.attrs["bits"]) if step.kind == "requant" else 0,
-                                  src=acc_base, dst=acc_base, rows=rows, length=cols, stride=cbs, param_addr=p_off)
+                                  src=src, src_b=src_b, dst=acc_base, rows=rows, length=cols, stride=cbs,
+                                  param_addr=p_off)
+                    result = step.output
                 self.store_rows(acc_keys, final, out, m0, rows, g0 * c_, cols, acc_base, cbs)
                 for load in prefetch.get(tile, ()):
                     load()
+        if deferred is not None:
+            self.out.current = deferred.name
+            self.vector(deferred, [])
 
     def _prefetch_b(self, op: Op, epoch, staged, steps: int, b_all, transpose_b: bool, n: int, k: int,
                     k_chunk: int, cols_outer: bool, group: int, b_pitch: int) -> dict[int, list]:
@@ -503,7 +540,9 @@ def compile_program(program: IntProgram, config) -> CompiledProgram:
     geometry = geometry_for(program, config)
     compiler = _Compiler(program, geometry)
     compiler.prepare()
-    internal = {step.inputs[0] for _, _, chain in compiler.plan for step in chain}
+    # A chain's intermediates stay in ACC, except the input of a residual ADD (``matmul`` may run it after).
+    internal = {step.output for _, op, chain in compiler.plan for step in [op, *chain][:-1]
+                if chain[-1].kind != "add" or step is not ([op, *chain][-2])}
     compiler.memory, contents = plan_memory(program, compiler.constants, compiler.params, internal)
     compiler.run()
     instructions = compiler.out.finish()
