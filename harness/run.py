@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 
 from intvit.harness.runner import build, run
 
-__all__ = ["RtlImage", "TOP_NAME", "memory_layout", "build_system", "run_image", "run_images"]
+__all__ = ["RtlImage", "TOP_NAME", "memory_layout", "build_system", "prepare_image", "simulate", "run_images"]
 
 TOP_NAME = "intvit_system"
 INSN_ALIGN = 4096
@@ -81,16 +80,14 @@ def _rtl_hash() -> str:
     return digest.hexdigest()
 
 
-def run_image(model, compiled, config, work_dir: str | Path, timeout_cycles: int,
-              item: tuple[int, np.ndarray]) -> RtlImage:
-    """Run image ``item = (index, x)`` on the built ``model`` in ``<work_dir>/image<index>``.
+def prepare_image(compiled, config, work_dir: str | Path, index: int, x: np.ndarray,
+                  timeout_cycles: int = 50_000_000) -> dict:
+    """Write image ``index``'s external memory into ``<work_dir>/image<index>``; its ``bench_system`` parameters.
 
-    Image 0 also measures AxiRam's latencies and checks them against the config's. The
-    arguments are in ``map_images`` order: what every image shares, then the image.
+    Image 0 also measures AxiRam's latencies (``run_images`` checks them against the config's).
     """
-    from intvit.compiler.executor import load_machine, read_output
+    from intvit.compiler.executor import load_machine
 
-    index, x = item
     run_dir = Path(work_dir) / f"image{index}"
     run_dir.mkdir(parents=True, exist_ok=True)
     insn_base, memory_bytes = memory_layout(compiled)
@@ -99,26 +96,24 @@ def run_image(model, compiled, config, work_dir: str | Path, timeout_cycles: int
     memory = np.zeros(memory_bytes, dtype=np.uint8)
     memory[:machine.dram.size] = machine.dram
     memory[insn_base:insn_base + len(stream)] = np.frombuffer(stream, dtype=np.uint8)
-    image_path, dump_path = run_dir / "memory.bin", run_dir / "dump.bin"
-    image_path.write_bytes(memory.tobytes())
-    start = time.perf_counter()
-    result = run(model, "intvit.harness.bench_system",
-                 {"image": str(image_path), "dump": str(dump_path), "memory_bytes": memory_bytes,
-                  "insn_base": insn_base, "data_base": 0, "timeout_cycles": timeout_cycles,
-                  "measure": index == 0, "read_latency": config.memory.read_latency_cycles,
-                  "write_latency": config.memory.write_latency_cycles}, run_dir=run_dir)
-    wall = time.perf_counter() - start
+    (run_dir / "memory.bin").write_bytes(memory.tobytes())
+    return {"image": str(run_dir / "memory.bin"), "dump": str(run_dir / "dump.bin"), "memory_bytes": memory_bytes,
+            "insn_base": insn_base, "data_base": 0, "timeout_cycles": timeout_cycles, "measure": index == 0,
+            "read_latency": config.memory.read_latency_cycles, "write_latency": config.memory.write_latency_cycles}
+
+
+def simulate(model, params: dict) -> dict:
+    """Run ``harness.bench_system`` with ``params`` (``prepare_image``) in the image's folder; its results.
+
+    Only plain data goes in and out, so a cluster's worker can run it.
+    """
+    run_dir = Path(params["image"]).parent
+    result = run(model, "intvit.harness.bench_system", params, run_dir=run_dir)
     if result.get("error") or not result.get("done"):
-        raise RuntimeError(f"image {index}: the accelerator stopped with error={result.get('error')} "
+        raise RuntimeError(f"{run_dir.name}: the accelerator stopped with error={result.get('error')} "
                            f"at instruction {result.get('error_index')} (done={result.get('done')}, "
                            f"timed out={result.get('timed_out')})")
-    measured = (result.get("read_latency"), result.get("write_latency"))
-    wanted = (config.memory.read_latency_cycles, config.memory.write_latency_cycles)
-    if index == 0 and None not in measured and measured != wanted:
-        raise RuntimeError(f"AxiRam answered with latencies {measured}, not the config's {wanted}")
-    dram = np.frombuffer(dump_path.read_bytes(), dtype=np.uint8)
-    return RtlImage(logits=read_output(compiled, dram), cycles=result["cycles"], read_latency=measured[0],
-                    write_latency=measured[1], wall_s=wall)
+    return result
 
 
 def run_images(compiled, config, images: Iterable[np.ndarray], work_dir: str | Path, *, model=None,
@@ -140,18 +135,29 @@ def run_images(compiled, config, images: Iterable[np.ndarray], work_dir: str | P
         Wraps the in-process loop over images (a progress bar); ``map_images`` counts its own.
     map_images : callable, optional
         ``map_images(fn, shared, items)`` -> ``[fn(*shared, item) for item in items]`` in order,
-        e.g. on a cluster (``intvit.cluster.ClusterMap``); default: in this process.
+        e.g. on a cluster (``intvit.cluster.ClusterMap``); default: in this process. It runs
+        only the simulations (:func:`simulate`): the memory images are written and the logits
+        read back here.
 
     Returns
     -------
     list of RtlImage
         In the order of ``images``.
     """
+    from intvit.compiler.executor import read_output
+
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     model = model or build_system(compiled, config, work_dir)
-    items = list(enumerate(images))
-    shared = (model, compiled, config, work_dir, timeout_cycles)
+    params = [prepare_image(compiled, config, work_dir, index, x, timeout_cycles) for index, x in enumerate(images)]
     if map_images is not None:
-        return map_images(run_image, shared, items)
-    return [run_image(*shared, item) for item in (progress(items) if progress else items)]
+        results = map_images(simulate, (model,), params)
+    else:
+        results = [simulate(model, p) for p in (progress(params) if progress else params)]
+    wanted = (config.memory.read_latency_cycles, config.memory.write_latency_cycles)
+    measured = (results[0].get("read_latency"), results[0].get("write_latency")) if results else wanted
+    if None not in measured and measured != wanted:
+        raise RuntimeError(f"AxiRam answered with latencies {measured}, not the config's {wanted}")
+    return [RtlImage(logits=read_output(compiled, np.frombuffer(Path(p["dump"]).read_bytes(), dtype=np.uint8)),
+                     cycles=r["cycles"], read_latency=r.get("read_latency"), write_latency=r.get("write_latency"),
+                     wall_s=r["wall_s"]) for p, r in zip(params, results)]
