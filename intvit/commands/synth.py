@@ -256,7 +256,7 @@ def _ecp5(args, config, params) -> dict:
                           "docs/configs/small_8x8.toml")
     if args.json != "-":
         print(f"{_describe(params)}; synth_ecp5 + nextpnr-ecp5 (the first run compiles the WebAssembly "
-              "tools once, tens of seconds)", file=sys.stderr)
+              "tools once: about 80 s of CPU)", file=sys.stderr)
     fpga = synth_fpga(System(params), SYSTEM_NAME)
     report = {"target": "ecp5", "top": SYSTEM_NAME, "params": dataclasses.asdict(params), **fpga}
     if args.json == "-":
