@@ -263,6 +263,11 @@ class Instruction:
     def __setattr__(self, name, value):
         raise AttributeError("Instruction is immutable; use replace()")
 
+    def __reduce__(self):
+        # Pickle through the constructor: the default path sets slots with setattr, which
+        # the immutability forbids, and cluster workers receive instructions pickled.
+        return _build_instruction, (self.opcode, self.fields)
+
     def replace(self, **values: int) -> Instruction:
         return Instruction(self.opcode, **{**self.fields, **values})
 
@@ -279,6 +284,10 @@ class Instruction:
     def __repr__(self) -> str:
         body = ", ".join(f"{k}={v}" for k, v in self.fields.items() if v)
         return f"{self.opcode.name}({body})"
+
+
+def _build_instruction(opcode: Opcode, fields: dict[str, int]) -> Instruction:
+    return Instruction(opcode, **fields)
 
 
 def encode(instruction: Instruction) -> bytes:

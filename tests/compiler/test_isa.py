@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
@@ -46,6 +49,14 @@ def test_encode_decode_round_trip():
     assert len(data) == len(program) * INSTRUCTION_BYTES
     assert decode_program(data) == program
     assert all(decode(encode(i)) == i for i in program[:50])
+
+
+def test_instructions_pickle_and_copy():
+    # Cluster workers receive instructions pickled; a round trip must give the same instruction.
+    rng = np.random.default_rng(1)
+    program = [random_instruction(rng, op) for op in Opcode]
+    assert pickle.loads(pickle.dumps(program)) == program
+    assert copy.deepcopy(program) == program
 
 
 def test_field_positions_are_little_endian():
