@@ -24,7 +24,7 @@ import numpy as np
 
 from intvit.harness.runner import build, run
 
-__all__ = ["RtlImage", "TOP_NAME", "memory_layout", "build_system", "prepare_image", "simulate", "run_images"]
+__all__ = ["RtlImage", "TOP_NAME", "memory_layout", "external_memory", "build_system", "prepare_image", "simulate", "run_images"]
 
 TOP_NAME = "intvit_system"
 INSN_ALIGN = 4096
@@ -46,6 +46,23 @@ def memory_layout(compiled) -> tuple[int, int]:
     insn_base = -(-compiled.memory_bytes // INSN_ALIGN) * INSN_ALIGN
     size = insn_base + len(compiled.stream())
     return insn_base, -(-size // INSN_ALIGN) * INSN_ALIGN
+
+
+def external_memory(compiled, x: np.ndarray) -> tuple[int, np.ndarray]:
+    """``(insn_base, memory)``: the bytes the accelerator's external memory starts with for input ``x``.
+
+    Constants, the quantised input, zeroed activations and logits (``compiler.executor``'s
+    machine), then the instruction stream at ``insn_base`` (:func:`memory_layout`).
+    """
+    from intvit.compiler.executor import load_machine
+
+    insn_base, memory_bytes = memory_layout(compiled)
+    stream = compiled.stream()
+    data = load_machine(compiled, x).dram
+    memory = np.zeros(memory_bytes, dtype=np.uint8)
+    memory[:data.size] = data
+    memory[insn_base:insn_base + len(stream)] = np.frombuffer(stream, dtype=np.uint8)
+    return insn_base, memory
 
 
 def build_system(compiled, config, work_dir: str | Path):
@@ -86,18 +103,11 @@ def prepare_image(compiled, config, work_dir: str | Path, index: int, x: np.ndar
 
     Image 0 also measures AxiRam's latencies (``run_images`` checks them against the config's).
     """
-    from intvit.compiler.executor import load_machine
-
     run_dir = Path(work_dir) / f"image{index}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    insn_base, memory_bytes = memory_layout(compiled)
-    stream = compiled.stream()
-    machine = load_machine(compiled, x)
-    memory = np.zeros(memory_bytes, dtype=np.uint8)
-    memory[:machine.dram.size] = machine.dram
-    memory[insn_base:insn_base + len(stream)] = np.frombuffer(stream, dtype=np.uint8)
+    insn_base, memory = external_memory(compiled, x)
     (run_dir / "memory.bin").write_bytes(memory.tobytes())
-    return {"image": str(run_dir / "memory.bin"), "dump": str(run_dir / "dump.bin"), "memory_bytes": memory_bytes,
+    return {"image": str(run_dir / "memory.bin"), "dump": str(run_dir / "dump.bin"), "memory_bytes": memory.size,
             "insn_base": insn_base, "data_base": 0, "timeout_cycles": timeout_cycles, "measure": index == 0,
             "read_latency": config.memory.read_latency_cycles, "write_latency": config.memory.write_latency_cycles}
 

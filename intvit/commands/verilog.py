@@ -145,8 +145,7 @@ def _units(args: argparse.Namespace, config: AcceleratorConfig, out: Path) -> li
 def _system(args: argparse.Namespace, config: AcceleratorConfig, out: Path) -> list[Path]:
     import numpy as np
 
-    from intvit.compiler.executor import load_machine
-    from intvit.harness.run import memory_layout
+    from intvit.harness.run import external_memory
     from intvit.quant.executor import run_program
     from intvit.rtl.verilog import LINT_WAIVERS, SYSTEM_NAME, system_params, system_ports, system_verilog
     from intvit.sim.schedule import predict_cycles
@@ -157,12 +156,8 @@ def _system(args: argparse.Namespace, config: AcceleratorConfig, out: Path) -> l
     xs, labels = quantized_test_images(program, args.data, args.image + 1)
     x = xs[args.image]
     golden = np.asarray(run_program(program, x))
-    insn_base, memory_bytes = memory_layout(compiled)
-    stream = compiled.stream()
-    memory = np.zeros(memory_bytes, dtype=np.uint8)
-    data = load_machine(compiled, x).dram
-    memory[:data.size] = data
-    memory[insn_base:insn_base + len(stream)] = np.frombuffer(stream, dtype=np.uint8)
+    insn_base, memory = external_memory(compiled, x)
+    stream, memory_bytes = compiled.stream(), memory.size
     input_addr, input_bytes = compiled.input_region()
     logits = compiled.output_place()
     manifest = {
