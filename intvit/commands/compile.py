@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from intvit.commands.common import (
-    add_calibration_arguments, add_model_arguments, build_program, load_images, load_model, progress, write_json,
+    add_calibration_arguments, add_model_arguments, compile_model, progress, quantized_test_images, write_json,
 )
 from intvit.quant.atomic import atomic_folder, check_output_file, check_output_folder
 from intvit.quant.errors import IntVitError
@@ -68,7 +68,6 @@ def write_compiled(compiled, folder: str | Path, extra: dict | None = None) -> P
 
 
 def run(args: argparse.Namespace) -> int:
-    from intvit.compiler.codegen import compile_program
     from intvit.compiler.executor import execute
     from intvit.compiler.verify import check_hazards
     from intvit.quant.executor import run_program
@@ -78,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json not in (None, "-"):
         check_output_file(args.json)
     config = load_config(args.config)
-    program = build_program(args, load_model(args), args.data)
-    compiled = compile_program(program, config)
+    program, compiled = compile_model(args, config, args.data)
     report = schedule(compiled.instructions, config, macs=program_macs(program))
     summary = {
         "model": program.config.name, "out": str(args.out), "instructions": len(compiled.instructions),
@@ -89,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.check:
         check_hazards(compiled.instructions, compiled.geometry)      # raises on a race the tokens allow
-        images, _, _ = load_images(args.data, program.config, "test", 1)
-        x = program.quantize_input(images[:1])
+        (x,), _ = quantized_test_images(program, args.data, 1)
         golden = run_program(program, x)
         logits = execute(compiled, x, progress=lambda it: progress(it, "execute", len(compiled.instructions),
                                                                    unit="instr"))

@@ -25,7 +25,7 @@ import numpy as np
 
 from intvit.cluster.engine import add_cluster_arguments, cluster_mapper, uses_cluster
 from intvit.commands.common import (
-    add_calibration_arguments, add_model_arguments, build_program, load_images, load_model, positive_int, progress,
+    add_calibration_arguments, add_model_arguments, compile_model, positive_int, progress, quantized_test_images,
     write_json,
 )
 from intvit.quant.atomic import check_output_file
@@ -61,7 +61,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from intvit.compiler.codegen import compile_program
     from intvit.harness.run import build_system, run_images
     from intvit.harness.runner import verilator_missing
     from intvit.quant.executor import run_program
@@ -75,11 +74,9 @@ def run(args: argparse.Namespace) -> int:
     reason = verilator_missing()
     if reason is not None:
         raise IntVitError(reason)
-    program = build_program(args, load_model(args), args.data)
-    compiled = compile_program(program, config)
+    program, compiled = compile_model(args, config, args.data)
     report = schedule(compiled.instructions, config, macs=program_macs(program))
-    images, labels, _ = load_images(args.data, program.config, "test", args.images)
-    xs = [program.quantize_input(images[i:i + 1]) for i in range(len(images))]
+    xs, labels = quantized_test_images(program, args.data, args.images)
     with tempfile.TemporaryDirectory(prefix="intvit-rtl-") as scratch, \
             cluster_mapper(args, "rtl", "image") as map_images:
         work = args.work_dir or scratch
