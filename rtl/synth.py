@@ -620,7 +620,8 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
     Raises
     ------
     IntVitError
-        When the mapped design needs more DSP blocks, block RAMs or LUTs than the device has.
+        When the mapped design needs more DSP blocks, block RAMs or LUTs than the device has, or
+        nextpnr cannot place it (the message has nextpnr's reason and the netlist's counts).
     """
     shell = ScanShell(component)
     with tempfile.TemporaryDirectory(prefix=f"intvit-ecp5-{name}-") as tmp:
@@ -636,7 +637,17 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
         args = [ECP5_DEVICE["flag"], "--package", ECP5_DEVICE["package"], "--json", "design.json",
                 "--report", "report.json", "--freq", str(target_mhz), "--timing-allow-fail",
                 "--lpf-allow-unconstrained", "--seed", str(seed), "-q"]
-        pnr_seconds = _run(NEXTPNR_LAUNCHER, args, tmp, PNR_TIMEOUT_S, f"nextpnr-ecp5 on {name}")
+        try:
+            pnr_seconds = _run(NEXTPNR_LAUNCHER, args, tmp, PNR_TIMEOUT_S, f"nextpnr-ecp5 on {name}")
+        except RuntimeError as error:
+            # Resources the counts above do not check (slices for LUT RAM and carry chains, routing)
+            # can still run out: say so in one line with what the netlist needs.
+            reason = next((line.removeprefix("ERROR: ") for line in str(error).splitlines() if "ERROR" in line),
+                          str(error).splitlines()[-1])
+            raise IntVitError(f"{name} does not place on an {ECP5_DEVICE['name']}: {reason.strip()} (LUT4 "
+                              f"{counts['luts']:,}, flip-flops {counts['flipflops']:,}, DSP {counts['dsps']}, "
+                              f"block RAM {counts['brams']}, LUT RAM {counts['lutrams']:,}, carry "
+                              f"{counts['carry']:,})") from None
         report = json.loads(Path(tmp, "report.json").read_text())
     clocks = report.get("fmax", {})
     fmax = min((clock["achieved"] for clock in clocks.values()), default=None)

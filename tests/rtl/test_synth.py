@@ -208,3 +208,21 @@ def test_synth_command_errors(capsys):
     assert "error: --abc and --unit apply to --target generic only" in capsys.readouterr().err
     assert main(["synth", "--jobs", "0"]) == 2
     assert "error: --jobs must be a positive integer, not 0" in capsys.readouterr().err
+
+
+def test_a_design_nextpnr_cannot_place_is_one_line(monkeypatch):
+    from intvit.rtl import synth
+
+    real_run = synth._run
+
+    def run(launcher, args, cwd, timeout, what):
+        if launcher == synth.NEXTPNR_LAUNCHER:        # the answer nextpnr gave the 4x4 System
+            raise RuntimeError(f"{what} failed: Info: ...\nERROR: Unable to find legal placement for all cells, "
+                               "design is probably at utilisation limit.\n0 warnings, 1 error")
+        return real_run(launcher, args, cwd, timeout, what)
+
+    monkeypatch.setattr(synth, "_run", run)
+    with pytest.raises(IntVitError, match=r"^acc does not place on an LFE5U-85F-CABGA381: Unable to find legal "
+                                          r"placement for all cells, design is probably at utilisation limit\. "
+                                          r"\(LUT4 \d+, flip-flops \d+, DSP 0, block RAM 0, LUT RAM 0, carry \d+\)$"):
+        synth_fpga(Accumulator(), "acc")
