@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from intvit.quant.config import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, PRESETS, ViTConfig, get_config
+from intvit.quant.config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, ViTConfig, get_config
 from intvit.quant.errors import IntVitError
 
 __all__ = ["ModelSpec", "load_model_spec", "FIELD_OPTIONS", "HF_EPS", "TIMM_EPS"]

@@ -24,7 +24,7 @@ from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from intvit.compiler.isa import AXI_BOUNDARY_BYTES, ELEMENT_BYTES, INSTRUCTION_BITS, Format, Memory
+from intvit.compiler.isa import ELEMENT_BYTES, INSTRUCTION_BITS, Format, Memory
 from intvit.quant.errors import IntVitError
 from intvit.rtl.controller import field_slice
 from intvit.rtl.axi import BURST_INCR, CACHE_NORMAL, AxiSignature

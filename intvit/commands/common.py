@@ -7,7 +7,6 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +22,7 @@ if TYPE_CHECKING:       # torch and the numba kernels load only in the commands 
     from intvit.quant.program import IntProgram
 
 __all__ = [
-    "add_model_arguments", "add_calibration_arguments", "add_calib_data_argument", "model_spec", "load_model",
+    "add_model_arguments", "add_calibration_arguments", "add_compile_arguments", "add_calib_data_argument", "model_spec", "load_model",
     "load_images", "calibration_images", "build_program", "calibrated_program", "shape_program",
     "compile_model", "quantized_test_images",
     "progress", "positive_int", "seed_int", "write_json", "check_output_file",
@@ -146,6 +145,15 @@ def add_calibration_arguments(parser: argparse.ArgumentParser, program_option: b
                              "and do not store it")
 
 
+def add_compile_arguments(parser: argparse.ArgumentParser, data_use: str = "calibration and test images") -> None:
+    """``--config``, the model, calibration and ``--data``: what a command compiling for the accelerator takes."""
+    parser.add_argument("--config", metavar="FILE", help="accelerator TOML (default: the built-in accelerator)")
+    add_model_arguments(parser)
+    add_calibration_arguments(parser)
+    parser.add_argument("--data", default="mnist",
+                        help=f"{data_use}: mnist, digits or an ImageFolder directory (default: %(default)s)")
+
+
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The model the options name: architecture and preprocessing, and where they came from."""
     from intvit.quant.architecture import load_model_spec
@@ -208,7 +216,6 @@ def build_program(args: argparse.Namespace, model: ViT, data: str, held_apart: b
     The program's ``calibration["source"]`` says which.
     """
     from intvit.quant.program import load_program
-    from intvit.quant.ptq import quantize_model
 
     if getattr(args, "program", None):
         program = load_program(args.program)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from intvit.commands.common import (
-    add_calibration_arguments, add_model_arguments, compile_model, progress, quantized_test_images, write_json,
+    add_compile_arguments, compile_model, progress, quantized_test_images, write_json,
 )
 from intvit.quant.atomic import atomic_folder, check_output_file, check_output_folder
 from intvit.quant.errors import IntVitError
@@ -30,7 +30,6 @@ from intvit.sim.config import load_config
 
 __all__ = ["register", "run", "write_compiled"]
 
-DEFAULT_DATA = "mnist"
 STREAM_NAME, IMAGE_NAME, MANIFEST_NAME = "program.bin", "image.bin", "manifest.json"
 
 
@@ -42,12 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the binary instruction stream, the external-memory image and a JSON manifest of addresses, "
         "with the predicted cycles of one inference.",
     )
-    parser.add_argument("--config", metavar="FILE", help="accelerator TOML (default: the built-in accelerator)")
-    add_model_arguments(parser)
-    add_calibration_arguments(parser)
-    parser.add_argument("--data", default=DEFAULT_DATA,
-                        help="calibration and --check images: mnist, digits or an ImageFolder directory "
-                             "(default: %(default)s)")
+    add_compile_arguments(parser, "calibration and --check images")
     parser.add_argument("--out", metavar="DIR", required=True, help="folder for program.bin, image.bin, manifest.json")
     parser.add_argument("--check", action="store_true",
                         help="prove the stream race-free, run the first test image through it and compare with "

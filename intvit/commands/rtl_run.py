@@ -25,7 +25,7 @@ import numpy as np
 
 from intvit.cluster.engine import add_cluster_arguments, cluster_mapper, uses_cluster
 from intvit.commands.common import (
-    add_calibration_arguments, add_model_arguments, compile_model, positive_int, progress, quantized_test_images,
+    add_compile_arguments, compile_model, positive_int, progress, quantized_test_images,
     write_json,
 )
 from intvit.quant.atomic import check_output_file
@@ -33,8 +33,6 @@ from intvit.quant.errors import IntVitError
 from intvit.sim.config import load_config
 
 __all__ = ["register", "run"]
-
-DEFAULT_DATA = "mnist"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,11 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "images on it with cocotbext-axi's AxiRam as external memory: logits, class, RTL cycles against the "
         "cycle model's prediction.",
     )
-    parser.add_argument("--config", metavar="FILE", help="accelerator TOML (default: the built-in accelerator)")
-    add_model_arguments(parser)
-    add_calibration_arguments(parser)
-    parser.add_argument("--data", default=DEFAULT_DATA,
-                        help="calibration and test images: mnist, digits or an ImageFolder directory (default: %(default)s)")
+    add_compile_arguments(parser)
     parser.add_argument("--images", type=positive_int, default=1, metavar="N", help="test images to run (default: 1)")
     parser.add_argument("--work-dir", metavar="DIR",
                         help="build and run folder, kept: a later run with the same accelerator skips the build "

@@ -25,7 +25,7 @@ import numpy as np
 
 from intvit.quant.errors import IntVitError
 from intvit.commands.common import (
-    add_calibration_arguments, add_model_arguments, build_program, calibrated_program, load_images, load_model,
+    add_compile_arguments, build_program, calibrated_program, load_images, load_model,
     positive_int, progress, shape_program, write_json,
 )
 from intvit.quant.atomic import check_output_file, check_output_folder
@@ -35,7 +35,6 @@ from intvit.sim.report import UNIT_ORDER, check_plot_path, format_count, format_
 
 __all__ = ["register", "run"]
 
-DEFAULT_DATA = "mnist"
 INPUT_TYPES = ("auto", "gemm", "conv")
 # Size guard: a functional run holds the batch's activations (DeiT-Base: about 2.5 MB an image per tensor).
 MAX_FUNCTIONAL_BATCH = 256
@@ -50,12 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and the predicted class. With --topology, run a SCALE-Sim GEMM/conv topology instead and write "
         "SCALE-Sim's reports.",
     )
-    parser.add_argument("--config", metavar="FILE", help="accelerator TOML (default: the built-in accelerator)")
-    add_model_arguments(parser)
-    add_calibration_arguments(parser)
-    parser.add_argument("--data", default=DEFAULT_DATA,
-                        help="calibration and test images: mnist, digits or an ImageFolder directory "
-                             "(default: %(default)s)")
+    add_compile_arguments(parser)
     parser.add_argument("--image", metavar="FILE",
                         help="simulate this image file (default: the first test image(s) of --data)")
     parser.add_argument("--batch", type=positive_int, default=1, metavar="N",

@@ -14,7 +14,6 @@ import argparse
 import csv
 import functools
 import re
-from pathlib import Path
 
 from intvit.quant.atomic import atomic_file, check_output_file
 from intvit.quant.errors import IntVitError

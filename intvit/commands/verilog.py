@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from intvit.commands.common import (
-    DEFAULT_MODEL, add_calibration_arguments, add_model_arguments, compile_model, model_spec, progress,
+    DEFAULT_MODEL, add_compile_arguments, compile_model, model_spec, progress,
     quantized_test_images,
 )
 from intvit.quant.atomic import atomic_folder, check_output_folder
@@ -37,7 +37,6 @@ __all__ = ["register", "run", "add_top_arguments", "top_params", "latency_mismat
            "PROGRAM_NAME", "MEMORY_NAME", "MANIFEST_NAME", "PROTOCOL"]
 
 UNIT_SECTIONS = ("matmul", "requant", "softmax", "gelu", "layernorm")
-DEFAULT_DATA = "mnist"
 PROGRAM_NAME, MEMORY_NAME, MANIFEST_NAME = "program.bin", "memory.bin", "manifest.json"
 # The control/status protocol, as the manifest states it (docs/isa.md, "Control and status").
 PROTOCOL = (
@@ -73,12 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ports, protocol, the golden logits and predicted cycles of that image). --units writes the units side by "
         "side instead.",
     )
-    parser.add_argument("--config", metavar="FILE", help="accelerator TOML (default: the built-in accelerator)")
-    add_model_arguments(parser)
-    add_calibration_arguments(parser)
-    parser.add_argument("--data", default=DEFAULT_DATA,
-                        help="calibration and test images: mnist, digits or an ImageFolder directory "
-                             "(default: %(default)s)")
+    add_compile_arguments(parser)
     parser.add_argument("--image", type=int, default=0, metavar="I",
                         help="index of the test image placed in memory.bin (default: %(default)s)")
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to write into (created if missing)")
