@@ -1,4 +1,4 @@
-"""A small quantised ViT shared by the executor's tests."""
+"""A small ViT with lively random weights and its quantised program, shared by the quant tests."""
 
 import numpy as np
 import pytest
@@ -13,15 +13,26 @@ SMALL = ViTConfig("small", img_size=16, patch_size=4, in_chans=3, num_classes=5,
 WEIGHT_NOISE = 0.2          # timm's 0.02 init leaves near-constant activations
 
 
-def small_program():
-    """A freshly quantised program of ``SMALL`` (seeded: every call gives the same integers)."""
+def small_vit() -> ViT:
+    """A float ``SMALL`` ViT, seeded: every call gives the same weights."""
     torch.manual_seed(0)
     model = ViT(SMALL).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * WEIGHT_NOISE)
+    return model
+
+
+def small_program():
+    """A freshly quantised program of ``small_vit`` (seeded: every call gives the same integers)."""
     calibration = np.random.default_rng(0).normal(size=(16, 3, 16, 16)).astype(np.float32)
-    return quantize_model(model, calibration)
+    return quantize_model(small_vit(), calibration)
+
+
+@pytest.fixture(scope="session")
+def build_small_vit():
+    """``small_vit``, the builder."""
+    return small_vit
 
 
 @pytest.fixture(scope="session")
