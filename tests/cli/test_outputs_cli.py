@@ -259,8 +259,11 @@ sys.exit(main(["topology", "--model", "deit-base", "--out", sys.argv[1]]))
 def test_sigint_exits_130_with_one_line(tmp_path):
     out, marker = tmp_path / "out" / "topo.csv", tmp_path / "writing"
     out.parent.mkdir()
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN
+    # (Ctrl-C cannot reach it then, as intended): the child gets the disposition a terminal gives.
     process = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, str(out), str(marker)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
