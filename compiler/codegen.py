@@ -32,6 +32,7 @@ from intvit.compiler.isa import (
 )
 from intvit.compiler.emit import Buffers, Emitter
 from intvit.compiler.layout import MemoryMap, PatchSource, Place, plan_memory
+from intvit.compiler.verify import mark_overlaps
 from intvit.quant.errors import IntVitError
 from intvit.quant.layernorm import layernorm_divisors
 from intvit.quant.program import IntProgram, Op
@@ -545,7 +546,7 @@ def compile_program(program: IntProgram, config) -> CompiledProgram:
                 if chain[-1].kind != "add" or step is not ([op, *chain][-2])}
     compiler.memory, contents = plan_memory(program, compiler.constants, compiler.params, internal)
     compiler.run()
-    instructions = compiler.out.finish()
+    instructions = mark_overlaps(compiler.out.finish(), geometry)
     memory = compiler.memory
     image = np.zeros(memory.image_bytes, dtype=np.uint8)
     for name, data in contents.items():

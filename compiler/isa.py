@@ -26,7 +26,8 @@ from intvit.quant.errors import IntVitError
 
 __all__ = [
     "INSTRUCTION_BITS", "INSTRUCTION_BYTES", "PARAM_RECORD_BYTES", "ISA_VERSION",
-    "Opcode", "Queue", "Memory", "Format", "Field", "FORMAT_OF", "QUEUE_OF", "FIELDS", "COMMON_FIELDS",
+    "Opcode", "Queue", "Slot", "Memory", "Format", "Field", "FORMAT_OF", "QUEUE_OF", "SLOT_OF", "FIELDS",
+    "COMMON_FIELDS",
     "PARAM_FIELDS", "REQUANT_WIDTHS", "ELEMENT_BYTES",
     "QUEUE_DEPTH", "FETCH_QUEUE_DEPTH", "FETCH_BURST_INSTRUCTIONS", "TOKEN_BITS", "ISSUE_CYCLES",
     "CONTROL_CYCLES", "AXI_BOUNDARY_BYTES",
@@ -34,7 +35,7 @@ __all__ = [
     "pack_params", "unpack_params", "dma_rows",
 ]
 
-ISA_VERSION = 1
+ISA_VERSION = 2
 INSTRUCTION_BITS = 256
 INSTRUCTION_BYTES = INSTRUCTION_BITS // 8
 PARAM_RECORD_BYTES = 16
@@ -82,6 +83,14 @@ class Memory(enum.IntEnum):
     PARAM = 3    # per-channel parameter records, 128 bits each
 
 
+class Slot(enum.IntEnum):
+    """The compute module's execution slots: the array and the vector units run side by side."""
+
+    ARRAY = 0     # MATMUL
+    VECTOR = 1    # REQUANT, ADD, SOFTMAX, GELU, LAYERNORM (one at a time)
+    CONTROL = 2   # SYNC, END: wait for both others
+
+
 class Format(enum.Enum):
     DMA = "dma"
     MATMUL = "matmul"
@@ -95,6 +104,8 @@ FORMAT_OF = {
     Opcode.GELU: Format.VECTOR, Opcode.LAYERNORM: Format.VECTOR,
     Opcode.SYNC: Format.CONTROL, Opcode.END: Format.CONTROL,
 }
+SLOT_OF = {op: Slot.ARRAY if op == Opcode.MATMUL else Slot.CONTROL if op in (Opcode.SYNC, Opcode.END)
+           else Slot.VECTOR for op in Opcode if op not in (Opcode.LOAD, Opcode.STORE)}
 QUEUE_OF = {op: Queue.LOAD if op == Opcode.LOAD else Queue.STORE if op == Opcode.STORE else Queue.COMPUTE
             for op in Opcode}
 # REQUANT's ``width`` field picks the output width, as rtl.requant.PROGRAM_WIDTHS orders them.
@@ -147,6 +158,7 @@ FIELDS: dict[Format, tuple[Field, ...]] = {
     Format.MATMUL: COMMON_FIELDS + (
         Field("accumulate", 8, 1, doc="1: ACC[row] += result; 0: ACC[row] = result"),
         Field("bias", 9, 1, doc="1: column c starts at PARAM[param_addr + c].bias; 0: at zero"),
+        Field("overlap", 10, 1, doc="1: may start while the vector unit still runs the instructions before it"),
         Field("a_addr", 16, 24, doc="byte offset in every A bank of beat 0"),
         Field("b_addr", 40, 24, doc="byte offset in every B bank of beat 0"),
         Field("k", 64, 16, doc="beats (inner dimension, >= 1)"),
@@ -156,6 +168,7 @@ FIELDS: dict[Format, tuple[Field, ...]] = {
     ),
     Format.VECTOR: COMMON_FIELDS + (
         Field("width", 8, 2, doc="REQUANT: output width 0 -> 8, 1 -> 17, 2 -> 32 bits"),
+        Field("overlap", 10, 1, doc="1: may start while the MatMul array still runs the instructions before it"),
         Field("src", 16, 24, doc="ACC word where row 0 of the (first) operand starts"),
         Field("src_b", 40, 24, doc="ADD: ACC word where row 0 of the second operand starts"),
         Field("dst", 64, 24, doc="ACC word where row 0 of the result starts"),

@@ -9,7 +9,10 @@ bookkeeping and of any cycle counts:
 * **happens-before**: walking the stream in program order, each instruction knows, per
   module, the latest instruction guaranteed complete when it starts (its module's previous
   instruction, and for each token it pops, everything the pushing instruction knew at its end;
-  the n-th pop of a counter takes its n-th push);
+  the n-th pop of a counter takes its n-th push). A compute instruction with ``overlap`` set
+  knows only what its slot's previous instruction knew at its end (compute instructions
+  complete in program order), so the other slot's instructions since then are checked
+  against it like another module's;
 * **footprints**: each instruction's reads and writes as boxes (bank range x byte range in A
   and B, word range in ACC, record range in PARAM, byte range in external memory), taken from
   its fields alone, conservatively (a strided access covers its bounding range).
@@ -19,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from intvit.compiler.isa import ELEMENT_BYTES, QUEUE_OF, Geometry, Instruction, Memory, Opcode, Queue
+from intvit.compiler.isa import ELEMENT_BYTES, QUEUE_OF, SLOT_OF, Geometry, Instruction, Memory, Opcode, Queue, Slot
 from intvit.quant.errors import IntVitError
 
-__all__ = ["check_hazards"]
+__all__ = ["check_hazards", "footprint", "mark_overlaps"]
 
 # Spaces with a bank dimension (A, B) and flat ones (ACC, PARAM, DRAM).
 SPACES = ("A", "B", "ACC", "PARAM", "DRAM")
@@ -30,7 +33,7 @@ COUNTERS = ((Queue.LOAD, Queue.COMPUTE), (Queue.COMPUTE, Queue.LOAD), (Queue.COM
             (Queue.STORE, Queue.COMPUTE))
 
 
-def _footprint(ins: Instruction, g: Geometry) -> list[tuple[str, int, int, int, int, bool]]:
+def footprint(ins: Instruction, g: Geometry) -> list[tuple[str, int, int, int, int, bool]]:
     """``(space, bank_lo, bank_hi, lo, hi, write)`` boxes, half-open, of one instruction."""
     op, c = ins.opcode, g.cols
     boxes = []
@@ -66,6 +69,36 @@ def _footprint(ins: Instruction, g: Geometry) -> list[tuple[str, int, int, int, 
     return boxes
 
 
+def mark_overlaps(instructions: list[Instruction], geometry: Geometry) -> list[Instruction]:
+    """The stream with ``overlap`` set on every MATMUL and vector instruction that may run beside
+    the other slot's instructions still in flight when it issues.
+
+    Those are the other slot's instructions since this slot's previous one (or the last SYNC):
+    ``overlap`` is set when none of them touches ACC words this one writes, or writes words it
+    reads. Tokens need no care: compute instructions complete in program order.
+    """
+    out = list(instructions)
+    since: dict[Slot, list[int]] = {Slot.ARRAY: [], Slot.VECTOR: []}   # the other slot's, per slot
+    acc: dict[int, list[tuple[int, int, bool]]] = {}
+    for i, ins in enumerate(instructions):
+        if QUEUE_OF[ins.opcode] != Queue.COMPUTE:
+            continue
+        slot = SLOT_OF[ins.opcode]
+        if slot == Slot.CONTROL:
+            since = {s: [] for s in since}
+            continue
+        acc[i] = [(lo, hi, write) for space, _, _, lo, hi, write in footprint(ins, geometry) if space == "ACC"]
+        window = since[slot]
+        free = bool(window) and not any(
+            (w or w2) and lo < hi2 and lo2 < hi for j in window for lo2, hi2, w2 in acc[j] for lo, hi, w in acc[i])
+        if free:
+            out[i] = ins.replace(overlap=1)
+        since[slot] = []
+        other = Slot.VECTOR if slot == Slot.ARRAY else Slot.ARRAY
+        since[other].append(i)
+    return out
+
+
 def _happens_before(instructions: list[Instruction]) -> np.ndarray:
     """``known[i, q]``: the latest instruction of queue ``q`` complete whenever ``i`` starts (-1: none)."""
     n = len(instructions)
@@ -73,9 +106,15 @@ def _happens_before(instructions: list[Instruction]) -> np.ndarray:
     after = {q: np.full(len(Queue), -1, dtype=np.int64) for q in Queue}    # at the end of each queue's last
     pushed: dict[tuple, list[np.ndarray]] = {c: [] for c in COUNTERS}
     popped = dict.fromkeys(COUNTERS, 0)
+    slot_after = {slot: np.full(len(Queue), -1, dtype=np.int64) for slot in Slot}   # at each slot's last end
+    last_compute = -1
     for i, ins in enumerate(instructions):
         queue = QUEUE_OF[ins.opcode]
         now = after[queue].copy()
+        if queue == Queue.COMPUTE and ins.fields.get("overlap"):
+            # Issue is in order: what the previous compute instruction knew when it started holds too.
+            now = np.maximum(np.maximum(slot_after[SLOT_OF[ins.opcode]], slot_after[Slot.CONTROL]),
+                             known[last_compute] if last_compute >= 0 else -1)
         for counter in COUNTERS:
             producer, consumer = counter
             if consumer == queue and ins.fields.get("pop_prev" if producer < consumer else "pop_next"):
@@ -84,9 +123,12 @@ def _happens_before(instructions: list[Instruction]) -> np.ndarray:
                 now = np.maximum(now, pushed[counter][popped[counter]])
                 popped[counter] += 1
         known[i] = now
-        done = now.copy()
+        done = np.maximum(now, after[queue])            # completions are in order within a module
         done[queue] = i
         after[queue] = done
+        if queue == Queue.COMPUTE:
+            slot_after[SLOT_OF[ins.opcode]] = done
+            last_compute = i
         for counter in COUNTERS:
             producer, consumer = counter
             if producer == queue and ins.fields.get("push_next" if producer < consumer else "push_prev"):
@@ -103,7 +145,7 @@ def check_hazards(instructions: list[Instruction], geometry: Geometry) -> int:
     """
     known = _happens_before(instructions)
     boxes = [(i, QUEUE_OF[ins.opcode], *box) for i, ins in enumerate(instructions)
-             for box in _footprint(ins, geometry)]
+             for box in footprint(ins, geometry)]
     examined = 0
     for space in SPACES:
         sel = [b for b in boxes if b[2] == space]
@@ -114,7 +156,7 @@ def check_hazards(instructions: list[Instruction], geometry: Geometry) -> int:
         for k in range(len(sel)):
             j = index[k]
             for q, rows in by_queue.items():
-                if q == queue[k] or not rows.size:
+                if not rows.size:       # the own module's window is empty unless ``overlap`` opened it
                     continue
                 first = np.searchsorted(index[rows], known[j, q], side="right")
                 last = np.searchsorted(index[rows], j, side="left")

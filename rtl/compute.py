@@ -1,7 +1,12 @@
 """The compute module: MATMUL (docs/isa.md) on ``rtl.matmul.MatMulArray``, operands from A and B, bias
 from PARAM, results into ACC.
 
-One instruction at a time. In the issue cycle the module reads beat 0 of every A and B bank
+The array and the vector units are two slots that run side by side (docs/isa.md, "Execution
+rules"): each latches its own instruction at its start, has its own ACC and PARAM ports, and
+signals its own completion (``done[0]`` the array, ``done[1]`` the vector units); the
+controller decides what may start beside what.
+
+MATMUL. In the issue cycle the module reads beat 0 of every A and B bank
 and the ``cols`` bias records; from the next cycle it streams the ``k`` operand beats to the
 array (bias on the first), reading one beat ahead and holding while the array holds. Each
 result row is written to ``ACC[acc_addr + r * acc_stride]`` the cycle after the array delivers
@@ -16,7 +21,7 @@ last result is written, so its cycles are ``1`` plus the unit's own (LAYERNORM f
 ``ceil(length / lanes)`` beats of PARAM records into the unit's parameter port).
 """
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -40,13 +45,19 @@ class ComputeUnit(wiring.Component):
 
     Attributes
     ----------
-    start, insn, done
-        From the controller's compute port.
+    start, insn : In(1), In(256)
+        From the controller's compute port: start MATMUL on the array, any other on the vector units.
+    done : Out(2)
+        Bit 0: the array's instruction completes; bit 1: the vector units'.
     a_raddr : Out(word bits).array(rows); a_ren : Out(1); a_rdata : In(8).array(rows * W)
         One word address per A bank (all its byte lanes read together), data a cycle later.
     b_raddr, b_ren, b_rdata
         The same for B's ``cols`` banks.
-    param_raddr : Out(word bits).array(cols); param_ren : Out(1); param_rdata : In(128).array(cols)
+    mm_param_raddr : Out(word bits).array(cols); mm_param_ren : Out(1); mm_param_rdata : In(128).array(cols)
+        The array's bias records.
+    mm_acc_raddr, mm_acc_ren, mm_acc_rdata; mm_acc_waddr, mm_acc_we, mm_acc_wdata
+        The array's ACC read (``accumulate``) and write of one word, all lanes.
+    param_raddr, param_ren, param_rdata : the vector units' PARAM records.
     acc_raddr, acc_ren, acc_rdata : one ACC word (all lanes) read, data a cycle later.
     acc_rbaddr, acc_rbdata : a second ACC read (ADD's ``src_b``), enabled with ``acc_ren``.
     acc_waddr, acc_we, acc_wdata : one ACC word written, a write enable per lane.
@@ -68,9 +79,13 @@ class ComputeUnit(wiring.Component):
             "layernorm": LayerNorm(lanes=layernorm_lanes, width=layernorm_width),
         }
         super().__init__({
-            "start": In(1), "insn": In(INSTRUCTION_BITS), "done": Out(1),
+            "start": In(1), "insn": In(INSTRUCTION_BITS), "done": Out(2),
             "a_raddr": Out(_bits(g.a_words)).array(r), "a_ren": Out(1), "a_rdata": In(8).array(r * w),
             "b_raddr": Out(_bits(g.b_words)).array(c), "b_ren": Out(1), "b_rdata": In(8).array(c * w),
+            "mm_param_raddr": Out(_bits(g.param_words)).array(c), "mm_param_ren": Out(1),
+            "mm_param_rdata": In(128).array(c),
+            "mm_acc_raddr": Out(_bits(g.acc_words)), "mm_acc_ren": Out(1), "mm_acc_rdata": In(32).array(c),
+            "mm_acc_waddr": Out(_bits(g.acc_words)), "mm_acc_we": Out(1), "mm_acc_wdata": Out(32).array(c),
             "param_raddr": Out(_bits(g.param_words)).array(c), "param_ren": Out(1),
             "param_rdata": In(128).array(c),
             "acc_raddr": Out(_bits(g.acc_words)), "acc_ren": Out(1), "acc_rdata": In(32).array(c),
@@ -84,26 +99,25 @@ class ComputeUnit(wiring.Component):
         w, rows, cols = g.beat_bytes, g.rows, g.cols
         wb, cb = w.bit_length() - 1, cols.bit_length() - 1
         array = m.submodules.array = self.array
+        matmul_start = self.start & (self.insn[0:4] == Opcode.MATMUL)
+        vector_start = self.start & (self.insn[0:4] != Opcode.MATMUL)
         insn = Signal(INSTRUCTION_BITS)
-        with m.If(self.start):
+        with m.If(matmul_start):
             m.d.sync += insn.eq(self.insn)
-        cur = Mux(self.start, self.insn, insn)
+        cur = Mux(matmul_start, self.insn, insn)
         k = field_slice(insn, F, "k")
-        is_matmul = cur[0:4] == Opcode.MATMUL
-        matmul_start = self.start & is_matmul
         matmul_done, vector_done = Signal(), Signal()
-        m.d.comb += self.done.eq(matmul_done | vector_done)
+        m.d.comb += self.done.eq(Cat(matmul_done, vector_done))
 
         # Operand beats: t counts beats read; beat t is on the array's input in the cycle after its read.
         feeding = Signal()
         t = Signal(16)
         accepted = array.operands.valid & array.operands.ready
         read_next = matmul_start | accepted
-        next_t = Mux(self.start, 0, t + 1)
+        next_t = Mux(matmul_start, 0, t + 1)
         a_byte = field_slice(cur, F, "a_addr") + next_t
         b_byte = field_slice(cur, F, "b_addr") + next_t
-        m.d.comb += [self.a_ren.eq(read_next), self.b_ren.eq(read_next)]
-        matmul_param_ren = matmul_start
+        m.d.comb += [self.a_ren.eq(read_next), self.b_ren.eq(read_next), self.mm_param_ren.eq(matmul_start)]
         m.d.comb += [addr.eq(a_byte[wb:]) for addr in self.a_raddr]
         m.d.comb += [addr.eq(b_byte[wb:]) for addr in self.b_raddr]
         a_lane, b_lane = Signal(range(w)), Signal(range(w))
@@ -114,7 +128,7 @@ class ComputeUnit(wiring.Component):
         with m.Elif(accepted & array.operands.payload.last):
             m.d.sync += feeding.eq(0)
         first = Signal()
-        with m.If(self.start):
+        with m.If(matmul_start):
             m.d.sync += first.eq(1)
         with m.Elif(accepted):
             m.d.sync += first.eq(0)
@@ -133,7 +147,8 @@ class ComputeUnit(wiring.Component):
 
         # Bias: record param_addr + c sits in lane (param_addr + c) % C, word (param_addr + c) // C.
         param_addr = field_slice(cur, F, "param_addr")
-        matmul_param_addr = [(param_addr + (lane - param_addr[:cb])[:cb])[cb:] for lane in range(cols)]
+        m.d.comb += [self.mm_param_raddr[lane].eq((param_addr + (lane - param_addr[:cb])[:cb])[cb:])
+                     for lane in range(cols)]
         with_bias = field_slice(insn, F, "bias")
         rotate = field_slice(insn, F, "param_addr")[:cb]
         for c in range(cols):
@@ -141,56 +156,40 @@ class ComputeUnit(wiring.Component):
             with m.Switch((rotate + c)[:cb]):
                 for lane in range(cols):
                     with m.Case(lane):
-                        m.d.comb += record.eq(self.param_rdata[lane])
+                        m.d.comb += record.eq(self.mm_param_rdata[lane])
             m.d.comb += beat.bias[c].eq(Mux(with_bias & first, record[:32], 0))
 
         # Results: read ACC in the delivery cycle, write the sum (or the row) in the next.
         row = Signal(range(rows + 1))
         row_addr = Signal(24)
-        with m.If(self.start):
+        with m.If(matmul_start):
             m.d.sync += [row.eq(0), row_addr.eq(field_slice(self.insn, F, "acc_addr"))]
         m.d.comb += array.results.ready.eq(1)
         delivered = array.results.valid
         s1_valid = Signal()
         s1_data = Signal(data.ArrayLayout(signed(32), cols))
         s1_addr = Signal(24)
-        matmul_acc_read = (delivered, row_addr)
+        m.d.comb += [self.mm_acc_ren.eq(delivered), self.mm_acc_raddr.eq(row_addr)]
         m.d.sync += s1_valid.eq(delivered)
         with m.If(delivered):
             m.d.sync += [s1_data.eq(array.results.payload.data), s1_addr.eq(row_addr),
                          row_addr.eq(row_addr + field_slice(insn, F, "acc_stride")), row.eq(row + 1)]
         accumulate = field_slice(insn, F, "accumulate")
-        matmul_write = (s1_valid, s1_addr, [s1_data[c] + Mux(accumulate, self.acc_rdata[c], 0) for c in range(cols)])
+        m.d.comb += [self.mm_acc_we.eq(s1_valid), self.mm_acc_waddr.eq(s1_addr)]
+        m.d.comb += [self.mm_acc_wdata[c].eq(s1_data[c] + Mux(accumulate, self.mm_acc_rdata[c], 0))
+                     for c in range(cols)]
         m.d.comb += matmul_done.eq(s1_valid & (row == rows))
 
-        vector = self._vector(m, insn, cur, vector_done)
-        # The one instruction running owns the memory ports.
-        with m.If(vector["active"]):
-            m.d.comb += [self.acc_ren.eq(vector["acc_ren"]), self.acc_raddr.eq(vector["acc_raddr"]),
-                         self.acc_rbaddr.eq(vector["acc_rbaddr"])]
-        with m.Else():
-            m.d.comb += [self.acc_ren.eq(matmul_acc_read[0]), self.acc_raddr.eq(matmul_acc_read[1])]
-        # A MATMUL may start (and read its bias records) in a vector instruction's done cycle, while
-        # the vector still counts as active; the vector reads no PARAM by then.
-        with m.If(vector["active"] & ~matmul_start):
-            m.d.comb += self.param_ren.eq(vector["param_ren"])
-            m.d.comb += [self.param_raddr[lane].eq(addr) for lane, addr in enumerate(vector["param_raddr"])]
-        with m.Else():
-            m.d.comb += self.param_ren.eq(matmul_param_ren)
-            m.d.comb += [self.param_raddr[lane].eq(addr) for lane, addr in enumerate(matmul_param_addr)]
-        # A MATMUL writes its last row in its done cycle, which may be a vector instruction's start
-        # cycle; a vector's first result comes cycles after its start, so the two writes never meet.
-        with m.If(matmul_write[0]):
-            m.d.comb += [self.acc_waddr.eq(matmul_write[1])]
-            m.d.comb += [self.acc_we[c].eq(1) for c in range(cols)]
-            m.d.comb += [self.acc_wdata[c].eq(value) for c, value in enumerate(matmul_write[2])]
-        with m.Else():
-            m.d.comb += [self.acc_waddr.eq(vector["acc_waddr"])]
-            m.d.comb += [self.acc_we[c].eq(we) for c, we in enumerate(vector["acc_we"])]
-            m.d.comb += [self.acc_wdata[c].eq(value) for c, value in enumerate(vector["acc_wdata"])]
+        ports = self._vector(m, vector_start, vector_done)
+        m.d.comb += [self.acc_ren.eq(ports["acc_ren"]), self.acc_raddr.eq(ports["acc_raddr"]),
+                     self.acc_rbaddr.eq(ports["acc_rbaddr"]), self.param_ren.eq(ports["param_ren"]),
+                     self.acc_waddr.eq(ports["acc_waddr"])]
+        m.d.comb += [self.param_raddr[lane].eq(addr) for lane, addr in enumerate(ports["param_raddr"])]
+        m.d.comb += [self.acc_we[c].eq(we) for c, we in enumerate(ports["acc_we"])]
+        m.d.comb += [self.acc_wdata[c].eq(value) for c, value in enumerate(ports["acc_wdata"])]
         return m
 
-    def _vector(self, m: Module, insn, cur, done) -> dict:
+    def _vector(self, m: Module, start, done) -> dict:
         """REQUANT, ADD, GELU, SOFTMAX, LAYERNORM: beats of ``lanes`` elements from ACC through a unit and back.
 
         Beat ``b`` of row ``i`` is elements ``j = b * lanes ..`` of ACC word ``src + i * stride + j // C``,
@@ -209,6 +208,10 @@ class ComputeUnit(wiring.Component):
         kinds = {Opcode.REQUANT: 0, Opcode.ADD: 0, Opcode.GELU: 1, Opcode.SOFTMAX: 2, Opcode.LAYERNORM: 3}
         lane_counts = [len(requant.operands.payload.x), len(gelu.i.payload), len(softmax.i.payload),
                        len(layernorm.i.payload)]
+        insn = Signal(INSTRUCTION_BITS)
+        with m.If(start):
+            m.d.sync += insn.eq(self.insn)
+        cur = Mux(start, self.insn, insn)
         kind = Signal(2)
         opcode = Signal(4)
         active = Signal()
@@ -217,10 +220,9 @@ class ComputeUnit(wiring.Component):
             for op, k in kinds.items():
                 with m.Case(op):
                     m.d.comb += cur_kind.eq(k)
-        start = self.start & sum((cur[0:4] == op) for op in kinds).bool()
-        with m.If(self.start):
+        with m.If(start):
             m.d.sync += [opcode.eq(self.insn[0:4]), kind.eq(cur_kind)]
-        now_kind = Mux(self.start, cur_kind, kind)
+        now_kind = Mux(start, cur_kind, kind)
         lanes = Signal(range(cols + 1))
         with m.Switch(now_kind):
             for k, count in enumerate(lane_counts):
@@ -245,7 +247,7 @@ class ComputeUnit(wiring.Component):
         rows = field_slice(cur, V, "rows")
         row_end = in_j + lanes >= length
         last_param = param_taken & row_end
-        restart = self.start | last_param
+        restart = start | last_param
         next_row = Mux(restart, 0, Mux(row_end, in_row + 1, in_row))
         next_j = Mux(restart | row_end, 0, in_j + lanes)
         next_word = Mux(restart, 0, Mux(row_end, in_word + stride, in_word))
@@ -263,7 +265,7 @@ class ComputeUnit(wiring.Component):
         read_word = next_word + (next_j >> cb)
         param_addr = field_slice(cur, V, "param_addr")
         first = param_addr + next_j                 # PARAM record of the beat's first element
-        ports = {"active": active | start, "acc_ren": advance, "acc_raddr": src + read_word,
+        ports = {"acc_ren": advance, "acc_raddr": src + read_word,
                  "acc_rbaddr": src_b + read_word, "param_ren": advance,
                  "param_raddr": [(first + (lane - first[:cb])[:cb])[cb:] for lane in range(cols)]}
         param_rot = Signal(cb)

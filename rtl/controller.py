@@ -18,8 +18,11 @@ It implements docs/isa.md's "Execution rules" (``compiler.isa`` holds the consta
   every token counter the instruction pops is non-zero; it takes the tokens then. A module
   signals completion with ``done`` for one cycle; its pushes land in that cycle, and the next
   instruction of the same module (or a consumer of the token) may start in the same cycle.
-  SYNC and END run in the controller's compute slot and take ``CONTROL_CYCLES`` (1) cycle.
-  A token counter that would overflow its ``TOKEN_BITS`` raises ``error``.
+  The compute module has two slots, the array (MATMUL) and the vector units (the rest), and
+  issues one instruction per cycle: an instruction with ``overlap`` set needs only its own
+  slot free, one without it both; compute instructions retire in program order (``_slots``).
+  SYNC and END run in the controller's own slot, need both free and take ``CONTROL_CYCLES``
+  (1) cycle. A token counter that would overflow its ``TOKEN_BITS`` raises ``error``.
 
 Control/status: ``start`` (one cycle, while not busy) latches ``insn_base`` and clears
 ``done``, ``error`` and ``cycles``. ``busy`` is high from the cycle after ``start`` until END
@@ -61,10 +64,10 @@ def _used_mask(fmt: Format) -> int:
     return mask
 
 
-def ModuleSignature() -> wiring.Signature:
-    """The controller's side of one execution module: ``insn`` and a one-cycle ``start``; ``done``
-    for one cycle when the instruction completes (writes finished)."""
-    return wiring.Signature({"insn": Out(INSTRUCTION_BITS), "start": Out(1), "done": In(1)})
+def ModuleSignature(slots: int = 1) -> wiring.Signature:
+    """The controller's side of one execution module: ``insn`` and a one-cycle ``start``; bit
+    ``k`` of ``done`` for one cycle when slot ``k``'s instruction completes (writes finished)."""
+    return wiring.Signature({"insn": Out(INSTRUCTION_BITS), "start": Out(1), "done": In(slots)})
 
 
 class Controller(wiring.Component):
@@ -90,8 +93,9 @@ class Controller(wiring.Component):
         Index of the instruction that raised ``error`` (counted from 0 in the stream).
     cycles : Out(48)
     imem : Out(AxiSignature(addr_width, data_width, read_only=True))
-    load, compute, store : Out(ModuleSignature())
-        ``compute`` never sees SYNC or END.
+    load, store : Out(ModuleSignature())
+    compute : Out(ModuleSignature(2))
+        ``done`` bit 0 from the array, bit 1 from the vector units; ``compute`` never sees SYNC or END.
     """
 
     def __init__(self, *, data_width: int = 128, addr_width: int = 32, opcodes=tuple(Opcode)):
@@ -103,7 +107,7 @@ class Controller(wiring.Component):
             "start": In(1), "insn_base": In(addr_width),
             "busy": Out(1), "done": Out(1), "error": Out(1), "error_index": Out(32), "cycles": Out(CYCLE_BITS),
             "imem": Out(AxiSignature(addr_width, data_width, read_only=True)),
-            "load": Out(ModuleSignature()), "compute": Out(ModuleSignature()), "store": Out(ModuleSignature()),
+            "load": Out(ModuleSignature()), "compute": Out(ModuleSignature(2)), "store": Out(ModuleSignature()),
         })
 
     def elaborate(self, platform):
@@ -240,24 +244,35 @@ class Controller(wiring.Component):
 
     def _issue(self, m: Module, queues, running, stop, started):
         counters = {c: Signal(TOKEN_BITS, name=f"tokens_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
-        ports = {Queue.LOAD: self.load, Queue.COMPUTE: self.compute, Queue.STORE: self.store}
-        busy = {q: Signal(name=f"{q.name.lower()}_busy") for q in Queue}
-        control_busy = Signal()                       # a SYNC/END in the compute slot
-        control_end = Signal()
         pops = {c: Signal(name=f"pop_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
-        pushes = {c: Signal(name=f"push_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
-        current = {q: Signal(INSTRUCTION_BITS, name=f"{q.name.lower()}_insn") for q in Queue}
-
-        done = {q: Signal(name=f"{q.name.lower()}_done") for q in Queue}
-        m.d.comb += [done[Queue.LOAD].eq(busy[Queue.LOAD] & self.load.done),
-                     done[Queue.STORE].eq(busy[Queue.STORE] & self.store.done),
-                     done[Queue.COMPUTE].eq(busy[Queue.COMPUTE] & (control_busy | self.compute.done))]
+        pushes = {c: Signal(2, name=f"push_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
+        # Completions that push: (queue, retiring this cycle, the instruction). The load and store
+        # modules run one instruction at a time; compute's slots retire through ``_slots``.
+        retiring, go, free, control_end = [], {}, {}, Signal()
+        for q in (Queue.LOAD, Queue.STORE):
+            port, busy, current = getattr(self, q.name.lower()), Signal(name=f"{q.name.lower()}_busy"), \
+                Signal(INSTRUCTION_BITS, name=f"{q.name.lower()}_insn")
+            done = busy & port.done
+            go[q] = Signal(name=f"{q.name.lower()}_go")
+            with m.If(go[q]):
+                m.d.sync += [busy.eq(1), current.eq(queues[q].r_data)]
+            with m.Elif(done | started):
+                m.d.sync += busy.eq(0)
+            m.d.comb += [port.insn.eq(queues[q].r_data), port.start.eq(go[q])]
+            retiring.append((q, done, current))
+            free[q] = ~busy | done
+        go[Queue.COMPUTE] = Signal(name="compute_go")
+        free[Queue.COMPUTE], compute_retiring = self._slots(m, queues[Queue.COMPUTE].r_data, go[Queue.COMPUTE],
+                                                            started, control_end)
+        retiring += compute_retiring
         for producer, consumer in COUNTERS:
             flag = 7 if producer < consumer else 6      # push_next / push_prev
-            m.d.comb += pushes[(producer, consumer)].eq(done[producer] & current[producer][flag])
+            m.d.comb += pushes[(producer, consumer)].eq(sum(
+                (done & current[flag]).as_unsigned() for q, done, current in retiring if q == producer))
 
         for q, queue in queues.items():
             head = queue.r_data
+            ready = queue.r_rdy & running & ~stop & free[q]
             wanted = []
             for counter in COUNTERS:
                 producer, consumer = counter
@@ -265,42 +280,73 @@ class Controller(wiring.Component):
                     continue
                 flag = head[4] if producer < consumer else head[5]   # pop_prev / pop_next
                 # A push in this very cycle counts: the consumer may start in the producer's completion cycle.
-                have = (counters[counter] != 0) | pushes[counter]
-                wanted.append((counter, flag, have))
-            free = ~busy[q] | done[q]
-            ready = queue.r_rdy & free & running & ~stop
-            for _counter, flag, have in wanted:
-                ready = ready & (~flag | have)
-            go = Signal(name=f"{q.name.lower()}_go")
-            m.d.comb += [go.eq(ready), queue.r_en.eq(go)]
-            for counter, flag, _have in wanted:
-                m.d.comb += pops[counter].eq(go & flag)
-            opcode = head[0:4]
-            control = (opcode == Opcode.SYNC) | (opcode == Opcode.END)
-            with m.If(go):
-                m.d.sync += [busy[q].eq(1), current[q].eq(head)]
-                if q == Queue.COMPUTE:
-                    m.d.sync += [control_busy.eq(control), control_end.eq(opcode == Opcode.END)]
-                    m.d.comb += self.compute.start.eq(~control)
-                else:
-                    m.d.comb += ports[q].start.eq(1)
-            with m.Elif(done[q]):
-                m.d.sync += busy[q].eq(0)
-            m.d.comb += ports[q].insn.eq(head)
-            with m.If(started):
-                m.d.sync += busy[q].eq(0)
+                ready = ready & (~flag | (counters[counter] != 0) | (pushes[counter] != 0))
+                wanted.append((counter, flag))
+            m.d.comb += [go[q].eq(ready), queue.r_en.eq(go[q])]
+            for counter, flag in wanted:
+                m.d.comb += pops[counter].eq(go[q] & flag)
 
         for counter, value in counters.items():
             new = value + pushes[counter] - pops[counter]
             m.d.sync += value.eq(new)
-            with m.If(pushes[counter] & ~pops[counter] & (value == (1 << TOKEN_BITS) - 1)):
+            with m.If(new > (1 << TOKEN_BITS) - 1):
                 m.d.sync += [stop.eq(1), self.error.eq(1)]
             with m.If(started):
                 m.d.sync += value.eq(0)
 
-        end_done = done[Queue.COMPUTE] & control_busy & control_end
-        with m.If(end_done):
+        with m.If(control_end):
             # Stop counting in the cycle END completes: ``cycles`` then reads that cycle's number.
             m.d.sync += [self.done.eq(1), stop.eq(1), running.eq(0), self.cycles.eq(self.cycles)]
         with m.If(self.error):
             m.d.sync += running.eq(0)
+
+    def _slots(self, m: Module, head, go, started, control_end):
+        """The compute module's slots (docs/isa.md, "Execution rules"): the array (MATMUL), the
+        vector units (the rest) and the controller's own (SYNC, END, one cycle).
+
+        The head may start when its slot is free, and the other slot too unless ``overlap`` is
+        set (SYNC and END: both). An instruction retires (frees its slot, pushes its tokens)
+        when its module signals ``done`` and no older instruction is still running in the
+        other slot: a slot that issued while the other was busy is *younger* until that one
+        retires, and both may retire in one cycle. Returns the issue condition and the
+        ``(queue, retiring, instruction)`` of each slot; sets ``control_end`` when END retires.
+        """
+        port = self.compute
+        opcode, overlap = head[0:4], head[10]
+        control = (opcode == Opcode.SYNC) | (opcode == Opcode.END)
+        on_array = opcode == Opcode.MATMUL
+        slots = {}
+        for slot in ("array", "vector"):
+            slots[slot] = {name: Signal(name=f"{slot}_{name}") for name in ("busy", "finished", "younger")}
+            slots[slot]["insn"] = Signal(INSTRUCTION_BITS, name=f"{slot}_insn")
+        array, vector = slots["array"], slots["vector"]
+        for k, slot in enumerate((array, vector)):
+            slot["ready"] = slot["busy"] & (port.done[k] | slot["finished"])
+            slot["first"] = slot["ready"] & ~slot["younger"]          # retires whatever the other does
+        for slot, other in ((array, vector), (vector, array)):
+            slot["retire"] = slot["ready"] & (~slot["younger"] | other["first"])
+            slot["free"] = ~slot["busy"] | slot["retire"]
+        control_busy, control_insn = Signal(), Signal(INSTRUCTION_BITS)
+        both = array["free"] & vector["free"]
+        free = Mux(control, both, Mux(on_array, array["free"] & (overlap | vector["free"]),
+                                      vector["free"] & (overlap | array["free"])))
+        m.d.comb += [port.insn.eq(head), port.start.eq(go & ~control)]
+        for slot, other, mine in ((array, vector, on_array), (vector, array, ~on_array & ~control)):
+            with m.If(go & mine):
+                m.d.sync += [slot["busy"].eq(1), slot["insn"].eq(head), slot["finished"].eq(0),
+                             slot["younger"].eq(other["busy"] & ~other["retire"])]
+            with m.Else():
+                with m.If(slot["retire"]):
+                    m.d.sync += [slot["busy"].eq(0), slot["finished"].eq(0), slot["younger"].eq(0)]
+                with m.Elif(slot["ready"]):
+                    m.d.sync += slot["finished"].eq(1)
+                with m.If(other["retire"]):
+                    m.d.sync += slot["younger"].eq(0)
+            with m.If(started):
+                m.d.sync += slot["busy"].eq(0)
+        m.d.sync += control_busy.eq(go & control)
+        with m.If(go):
+            m.d.sync += control_insn.eq(head)
+        m.d.comb += control_end.eq(control_busy & (control_insn[0:4] == Opcode.END))
+        return free, [(Queue.COMPUTE, array["retire"], array["insn"]),
+                      (Queue.COMPUTE, vector["retire"], vector["insn"]), (Queue.COMPUTE, control_busy, control_insn)]

@@ -9,8 +9,11 @@ are ``amaranth.lib.memory`` memories:
   memories (``W`` = AXI bytes per beat), byte ``b`` in lane ``b % W`` at word ``b // W``, so a
   beat of ``W`` consecutive bytes lands in one cycle wherever it starts;
 * **ACC**: ``cols`` lane memories of INT32, ``acc_words`` deep (word ``w`` lane ``l`` is
-  element ``l`` of ACC word ``w``);
-* **PARAM**: ``cols`` lane memories of 128-bit records (record ``r`` in lane ``r % cols``).
+  element ``l`` of ACC word ``w``), with a write port each for the load module, the array and
+  the vector units and read ports for the store module, the array (``accumulate``) and the
+  vector units (two: ADD's operands), so that the array and the vector units run side by side;
+* **PARAM**: ``cols`` lane memories of 128-bit records (record ``r`` in lane ``r % cols``), read
+  by the array (bias) and the vector units on ports of their own.
 
 Every read port is transparent for the writes of the other modules: an instruction may start
 in the cycle its producer completes (docs/isa.md, "Tokens") and read in that cycle what the
@@ -154,34 +157,34 @@ class System(wiring.Component):
         for name, banks, words in (("a", p.rows, g.a_words), ("b", p.cols, g.b_words)):
             for t in range(banks * w):
                 sram = m.submodules[f"{name}_bank{t // w}_lane{t % w}"] = SRAM(shape=8, depth=words, init=[])
-                port = sram.write_port()
-                m.d.comb += [port.en.eq(getattr(load, f"{name}_we")[t]), port.addr.eq(getattr(load, f"{name}_addr")[t]),
-                             port.data.eq(getattr(load, f"{name}_data")[t])]
-                read = sram.read_port(transparent_for=(port,))
-                m.d.comb += [read.en.eq(getattr(compute, f"{name}_ren")), read.addr.eq(getattr(compute, f"{name}_raddr")[t // w]),
-                             getattr(compute, f"{name}_rdata")[t].eq(read.data)]
+                _wire(m, sram, [(getattr(load, f"{name}_we")[t], getattr(load, f"{name}_addr")[t],
+                                 getattr(load, f"{name}_data")[t])],
+                      [(getattr(compute, f"{name}_ren"), getattr(compute, f"{name}_raddr")[t // w],
+                        getattr(compute, f"{name}_rdata")[t])])
         for lane in range(p.cols):
             acc = m.submodules[f"acc_lane{lane}"] = SRAM(shape=32, depth=g.acc_words, init=[])
-            load_port = acc.write_port()
-            m.d.comb += [load_port.en.eq(load.acc_we[lane]), load_port.addr.eq(load.acc_addr[lane]),
-                         load_port.data.eq(load.acc_data[lane])]
-            compute_port = acc.write_port()
-            m.d.comb += [compute_port.en.eq(compute.acc_we[lane]), compute_port.addr.eq(compute.acc_waddr),
-                         compute_port.data.eq(compute.acc_wdata[lane])]
-            read = acc.read_port(transparent_for=(load_port, compute_port))
-            m.d.comb += [read.en.eq(store.acc_ren), read.addr.eq(store.acc_raddr[lane]),
-                         store.acc_rdata[lane].eq(read.data)]
-            read = acc.read_port(transparent_for=(load_port, compute_port))
-            m.d.comb += [read.en.eq(compute.acc_ren), read.addr.eq(compute.acc_raddr),
-                         compute.acc_rdata[lane].eq(read.data)]
-            read = acc.read_port(transparent_for=(load_port, compute_port))
-            m.d.comb += [read.en.eq(compute.acc_ren), read.addr.eq(compute.acc_rbaddr),
-                         compute.acc_rbdata[lane].eq(read.data)]
+            writes = [(load.acc_we[lane], load.acc_addr[lane], load.acc_data[lane]),
+                      (compute.mm_acc_we, compute.mm_acc_waddr, compute.mm_acc_wdata[lane]),
+                      (compute.acc_we[lane], compute.acc_waddr, compute.acc_wdata[lane])]
+            reads = [(store.acc_ren, store.acc_raddr[lane], store.acc_rdata[lane]),
+                     (compute.mm_acc_ren, compute.mm_acc_raddr, compute.mm_acc_rdata[lane]),
+                     (compute.acc_ren, compute.acc_raddr, compute.acc_rdata[lane]),
+                     (compute.acc_ren, compute.acc_rbaddr, compute.acc_rbdata[lane])]
+            _wire(m, acc, writes, reads)
             param = m.submodules[f"param_lane{lane}"] = SRAM(shape=128, depth=g.param_words, init=[])
-            port = param.write_port()
-            m.d.comb += [port.en.eq(load.param_we[lane]), port.addr.eq(load.param_addr[lane]),
-                         port.data.eq(load.param_data[lane])]
-            read = param.read_port(transparent_for=(port,))
-            m.d.comb += [read.en.eq(compute.param_ren), read.addr.eq(compute.param_raddr[lane]),
-                         compute.param_rdata[lane].eq(read.data)]
+            _wire(m, param, [(load.param_we[lane], load.param_addr[lane], load.param_data[lane])],
+                  [(compute.mm_param_ren, compute.mm_param_raddr[lane], compute.mm_param_rdata[lane]),
+                   (compute.param_ren, compute.param_raddr[lane], compute.param_rdata[lane])])
         return m
+
+
+def _wire(m: Module, memory: SRAM, writes, reads) -> None:
+    """Connect ``(enable, address, data)`` write and read ports; every read is transparent for every write."""
+    ports = []
+    for en, addr, value in writes:
+        port = memory.write_port()
+        m.d.comb += [port.en.eq(en), port.addr.eq(addr), port.data.eq(value)]
+        ports.append(port)
+    for en, addr, value in reads:
+        port = memory.read_port(transparent_for=ports)
+        m.d.comb += [port.en.eq(en), port.addr.eq(addr), value.eq(port.data)]

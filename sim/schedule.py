@@ -8,7 +8,12 @@ program order (every dependency points backwards, so one pass suffices):
 * **dispatch**: one instruction per cycle in program order, stalled while the target queue
   holds ``QUEUE_DEPTH`` instructions that have not started;
 * **start**: after dispatch, after the module's previous instruction, and after the pushes
-  of the tokens it pops (the n-th pop of a counter takes its n-th push);
+  of the tokens it pops (the n-th pop of a counter takes its n-th push); in the compute
+  module, after the previous instruction of its slot (array, vector or control), after the
+  other slot's unless the instruction has ``overlap`` set, and a cycle after the previous
+  compute instruction started (one issue per cycle);
+* **retirement**: a compute instruction completes (and pushes its tokens) no earlier than the
+  compute instruction before it, so completions stay in program order;
 * **duration**: DMA bursts at ``axi_data_bits`` with the memory latencies, and the units'
   own closed forms (``sim.matmul.fold_cycles``, ``sim.requant.requant_cycles``,
   ``sim.softmax.softmax_cycles``, ``sim.gelu.gelu_cycles``, ``sim.layernorm.layernorm_cycles``)
@@ -28,7 +33,8 @@ import numpy as np
 
 from intvit.compiler.isa import (
     AXI_BOUNDARY_BYTES, CONTROL_CYCLES, ELEMENT_BYTES, FETCH_BURST_INSTRUCTIONS, FETCH_QUEUE_DEPTH,
-    INSTRUCTION_BYTES, ISSUE_CYCLES, QUEUE_DEPTH, QUEUE_OF, TOKEN_BITS, Instruction, Memory, Opcode, Queue,
+    INSTRUCTION_BYTES, ISSUE_CYCLES, QUEUE_DEPTH, QUEUE_OF, SLOT_OF, TOKEN_BITS, Instruction, Memory, Opcode,
+    Queue, Slot,
 )
 from intvit.quant.errors import IntVitError
 from intvit.quant.program import IntProgram
@@ -300,6 +306,10 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
     queue_members: dict[Queue, list[int]] = {q: [] for q in Queue}
     last_end = {q: 0 for q in Queue}
     last_index = {q: -1 for q in Queue}
+    # The compute module: when each slot is free again, the instruction whose completion freed
+    # it, and the previous compute instruction's start and retirement (with its completer).
+    slot_free = {slot: (0, -1) for slot in Slot}
+    last_issue, retired = -1, (0, -1)
     pushes: dict[tuple, list[int]] = {c: [] for c in COUNTERS}     # completion cycles, in push order
     pushers: dict[tuple, list[int]] = {c: [] for c in COUNTERS}    # and the pushing instructions
     pops: dict[tuple, list[int]] = {c: [] for c in COUNTERS}
@@ -322,9 +332,18 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
             d, dby = int(start[members[-QUEUE_DEPTH]]) + 1, (_QUEUE_FULL, members[-QUEUE_DEPTH])
         dispatch[i], dispatch_by[i] = d, dby
         s, sby = d + 1, (_DISPATCHED, i)
-        if last_end[queue] >= s and last_index[queue] >= 0:
-            s, sby = last_end[queue], (_MODULE, last_index[queue])
         f = ins.fields
+        if queue == Queue.COMPUTE:
+            slot = SLOT_OF[ins.opcode]
+            if last_issue + 1 > s:
+                s, sby = last_issue + 1, (_DISPATCHED, i)
+            waits = [slot, Slot.CONTROL] if f.get("overlap") else list(Slot)
+            for other in waits:
+                free, by = slot_free[other]
+                if by >= 0 and free >= s:
+                    s, sby = free, (_MODULE, by)
+        elif last_end[queue] >= s and last_index[queue] >= 0:
+            s, sby = last_end[queue], (_MODULE, last_index[queue])
         for counter in COUNTERS:
             producer, consumer = counter
             if consumer == queue and f.get("pop_prev" if producer < consumer else "pop_next"):
@@ -337,13 +356,19 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
                     s, sby = pushes[counter][taken], (_TOKEN, pushers[counter][taken])
         start[i], end[i] = s, s + int(duration[i])
         start_by[i] = sby
+        done, completer = int(end[i]), i
+        if queue == Queue.COMPUTE:
+            if retired[0] > done:
+                done, completer = retired
+            retired, last_issue = (done, completer), s
+            slot_free[slot] = retired
         for counter in COUNTERS:
             producer, consumer = counter
             if consumer == queue and f.get("pop_prev" if producer < consumer else "pop_next"):
                 pops[counter].append(s)
             if producer == queue and f.get("push_next" if producer < consumer else "push_prev"):
-                pushes[counter].append(int(end[i]))
-                pushers[counter].append(i)
+                pushes[counter].append(done)
+                pushers[counter].append(completer)
         members.append(i)
         last_end[queue], last_index[queue] = int(end[i]), i
     _check_counters(pushes, pops)

@@ -17,6 +17,7 @@ from amaranth.sim import Simulator
 
 from intvit.compiler.executor import Machine
 from intvit.compiler.isa import Geometry, Instruction, Memory, Opcode, encode_program, pack_params
+from intvit.compiler.verify import check_hazards, mark_overlaps
 from intvit.rtl.system import System, SystemParams
 from intvit.sim.config import AcceleratorConfig
 from intvit.sim.schedule import predict_cycles
@@ -172,19 +173,25 @@ def run_system(params: SystemParams, dram: bytearray, latency: tuple[int, int]) 
     return result
 
 
-def check_program(instructions, cols, axi_bits, max_beats, latency, dram: bytearray, lanes: int | None = None) -> None:
+def check_program(instructions, cols, axi_bits, max_beats, latency, dram: bytearray, lanes: int | None = None,
+                  overlap: bool = False) -> None:
     """Run ``instructions`` on the RTL and on the executor from the same memory; both must agree,
-    and the cycle counter must equal the schedule model's prediction."""
+    and the cycle counter must equal the schedule model's prediction. With ``overlap`` the
+    compiler's ``mark_overlaps`` runs the array beside the vector units where it may."""
     lanes = lanes or cols
     params = SystemParams(rows=cols, cols=cols, a_depth=64, b_depth=64, acc_words=64, param_records=16,
                           axi_data_bits=axi_bits, max_burst_beats=max_beats, requant_lanes=lanes, gelu_lanes=lanes,
                           softmax_lanes=lanes, layernorm_lanes=lanes, softmax_max_length=MAX_LENGTH,
                           layernorm_width=LENGTH)
-    stream = encode_program(instructions)
-    dram[INSN_BASE:INSN_BASE + len(stream)] = stream
     geometry = Geometry(rows=cols, cols=cols, a_depth=64, b_depth=64, acc_words=64, param_records=16,
                         lanes={"requant": lanes, "softmax": lanes, "gelu": lanes, "layernorm": lanes},
                         softmax_max_length=MAX_LENGTH, layernorm_width=LENGTH)
+    serial = instructions
+    if overlap:
+        instructions = mark_overlaps(instructions, geometry)
+        check_hazards(instructions, geometry)
+    stream = encode_program(instructions)
+    dram[INSN_BASE:INSN_BASE + len(stream)] = stream
     machine = Machine(geometry, DRAM_BYTES)
     machine.dram[:] = np.frombuffer(bytes(dram), dtype=np.uint8)
     for index, ins in enumerate(instructions):
@@ -198,15 +205,18 @@ def check_program(instructions, cols, axi_bits, max_beats, latency, dram: bytear
                                        matmul__rows=cols, matmul__cols=cols, requant__lanes=lanes, gelu__lanes=lanes,
                                        softmax__lanes=lanes, layernorm__lanes=lanes)
     assert result["cycles"] == predict_cycles(instructions, config)
+    if overlap:
+        assert result["cycles"] < predict_cycles(serial, config)
 
 
-@pytest.mark.parametrize("cols, axi_bits, latency", [(4, 32, (3, 2)), pytest.param(8, 64, (8, 8), marks=pytest.mark.slow)])
-def test_matmul_matches_the_executor(cols, axi_bits, latency):
+@pytest.mark.parametrize("cols, axi_bits, latency, overlap", [
+    (4, 32, (3, 2), False), (4, 32, (3, 2), True), pytest.param(8, 64, (8, 8), True, marks=pytest.mark.slow)])
+def test_matmul_matches_the_executor(cols, axi_bits, latency, overlap):
     rng = np.random.default_rng(cols)
     dram = bytearray(rng.integers(0, 256, DRAM_BYTES, dtype=np.uint8).tobytes())
     bias = pack_params(cols, bias=rng.integers(-2**20, 2**20, cols))
     dram[0x400:0x400 + bias.size] = bias.tobytes()
-    check_program(matmul_program(cols), cols, axi_bits, 16, latency, dram)
+    check_program(matmul_program(cols), cols, axi_bits, 16, latency, dram, overlap=overlap)
 
 
 @pytest.mark.parametrize("lanes", [2, 4])
