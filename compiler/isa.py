@@ -29,7 +29,7 @@ __all__ = [
     "Opcode", "Queue", "Slot", "Memory", "Format", "Field", "FORMAT_OF", "QUEUE_OF", "SLOT_OF", "FIELDS",
     "COMMON_FIELDS",
     "PARAM_FIELDS", "REQUANT_WIDTHS", "ELEMENT_BYTES",
-    "QUEUE_DEPTH", "FETCH_QUEUE_DEPTH", "FETCH_BURST_INSTRUCTIONS", "TOKEN_BITS", "ISSUE_CYCLES",
+    "QUEUE_DEPTH", "FETCH_QUEUE_DEPTH", "FETCH_BURST_INSTRUCTIONS", "TOKEN_BITS", "REORDER_DEPTH", "ISSUE_CYCLES",
     "CONTROL_CYCLES", "AXI_BOUNDARY_BYTES",
     "Geometry", "Instruction", "encode", "decode", "encode_program", "decode_program",
     "pack_params", "unpack_params", "dma_rows",
@@ -46,6 +46,7 @@ QUEUE_DEPTH = 16                 # instructions waiting in each of the load, com
 FETCH_QUEUE_DEPTH = 16           # fetched instructions waiting for dispatch
 FETCH_BURST_INSTRUCTIONS = 8     # instructions per fetch burst on the instruction port
 TOKEN_BITS = 8                   # width of each dependency-token counter; overflow is an error
+REORDER_DEPTH = 32               # compute instructions issued and not yet retired (tokens pushed)
 ISSUE_CYCLES = 1                 # decode/set-up cycle every LOAD, STORE and compute instruction pays
 CONTROL_CYCLES = 1               # SYNC and END
 AXI_BOUNDARY_BYTES = 4096        # an AXI4 burst never crosses a 4 KiB boundary

@@ -10,15 +10,17 @@ bookkeeping and of any cycle counts:
   module, the latest instruction guaranteed complete when it starts (its module's previous
   instruction, and for each token it pops, everything the pushing instruction knew at its end;
   the n-th pop of a counter takes its n-th push). A compute instruction with ``overlap`` set
-  knows only what its slot's previous instruction knew at its end (compute instructions
-  complete in program order), so the other slot's instructions since then are checked
-  against it like another module's;
+  knows only what the compute instruction before it knew when it started (issue is in
+  order; the slots finish out of order, tokens are pushed in order), so the other slot's
+  instructions not known complete are checked against it like another module's;
 * **footprints**: each instruction's reads and writes as boxes (bank range x byte range in A
   and B, word range in ACC, record range in PARAM, byte range in external memory), taken from
   its fields alone, conservatively (a strided access covers its bounding range).
 """
 
 from __future__ import annotations
+
+import bisect
 
 import numpy as np
 
@@ -29,6 +31,9 @@ __all__ = ["check_hazards", "footprint", "mark_overlaps"]
 
 # Spaces with a bank dimension (A, B) and flat ones (ACC, PARAM, DRAM).
 SPACES = ("A", "B", "ACC", "PARAM", "DRAM")
+# The sequential lanes of execution: the load and store modules and the compute module's two slots.
+VECTOR_LANE = len(Queue)
+LANE_QUEUE = {Queue.LOAD: Queue.LOAD, Queue.COMPUTE: Queue.COMPUTE, Queue.STORE: Queue.STORE, VECTOR_LANE: Queue.COMPUTE}
 COUNTERS = ((Queue.LOAD, Queue.COMPUTE), (Queue.COMPUTE, Queue.LOAD), (Queue.COMPUTE, Queue.STORE),
             (Queue.STORE, Queue.COMPUTE))
 
@@ -73,29 +78,32 @@ def mark_overlaps(instructions: list[Instruction], geometry: Geometry) -> list[I
     """The stream with ``overlap`` set on every MATMUL and vector instruction that may run beside
     the other slot's instructions still in flight when it issues.
 
-    Those are the other slot's instructions since this slot's previous one (or the last SYNC):
-    ``overlap`` is set when none of them touches ACC words this one writes, or writes words it
-    reads. Tokens need no care: compute instructions complete in program order.
+    An instruction with ``overlap`` knows complete only what the compute instruction before it
+    knew when it started (``_happens_before``); ``overlap`` is set when none of the other slot's
+    instructions since then touches ACC words this one writes, or writes words it reads.
+    Tokens need no care: they are pushed in program order.
     """
     out = list(instructions)
-    since: dict[Slot, list[int]] = {Slot.ARRAY: [], Slot.VECTOR: []}   # the other slot's, per slot
+    issued: dict[Slot, list[int]] = {Slot.ARRAY: [], Slot.VECTOR: []}
     acc: dict[int, list[tuple[int, int, bool]]] = {}
+    known, previous = -1, -1     # compute instructions up to ``known`` complete when ``previous`` started
     for i, ins in enumerate(instructions):
         if QUEUE_OF[ins.opcode] != Queue.COMPUTE:
             continue
         slot = SLOT_OF[ins.opcode]
-        if slot == Slot.CONTROL:
-            since = {s: [] for s in since}
-            continue
-        acc[i] = [(lo, hi, write) for space, _, _, lo, hi, write in footprint(ins, geometry) if space == "ACC"]
-        window = since[slot]
-        free = bool(window) and not any(
-            (w or w2) and lo < hi2 and lo2 < hi for j in window for lo2, hi2, w2 in acc[j] for lo, hi, w in acc[i])
+        free = False
+        if slot != Slot.CONTROL:
+            acc[i] = [(lo, hi, write) for space, _, _, lo, hi, write in footprint(ins, geometry) if space == "ACC"]
+            other = issued[Slot.VECTOR if slot == Slot.ARRAY else Slot.ARRAY]
+            window = other[bisect.bisect_right(other, known):]
+            free = bool(window) and not any((w or w2) and lo < hi2 and lo2 < hi for j in window
+                                            for lo2, hi2, w2 in acc[j] for lo, hi, w in acc[i])
+            issued[slot].append(i)
         if free:
             out[i] = ins.replace(overlap=1)
-        since[slot] = []
-        other = Slot.VECTOR if slot == Slot.ARRAY else Slot.ARRAY
-        since[other].append(i)
+        else:
+            known = previous
+        previous = i
     return out
 
 
@@ -106,15 +114,12 @@ def _happens_before(instructions: list[Instruction]) -> np.ndarray:
     after = {q: np.full(len(Queue), -1, dtype=np.int64) for q in Queue}    # at the end of each queue's last
     pushed: dict[tuple, list[np.ndarray]] = {c: [] for c in COUNTERS}
     popped = dict.fromkeys(COUNTERS, 0)
-    slot_after = {slot: np.full(len(Queue), -1, dtype=np.int64) for slot in Slot}   # at each slot's last end
     last_compute = -1
     for i, ins in enumerate(instructions):
         queue = QUEUE_OF[ins.opcode]
         now = after[queue].copy()
         if queue == Queue.COMPUTE and ins.fields.get("overlap"):
-            # Issue is in order: what the previous compute instruction knew when it started holds too.
-            now = np.maximum(np.maximum(slot_after[SLOT_OF[ins.opcode]], slot_after[Slot.CONTROL]),
-                             known[last_compute] if last_compute >= 0 else -1)
+            now = known[last_compute].copy() if last_compute >= 0 else np.full(len(Queue), -1, dtype=np.int64)
         for counter in COUNTERS:
             producer, consumer = counter
             if consumer == queue and ins.fields.get("pop_prev" if producer < consumer else "pop_next"):
@@ -123,11 +128,10 @@ def _happens_before(instructions: list[Instruction]) -> np.ndarray:
                 now = np.maximum(now, pushed[counter][popped[counter]])
                 popped[counter] += 1
         known[i] = now
-        done = np.maximum(now, after[queue])            # completions are in order within a module
+        done = np.maximum(now, after[queue])            # tokens are pushed in order within a module
         done[queue] = i
         after[queue] = done
         if queue == Queue.COMPUTE:
-            slot_after[SLOT_OF[ins.opcode]] = done
             last_compute = i
         for counter in COUNTERS:
             producer, consumer = counter
@@ -144,21 +148,22 @@ def check_hazards(instructions: list[Instruction], geometry: Geometry) -> int:
     Returns the number of (instruction, unordered earlier instruction) pairs examined.
     """
     known = _happens_before(instructions)
-    boxes = [(i, QUEUE_OF[ins.opcode], *box) for i, ins in enumerate(instructions)
-             for box in footprint(ins, geometry)]
+    # Instructions race across modules, and across the compute module's two slots (with ``overlap``).
+    lane_of = [VECTOR_LANE if SLOT_OF.get(ins.opcode) == Slot.VECTOR else QUEUE_OF[ins.opcode] for ins in instructions]
+    boxes = [(i, lane_of[i], *box) for i, ins in enumerate(instructions) for box in footprint(ins, geometry)]
     examined = 0
     for space in SPACES:
         sel = [b for b in boxes if b[2] == space]
         if not sel:
             continue
-        index, queue, _, b0, b1, lo, hi, write = (np.array(col) for col in zip(*sel))
-        by_queue = {q: np.flatnonzero(queue == q) for q in Queue}
+        index, lane, _, b0, b1, lo, hi, write = (np.array(col) for col in zip(*sel))
+        by_lane = {q: np.flatnonzero(lane == q) for q in LANE_QUEUE}
         for k in range(len(sel)):
             j = index[k]
-            for q, rows in by_queue.items():
-                if not rows.size:       # the own module's window is empty unless ``overlap`` opened it
+            for q, rows in by_lane.items():
+                if q == lane[k] or not rows.size:
                     continue
-                first = np.searchsorted(index[rows], known[j, q], side="right")
+                first = np.searchsorted(index[rows], known[j, LANE_QUEUE[q]], side="right")
                 last = np.searchsorted(index[rows], j, side="left")
                 window = rows[first:last]
                 examined += window.size

@@ -20,7 +20,8 @@ It implements docs/isa.md's "Execution rules" (``compiler.isa`` holds the consta
   instruction of the same module (or a consumer of the token) may start in the same cycle.
   The compute module has two slots, the array (MATMUL) and the vector units (the rest), and
   issues one instruction per cycle: an instruction with ``overlap`` set needs only its own
-  slot free, one without it both; compute instructions retire in program order (``_slots``).
+  slot idle, one without it both; compute instructions retire (push their tokens) in program
+  order through a reorder buffer of ``REORDER_DEPTH`` (``_slots``).
   SYNC and END run in the controller's own slot, need both free and take ``CONTROL_CYCLES``
   (1) cycle. A token counter that would overflow its ``TOKEN_BITS`` raises ``error``.
 
@@ -31,13 +32,13 @@ stays). ``cycles`` counts from the ``start`` cycle (cycle 0) to the cycle END co
 docs/isa.md's Timing section defines the total.
 """
 
-from amaranth import Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from intvit.compiler.isa import (
     ELEMENT_BYTES, FETCH_BURST_INSTRUCTIONS, FETCH_QUEUE_DEPTH, FIELDS, FORMAT_OF, INSTRUCTION_BITS, QUEUE_DEPTH,
-    TOKEN_BITS, Format, Memory, Opcode, Queue,
+    REORDER_DEPTH, TOKEN_BITS, Format, Memory, Opcode, Queue,
 )
 from intvit.quant.errors import IntVitError
 from intvit.rtl.axi import BURST_INCR, CACHE_NORMAL, AxiSignature
@@ -304,49 +305,46 @@ class Controller(wiring.Component):
         """The compute module's slots (docs/isa.md, "Execution rules"): the array (MATMUL), the
         vector units (the rest) and the controller's own (SYNC, END, one cycle).
 
-        The head may start when its slot is free, and the other slot too unless ``overlap`` is
-        set (SYNC and END: both). An instruction retires (frees its slot, pushes its tokens)
-        when its module signals ``done`` and no older instruction is still running in the
-        other slot: a slot that issued while the other was busy is *younger* until that one
-        retires, and both may retire in one cycle. Returns the issue condition and the
-        ``(queue, retiring, instruction)`` of each slot; sets ``control_end`` when END retires.
+        The head may start when its slot is idle, and the other slot too unless ``overlap`` is
+        set (SYNC and END: both), and when the reorder buffer has room. Each issued instruction
+        enters the reorder buffer (its slot, its pushes, END); the oldest one retires (pushes
+        its tokens) in the cycle its slot has signalled ``done`` for it, one per cycle, so the
+        tokens keep program order while the slots finish out of it. Returns the issue
+        condition and the ``(queue, retiring, instruction)`` of the retiring one; sets
+        ``control_end`` when END retires.
         """
         port = self.compute
         opcode, overlap = head[0:4], head[10]
         control = (opcode == Opcode.SYNC) | (opcode == Opcode.END)
         on_array = opcode == Opcode.MATMUL
-        slots = {}
-        for slot in ("array", "vector"):
-            slots[slot] = {name: Signal(name=f"{slot}_{name}") for name in ("busy", "finished", "younger")}
-            slots[slot]["insn"] = Signal(INSTRUCTION_BITS, name=f"{slot}_insn")
-        array, vector = slots["array"], slots["vector"]
-        for k, slot in enumerate((array, vector)):
-            slot["ready"] = slot["busy"] & (port.done[k] | slot["finished"])
-            slot["first"] = slot["ready"] & ~slot["younger"]          # retires whatever the other does
-        for slot, other in ((array, vector), (vector, array)):
-            slot["retire"] = slot["ready"] & (~slot["younger"] | other["first"])
-            slot["free"] = ~slot["busy"] | slot["retire"]
-        control_busy, control_insn = Signal(), Signal(INSTRUCTION_BITS)
-        both = array["free"] & vector["free"]
-        free = Mux(control, both, Mux(on_array, array["free"] & (overlap | vector["free"]),
-                                      vector["free"] & (overlap | array["free"])))
-        m.d.comb += [port.insn.eq(head), port.start.eq(go & ~control)]
-        for slot, other, mine in ((array, vector, on_array), (vector, array, ~on_array & ~control)):
-            with m.If(go & mine):
-                m.d.sync += [slot["busy"].eq(1), slot["insn"].eq(head), slot["finished"].eq(0),
-                             slot["younger"].eq(other["busy"] & ~other["retire"])]
-            with m.Else():
-                with m.If(slot["retire"]):
-                    m.d.sync += [slot["busy"].eq(0), slot["finished"].eq(0), slot["younger"].eq(0)]
-                with m.Elif(slot["ready"]):
-                    m.d.sync += slot["finished"].eq(1)
-                with m.If(other["retire"]):
-                    m.d.sync += slot["younger"].eq(0)
+        slot = Mux(control, 2, Mux(on_array, 0, 1))
+        rob = m.submodules.reorder = fifo.SyncFIFO(width=5, depth=REORDER_DEPTH)   # slot, push_prev/next, END
+        busy = [Signal(name=f"{name}_busy") for name in ("array", "vector", "control")]
+        done = Signal(3)                                  # a slot's instruction finishes this cycle
+        m.d.comb += done.eq(Cat(port.done, busy[2]))
+        idle = [~busy[k] | done[k] for k in range(3)]
+        free = rob.w_rdy & Mux(control, idle[0] & idle[1], Mux(on_array, idle[0] & (overlap | idle[1]),
+                                                                  idle[1] & (overlap | idle[0])))
+        m.d.comb += [port.insn.eq(head), port.start.eq(go & ~control),
+                     rob.w_en.eq(go), rob.w_data.eq(Cat(slot.as_unsigned()[:2], head[6], head[7], opcode == Opcode.END))]
+        for k in range(3):
+            with m.If(go & (slot == k)):
+                m.d.sync += busy[k].eq(1)
+            with m.Elif(done[k] | started):
+                m.d.sync += busy[k].eq(0)
+        # Finished but not yet retired, per slot; the oldest retires when its slot has one.
+        pending = [Signal(range(REORDER_DEPTH + 1), name=f"{name}_finished") for name in ("array", "vector", "control")]
+        oldest = rob.r_data[0:2]
+        retire = Signal()
+        with m.Switch(oldest):
+            for k in range(3):
+                with m.Case(k):
+                    m.d.comb += retire.eq(rob.r_rdy & ((pending[k] != 0) | done[k]))
+        m.d.comb += rob.r_en.eq(retire)
+        for k in range(3):
+            m.d.sync += pending[k].eq(pending[k] + done[k] - (retire & (oldest == k)))
             with m.If(started):
-                m.d.sync += slot["busy"].eq(0)
-        m.d.sync += control_busy.eq(go & control)
-        with m.If(go):
-            m.d.sync += control_insn.eq(head)
-        m.d.comb += control_end.eq(control_busy & (control_insn[0:4] == Opcode.END))
-        return free, [(Queue.COMPUTE, array["retire"], array["insn"]),
-                      (Queue.COMPUTE, vector["retire"], vector["insn"]), (Queue.COMPUTE, control_busy, control_insn)]
+                m.d.sync += pending[k].eq(0)
+        flags = Signal(8)                                 # the retiring instruction's push flags, at bits 6 and 7
+        m.d.comb += [flags[6].eq(rob.r_data[2]), flags[7].eq(rob.r_data[3]), control_end.eq(retire & rob.r_data[4])]
+        return free, [(Queue.COMPUTE, retire, flags)]

@@ -10,10 +10,11 @@ program order (every dependency points backwards, so one pass suffices):
 * **start**: after dispatch, after the module's previous instruction, and after the pushes
   of the tokens it pops (the n-th pop of a counter takes its n-th push); in the compute
   module, after the previous instruction of its slot (array, vector or control), after the
-  other slot's unless the instruction has ``overlap`` set, and a cycle after the previous
-  compute instruction started (one issue per cycle);
-* **retirement**: a compute instruction completes (and pushes its tokens) no earlier than the
-  compute instruction before it, so completions stay in program order;
+  other slot's unless the instruction has ``overlap`` set, a cycle after the previous
+  compute instruction started (one issue per cycle) and a cycle after the compute
+  instruction ``REORDER_DEPTH`` before it retired (the reorder buffer has room);
+* **retirement**: a compute instruction pushes its tokens when it retires: when it has
+  finished, and a cycle after the compute instruction before it retired;
 * **duration**: DMA bursts at ``axi_data_bits`` with the memory latencies, and the units'
   own closed forms (``sim.matmul.fold_cycles``, ``sim.requant.requant_cycles``,
   ``sim.softmax.softmax_cycles``, ``sim.gelu.gelu_cycles``, ``sim.layernorm.layernorm_cycles``)
@@ -33,8 +34,8 @@ import numpy as np
 
 from intvit.compiler.isa import (
     AXI_BOUNDARY_BYTES, CONTROL_CYCLES, ELEMENT_BYTES, FETCH_BURST_INSTRUCTIONS, FETCH_QUEUE_DEPTH,
-    INSTRUCTION_BYTES, ISSUE_CYCLES, QUEUE_DEPTH, QUEUE_OF, SLOT_OF, TOKEN_BITS, Instruction, Memory, Opcode,
-    Queue, Slot,
+    INSTRUCTION_BYTES, ISSUE_CYCLES, QUEUE_DEPTH, QUEUE_OF, REORDER_DEPTH, SLOT_OF, TOKEN_BITS, Instruction,
+    Memory, Opcode, Queue, Slot,
 )
 from intvit.quant.errors import IntVitError
 from intvit.quant.program import IntProgram
@@ -138,7 +139,7 @@ class ScheduleReport:
         parts = op_groups(names[:n]) if names is not None else ["program"] * n
         units = np.array(unit)
         busy = {lane: np.stack([start[units == lane], end[units == lane]], axis=1) for lane in LANES}
-        path = [(int(start[-1]), int(end[-1]), unit[-1], parts[-1])]
+        path = [(int(start[-1]), self.total_cycles, unit[-1], parts[-1])]
         kind, i = "start", n - 1
         while True:
             if kind == "start":
@@ -306,10 +307,10 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
     queue_members: dict[Queue, list[int]] = {q: [] for q in Queue}
     last_end = {q: 0 for q in Queue}
     last_index = {q: -1 for q in Queue}
-    # The compute module: when each slot is free again, the instruction whose completion freed
-    # it, and the previous compute instruction's start and retirement (with its completer).
+    # The compute module: when each slot is idle again (and the instruction that ran there),
+    # the previous compute instruction's start, and every compute instruction's retirement.
     slot_free = {slot: (0, -1) for slot in Slot}
-    last_issue, retired = -1, (0, -1)
+    last_issue, retired = -1, []
     pushes: dict[tuple, list[int]] = {c: [] for c in COUNTERS}     # completion cycles, in push order
     pushers: dict[tuple, list[int]] = {c: [] for c in COUNTERS}    # and the pushing instructions
     pops: dict[tuple, list[int]] = {c: [] for c in COUNTERS}
@@ -342,6 +343,8 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
                 free, by = slot_free[other]
                 if by >= 0 and free >= s:
                     s, sby = free, (_MODULE, by)
+            if len(retired) >= REORDER_DEPTH and retired[-REORDER_DEPTH][0] + 1 > s:
+                s, sby = retired[-REORDER_DEPTH][0] + 1, (_MODULE, retired[-REORDER_DEPTH][1])
         elif last_end[queue] >= s and last_index[queue] >= 0:
             s, sby = last_end[queue], (_MODULE, last_index[queue])
         for counter in COUNTERS:
@@ -358,10 +361,10 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
         start_by[i] = sby
         done, completer = int(end[i]), i
         if queue == Queue.COMPUTE:
-            if retired[0] > done:
-                done, completer = retired
-            retired, last_issue = (done, completer), s
-            slot_free[slot] = retired
+            slot_free[slot], last_issue = (done, i), s
+            if retired and retired[-1][0] + 1 > done:
+                done, completer = retired[-1][0] + 1, retired[-1][1]
+            retired.append((done, completer))
         for counter in COUNTERS:
             producer, consumer = counter
             if consumer == queue and f.get("pop_prev" if producer < consumer else "pop_next"):
@@ -372,7 +375,7 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
         members.append(i)
         last_end[queue], last_index[queue] = int(end[i]), i
     _check_counters(pushes, pops)
-    report = _report(instructions, config, start, end, duration)
+    report = _report(instructions, config, start, end, duration, retired[-1][0])    # END's retirement
     report.macs = macs
     report.causes = _Causes(dispatch, start_by, dispatch_by, np.array(arrival), np.array(issued_by), fetch_cost)
     return report
@@ -390,7 +393,7 @@ def _check_counters(pushes: dict, pops: dict) -> None:
                               f"its {TOKEN_BITS} bits")
 
 
-def _report(instructions, config, start, end, duration) -> ScheduleReport:
+def _report(instructions, config, start, end, duration, total: int) -> ScheduleReport:
     opcodes = np.array([int(ins.opcode) for ins in instructions])
     classes, units = {}, {}
     for op in Opcode:
@@ -403,7 +406,7 @@ def _report(instructions, config, start, end, duration) -> ScheduleReport:
     for ins in instructions:
         if ins.opcode in moved:
             moved[ins.opcode] += ins.x_count * ins.y_count * ins.z_count * ELEMENT_BYTES[ins.elem]
-    return ScheduleReport(config, int(end[-1]), start, end, opcodes, classes, units,
+    return ScheduleReport(config, total, start, end, opcodes, classes, units,
                           moved[Opcode.LOAD], moved[Opcode.STORE])
 
 

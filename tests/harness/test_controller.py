@@ -18,7 +18,7 @@ from amaranth.sim import Simulator
 from intvit.compiler.isa import Instruction, Memory, Opcode, decode, encode_program
 from intvit.rtl.controller import Controller
 from intvit.sim.config import AcceleratorConfig
-from intvit.sim.schedule import instruction_cycles, predict_cycles
+from intvit.sim.schedule import instruction_cycles, predict_cycles, schedule
 
 TIMEOUT_CYCLES = 50_000
 
@@ -94,6 +94,7 @@ def run_controller(stream: bytes, config: AcceleratorConfig, instructions: list[
         # Completion cycle of the instruction running in each module (compute: in each slot).
         modules = {("load", 0): None, ("compute", 0): None, ("compute", 1): None, ("store", 0): None}
         cycle = 0                         # the start cycle
+        starts = result["starts"] = []    # the cycle each LOAD, STORE, MATMUL and vector instruction started
         while cycle < TIMEOUT_CYCLES:
             ctx.set(dut.start, cycle == 0)
             for name in ("load", "compute", "store"):
@@ -116,6 +117,7 @@ def run_controller(stream: bytes, config: AcceleratorConfig, instructions: list[
                 port = getattr(dut, name)
                 if ctx.get(port.start):
                     ins = decode(ctx.get(port.insn).to_bytes(32, "little"))
+                    starts.append(cycle)
                     slot = int(name == "compute" and ins.opcode != Opcode.MATMUL)
                     modules[(name, slot)] = cycle + instruction_cycles(ins, config)
             await ctx.tick()
@@ -138,6 +140,10 @@ def test_cycles_equal_the_schedule_model(seed, n, width):
     assert result["done"] and not result["error"]
     predicted = predict_cycles(instructions, config)
     assert result["cycles"] == predicted
+    # Every start where the model puts it (tokens pushed at retirement decide many of them).
+    timed = schedule(instructions, config)
+    executed = [i for i, ins in enumerate(instructions) if ins.opcode not in (Opcode.SYNC, Opcode.END)]
+    assert result["starts"] == sorted(int(timed.start[i]) for i in executed)
     # The stream does run the array and the vector units side by side.
     serial = [ins.replace(overlap=0) if "overlap" in ins.fields else ins for ins in instructions]
     assert predicted < predict_cycles(serial, config)
