@@ -33,21 +33,19 @@ def batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
 def record_activations(model: ViT, images: np.ndarray, callback: Callable[[str, np.ndarray], None]) -> np.ndarray:
     """Run ``model`` on one batch of normalised images; ``callback(name, array)`` per activation.
 
-    A callback with a true ``takes_tensors`` attribute (``ActivationRanges``) gets the torch tensor
-    itself, often a strided view, instead of a numpy array: it reduces it where it lies, so
-    calibration costs about a plain forward pass; one with a ``records(name)`` method is handed only
-    the activations it records. Returns the float logits.
+    Each array is a numpy view of the torch tensor, not a copy (often strided: q, k and v are
+    views of the q|k|v projection). A callback with a ``records(name)`` method is handed only the
+    activations it records. The forward runs under ``torch.inference_mode``. Returns the float logits.
     """
     import torch
 
     handles = []
-    as_given = (lambda t: t) if getattr(callback, "takes_tensors", False) else (lambda t: t.numpy())
     records = getattr(callback, "records", lambda name: True)
 
     def emit(name, transform=lambda t: t):
         def hook(module, args, output=None):
             tensor = output if output is not None else args[0]
-            callback(name, as_given(transform(tensor.detach())))
+            callback(name, transform(tensor).numpy())
         return hook
 
     def add(module, name, pre=False, transform=lambda t: t):
@@ -80,26 +78,25 @@ def record_activations(model: ViT, images: np.ndarray, callback: Callable[[str, 
         add(model.norm, "norm", transform=lambda t: t[:, 0])
         if cfg.dist_token:
             add(model.norm, "norm_dist", transform=lambda t: t[:, 1])
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    x = np.asarray(images, dtype=np.float32)
     try:
-        callback("input", as_given(x))
-        with torch.no_grad():
-            logits = model(x)
+        callback("input", x)
+        with torch.inference_mode():
+            logits = model(torch.as_tensor(x)).numpy()
     finally:
         for handle in handles:
             handle.remove()
-    callback("logits", as_given(logits))
-    return logits.numpy()
+    callback("logits", logits)
+    return logits
 
 
 class ActivationRanges:
     """Running calibration statistic (max |x| or a percentile of |x|) per activation name.
 
-    Called with torch tensors by ``record_activations``: max |x| is ``torch.aminmax`` on the
-    tensor in place (multi-threaded, no copy), exactly numpy's ``abs(x).max()``.
+    max |x| is ``max(-x.min(), x.max())`` on the array where it lies: two vectorised passes and no
+    copy, even of a strided view, exactly ``abs(x).max()`` (and several times faster than
+    ``torch.aminmax`` on the same tensors).
     """
-
-    takes_tensors = True
 
     def __init__(self, method: str = "minmax", percentile: float = 99.99, seed: int = 0, skip: tuple[str, ...] = ()):
         if method not in CALIBRATION_METHODS:
@@ -118,17 +115,12 @@ class ActivationRanges:
         """Whether ``record_activations`` should hand over activation ``name``."""
         return not name.endswith(self._skip) if self._skip else True
 
-    def __call__(self, name: str, value) -> None:
-        import torch
-
-        value = torch.as_tensor(value)
-        bound = 0.0
-        if value.numel():
-            lo, hi = torch.aminmax(value)
-            bound = max(-float(lo), float(hi))
+    def __call__(self, name: str, value: np.ndarray) -> None:
+        value = np.asarray(value)
+        bound = max(-float(value.min()), float(value.max())) if value.size else 0.0
         self._max[name] = max(self._max.get(name, 0.0), bound)
         if self.method == "percentile":
-            magnitude = np.abs(value.numpy()).ravel()
+            magnitude = np.abs(value).ravel()
             if magnitude.size > PERCENTILE_SAMPLES:
                 magnitude = self._rng.choice(magnitude, PERCENTILE_SAMPLES, replace=False)
             self._samples.setdefault(name, []).append(magnitude)

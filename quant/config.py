@@ -166,6 +166,36 @@ class ViTConfig:
     def patch_dim(self) -> int:
         return self.in_chans * self.patch_size**2
 
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The timm-named parameters of ``quant.model.ViT(self)`` and their shapes, without torch.
+
+        Exactly the keys and shapes of the float model's ``state_dict`` (tested for every
+        variant), so the program's structure can be built from shapes alone.
+        """
+        d, p = self.embed_dim, self.patch_size
+
+        def linear(name: str, out: int, inp: int, bias: bool = True) -> dict:
+            return {f"{name}.weight": (out, inp), **({f"{name}.bias": (out,)} if bias else {})}
+
+        def norm(name: str) -> dict:
+            return {f"{name}.weight": (d,), f"{name}.bias": (d,)}
+
+        shapes = {"patch_embed.proj.weight": (d, self.in_chans, p, p), "patch_embed.proj.bias": (d,)}
+        for token, present in (("cls_token", self.class_token), ("dist_token", self.dist_token)):
+            if present:
+                shapes[token] = (1, 1, d)
+        shapes["pos_embed"] = (1, self.num_tokens, d)
+        for i in range(self.depth):
+            b = f"blocks.{i}"
+            shapes.update({**norm(f"{b}.norm1"), **linear(f"{b}.attn.qkv", 3 * d, d, self.qkv_bias),
+                           **linear(f"{b}.attn.proj", d, d), **norm(f"{b}.norm2"),
+                           **linear(f"{b}.mlp.fc1", self.mlp_dim, d), **linear(f"{b}.mlp.fc2", d, self.mlp_dim)})
+        shapes.update(norm("fc_norm" if self.global_pool == "avg" else "norm"))
+        shapes.update(linear("head", self.num_classes, d))
+        if self.dist_token:
+            shapes.update(linear("head_dist", self.num_classes, d))
+        return shapes
+
 
 PRESETS: dict[str, ViTConfig] = {
     "deit-tiny": ViTConfig("deit-tiny", embed_dim=192, depth=12, num_heads=3),

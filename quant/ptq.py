@@ -13,20 +13,25 @@ SwiftTron-style scheme:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from intvit.quant.calibrate import ActivationRanges, batches, record_activations
+from intvit.quant.config import ViTConfig
 from intvit.quant.errors import IntVitError
 from intvit.quant.gelu import GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS, GELU_OUTPUT_FRAC_BITS
 from intvit.quant.layernorm import LN_NORM_FRAC_BITS, layernorm_divisors
 from intvit.quant.matmul import check_accumulator
-from intvit.quant.model import ViT
 from intvit.quant.program import IntProgram, Op, TensorInfo
 from intvit.quant.requant import INT32_MAX, add_multipliers, dyadic
 from intvit.quant.softmax import SOFTMAX_INPUT_FRAC_BITS, SOFTMAX_OUTPUT_FRAC_BITS
 
-__all__ = ["quantize_model", "quantize_weight"]
+if TYPE_CHECKING:       # torch loads only when a float model is calibrated: the shape program needs none
+    from intvit.quant.model import ViT
+
+__all__ = ["quantize_model", "quantize_weight", "assemble_program", "shape_program"]
 
 INT8_LEVELS = 127
 # Activations whose float range sets no scale: Q.12 scores, Q.7 probabilities and the Q.10 GELU input
@@ -89,9 +94,8 @@ class _Builder:
             return acc
         return self.requant(name, acc, acc_scale / s_out, out, TensorInfo(_scalar(s_out), bits, out))
 
-    def layernorm(self, name: str, x: str, norm: torch.nn.LayerNorm, s_out: float, out: str) -> str:
-        gamma = norm.weight.detach().numpy().astype(np.float64)
-        beta = norm.bias.detach().numpy().astype(np.float64)
+    def layernorm(self, name: str, x: str, norm: tuple[np.ndarray, np.ndarray], s_out: float, out: str) -> str:
+        gamma, beta = norm
         # Per-channel gamma scale, floored so that beta still fits the INT32 affine sum.
         s_g = np.maximum(np.abs(gamma) / INT8_LEVELS, np.abs(beta) * 2.0**LN_NORM_FRAC_BITS / 2.0**30)
         s_g = np.where(s_g > 0, s_g, 1.0)
@@ -116,39 +120,40 @@ def _scalar(scale) -> float | None:
     return float(scale) if scale.ndim == 0 else None
 
 
-def _params(module: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    weight = module.weight.detach().numpy().astype(np.float64)
+def _params(parameters: dict[str, np.ndarray], module: str) -> tuple[np.ndarray, np.ndarray]:
+    """Weight (out, in) and bias of a linear or conv layer, or gamma and beta of a LayerNorm, in float64."""
+    weight = np.asarray(parameters[f"{module}.weight"], dtype=np.float64)
     # A layer without bias (qkv_bias=False) is a matmul whose INT32 accumulators start at zero.
-    bias = np.zeros(len(weight)) if module.bias is None else module.bias.detach().numpy().astype(np.float64)
-    return weight.reshape(weight.shape[0], -1), bias
+    bias = parameters.get(f"{module}.bias")
+    bias = np.zeros(len(weight)) if bias is None else np.asarray(bias, dtype=np.float64)
+    return weight.reshape(weight.shape[0], -1) if weight.ndim > 1 else weight, bias
 
 
-def _head(b: _Builder, model: ViT, x: str, s_x: float, scale) -> None:
+def _head(b: _Builder, cfg: ViTConfig, parameters: dict, x: str, s_x: float, scale) -> None:
     """Pooling, final norm and classifier(s): INT32 logits on one per-tensor scale."""
-    cfg = model.config
     if cfg.global_pool == "avg":
         b.op("token_mean", "pool", [x], ["pool"], [TensorInfo(s_x, 8)], start=cfg.num_prefix_tokens)
         s_norm = scale("fc_norm")
-        b.layernorm("fc_norm", "pool", model.fc_norm, s_norm, "fc_norm")
-        w, bias = _params(model.head)
+        b.layernorm("fc_norm", "pool", _params(parameters, "fc_norm"), s_norm, "fc_norm")
+        w, bias = _params(parameters, "head")
         b.linear("head", "fc_norm", s_norm, w, bias, "logits", None, per_channel=False)
         return
     if not cfg.dist_token:
         b.op("select_token", "cls", [x], ["cls"], [TensorInfo(s_x, 8)], index=0)
         s_norm = scale("norm")
-        b.layernorm("norm", "cls", model.norm, s_norm, "norm")
-        w, bias = _params(model.head)
+        b.layernorm("norm", "cls", _params(parameters, "norm"), s_norm, "norm")
+        w, bias = _params(parameters, "head")
         b.linear("head", "norm", s_norm, w, bias, "logits", None, per_channel=False)
         return
     # DeiT distilled: both tokens on one norm scale and both heads on one weight scale, so the
     # two INT32 logits share a scale and average exactly as the float heads do.
     s_norm = max(scale("norm"), scale("norm_dist"))
-    heads = [(model.head, "cls", "norm", "head"), (model.head_dist, "dist", "norm_dist", "head_dist")]
-    bound = max(float(np.abs(_params(head)[0]).max()) for head, *_ in heads)
+    heads = [("head", "cls", "norm", "head"), ("head_dist", "dist", "norm_dist", "head_dist")]
+    bound = max(float(np.abs(_params(parameters, head)[0]).max()) for head, *_ in heads)
     for index, (head, token, norm, name) in enumerate(heads):
         b.op("select_token", token, [x], [token], [TensorInfo(s_x, 8)], index=index)
-        b.layernorm(norm, token, model.norm, s_norm, norm)
-        w, bias = _params(head)
+        b.layernorm(norm, token, _params(parameters, "norm"), s_norm, norm)
+        w, bias = _params(parameters, head)
         b.linear(name, norm, s_norm, w, bias, f"{name}.logits", None, per_channel=False, bound=bound)
         b.tensors[f"{name}.logits"] = TensorInfo(b.tensors[f"{name}.logits"].scale, 32)
     b.op("average", "logits", ["head.logits", "head_dist.logits"], ["logits"],
@@ -181,40 +186,73 @@ def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = 
     chunks = batches(images, batch_size)
     for chunk in progress(chunks) if progress else chunks:
         record_activations(model, chunk, ranges)
-    scale = lambda name: ranges.range(name) / INT8_LEVELS
+    parameters = {name: tensor.detach().numpy() for name, tensor in model.state_dict().items()}
+    return assemble_program(cfg, parameters, ranges.range,
+                            {"method": method, "images": int(len(images)),
+                             **({"percentile": percentile} if method == "percentile" else {})})
+
+
+def shape_program(config: ViTConfig) -> IntProgram:
+    """The program of ``config`` with nothing calibrated: its ops, constant shapes and bit widths.
+
+    Built by ``assemble_program`` from zero weights and unit activation ranges, without torch,
+    a float model or data. Every cycle and byte count of the simulators depends on these alone,
+    so they equal those of any calibrated program of the same architecture (tested); the
+    constants' values and the scales mean nothing. ``calibration`` is ``{"method": "none"}``.
+    """
+    parameters = {name: np.zeros(shape, np.float32) for name, shape in config.parameter_shapes().items()}
+    return assemble_program(config, parameters, lambda name: 1.0, {"method": "none", "images": 0})
+
+
+def assemble_program(config: ViTConfig, parameters: dict[str, np.ndarray], activation_range: Callable[[str], float],
+                     calibration: dict) -> IntProgram:
+    """The integer program of a ViT from its float parameters and calibrated activation ranges.
+
+    Parameters
+    ----------
+    config : ViTConfig
+    parameters : dict of timm parameter name -> float array
+        The float model's ``state_dict`` as numpy arrays (``ViTConfig.parameter_shapes`` names them).
+    activation_range : callable
+        The calibrated |x| bound of an activation by its name (``ActivationRanges.range``).
+    calibration : dict
+        Recorded in the program as how it was calibrated.
+    """
+    cfg = config
+    scale = lambda name: activation_range(name) / INT8_LEVELS
 
     b = _Builder()
     s_in = scale("input")
     b.tensors["input"] = TensorInfo(s_in, 8, "input")
 
     # Patch embedding: the prefix tokens share the patch scale, then the position embedding is added.
-    names = [n for n in ("cls_token", "dist_token") if hasattr(model, n)]
-    prefix = [getattr(model, n).detach().numpy().reshape(-1).astype(np.float64) for n in names]
-    s_patch = max([ranges.range("patch_embed")] + [float(np.abs(t).max()) for t in prefix]) / INT8_LEVELS
+    names = [n for n in ("cls_token", "dist_token") if n in parameters]
+    prefix = [np.asarray(parameters[n], dtype=np.float64).reshape(-1) for n in names]
+    s_patch = max([activation_range("patch_embed")] + [float(np.abs(t).max()) for t in prefix]) / INT8_LEVELS
     b.op("patchify", "patch_embed.patchify", ["input"], ["patch_embed.patches"], [TensorInfo(s_in, 8)],
          patch=cfg.patch_size)
-    w, bias = _params(model.patch_embed.proj)
+    w, bias = _params(parameters, "patch_embed.proj")
     tokens = b.linear("patch_embed.proj", "patch_embed.patches", s_in, w, bias, "patch_embed", s_patch)
     # Each concat prepends, so the distillation token goes first and the class token ends up at 0.
     for i in reversed(range(len(names))):
         token = b.const(names[i], np.rint(prefix[i] / s_patch), np.int8)
         tokens = b.op("concat_token", names[i], [tokens, token], ["tokens" if i == 0 else f"{names[i]}.tokens"],
                       [TensorInfo(s_patch, 8)])
-    pos = model.pos_embed.detach().numpy()[0].astype(np.float64)
+    pos = np.asarray(parameters["pos_embed"][0], dtype=np.float64)
     s_pos = max(float(np.abs(pos).max()), 1e-12) / INT8_LEVELS
     b.const("pos_embed", np.rint(pos / s_pos), np.int8)
     x, s_x = "embed", scale("embed")
     b.add("pos_embed", tokens, s_patch, "pos_embed", s_pos, s_x, x)
 
     head_dim_scale = cfg.head_dim**-0.5
-    for i, block in enumerate(model.blocks):
+    for i in range(cfg.depth):
         p = f"blocks.{i}"
         s_ln1 = scale(f"{p}.norm1")
-        b.layernorm(f"{p}.norm1", x, block.norm1, s_ln1, f"{p}.norm1")
+        b.layernorm(f"{p}.norm1", x, _params(parameters, f"{p}.norm1"), s_ln1, f"{p}.norm1")
 
         # Attention: q|k|v leave one matmul on three per-segment scales.
         s_q, s_k, s_v = (scale(f"{p}.attn.{part}") for part in "qkv")
-        w, bias = _params(block.attn.qkv)
+        w, bias = _params(parameters, f"{p}.attn.qkv")
         qkv_scale = np.repeat([s_q, s_k, s_v], cfg.embed_dim)
         b.linear(f"{p}.attn.qkv", f"{p}.norm1", s_ln1, w, bias, f"{p}.attn.qkv", qkv_scale)
         b.op("split_heads", f"{p}.attn.split", [f"{p}.attn.qkv"], [f"{p}.attn.{t}" for t in "qkv"],
@@ -233,15 +271,15 @@ def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = 
         b.op("merge_heads", f"{p}.attn.merge", [f"{p}.attn.av"], [f"{p}.attn.context"],
              [TensorInfo(s_ctx, 8, f"{p}.attn.context")])
         s_proj = scale(f"{p}.attn.proj")
-        w, bias = _params(block.attn.proj)
+        w, bias = _params(parameters, f"{p}.attn.proj")
         b.linear(f"{p}.attn.proj", f"{p}.attn.context", s_ctx, w, bias, f"{p}.attn.proj", s_proj)
         s_res = scale(f"{p}.residual")
         b.add(f"{p}.residual", x, s_x, f"{p}.attn.proj", s_proj, s_res, f"{p}.residual")
 
         # MLP: fc1 -> Q.10 -> GELU -> Q.21 -> INT8 -> fc2.
         s_ln2 = scale(f"{p}.norm2")
-        b.layernorm(f"{p}.norm2", f"{p}.residual", block.norm2, s_ln2, f"{p}.norm2")
-        w, bias = _params(block.mlp.fc1)
+        b.layernorm(f"{p}.norm2", f"{p}.residual", _params(parameters, f"{p}.norm2"), s_ln2, f"{p}.norm2")
+        w, bias = _params(parameters, f"{p}.mlp.fc1")
         b.linear(f"{p}.mlp.fc1", f"{p}.norm2", s_ln2, w, bias, f"{p}.mlp.fc1", 2.0**-GELU_INPUT_FRAC_BITS,
                  bits=GELU_INPUT_BITS)
         b.op("gelu", f"{p}.mlp.gelu", [f"{p}.mlp.fc1"], [f"{p}.mlp.gelu"],
@@ -250,13 +288,11 @@ def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = 
         b.requant(f"{p}.mlp.act", f"{p}.mlp.gelu", 2.0**-GELU_OUTPUT_FRAC_BITS / s_act, f"{p}.mlp.act",
                   TensorInfo(s_act, 8, f"{p}.mlp.act"))
         s_fc2 = scale(f"{p}.mlp.fc2")
-        w, bias = _params(block.mlp.fc2)
+        w, bias = _params(parameters, f"{p}.mlp.fc2")
         b.linear(f"{p}.mlp.fc2", f"{p}.mlp.act", s_act, w, bias, f"{p}.mlp.fc2", s_fc2)
         s_out = scale(p)
         x = b.add(p, f"{p}.residual", s_res, f"{p}.mlp.fc2", s_fc2, s_out, p)
         s_x = s_out
 
-    _head(b, model, x, s_x, scale)
-    return IntProgram(cfg, b.ops, b.constants, b.tensors, input_scale=s_in, output="logits",
-                      calibration={"method": method, "images": int(len(images)),
-                                   **({"percentile": percentile} if method == "percentile" else {})})
+    _head(b, cfg, parameters, x, s_x, scale)
+    return IntProgram(cfg, b.ops, b.constants, b.tensors, input_scale=s_in, output="logits", calibration=calibration)

@@ -29,8 +29,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "mnist"
-# Cycles depend only on a program's shapes and bit widths; a couple of images make calibration well defined.
-SHAPE_CALIBRATION_IMAGES = 2
 # Data sets that ship with intvit's dependencies, each with a fixed train/test split.
 BUILTIN_DATA = ("mnist", "digits")
 MAX_SEED = 2**32 - 1
@@ -264,33 +262,16 @@ def calibrated_program(args: argparse.Namespace, data: str, model: Callable[[], 
 def shape_program(args: argparse.Namespace) -> IntProgram:
     """The program a cycle-only run costs: ``--program``, else the model's shapes with nothing calibrated.
 
-    Without ``--program`` no weights are read (seeded random ones of the checkpoint's or preset's
-    architecture stand in) and no data: the model is quantised on ``SHAPE_CALIBRATION_IMAGES`` seeded
-    random images. Cycles depend only on shapes and bit widths, so they equal a calibrated program's
-    (tested on mnist and deit-tiny). The result is cached by architecture (unless ``--no-cache``), so
-    later cycle-only runs of that architecture load neither torch nor a model.
+    Without ``--program`` no weights are read (only the checkpoint's architecture), no data and
+    no float model is built: ``quant.ptq.shape_program`` assembles the program from the parameter
+    shapes, without torch, in a fraction of a second. Cycles depend only on shapes and bit widths,
+    so they equal a calibrated program's (tested on mnist and deit-tiny).
     """
-    import dataclasses
+    from intvit.quant.ptq import shape_program as program_of_shapes
 
     if getattr(args, "program", None):
         return build_program(args, load_model(args), data="")
-    spec = dataclasses.replace(model_spec(args), weights=None)
-    if getattr(args, "no_cache", False):
-        return _shape_program(spec, args.seed)
-    from intvit.cache import cached, program_key
-
-    return cached(program_key({"shapes_of": repr(spec.config)}), lambda: _shape_program(spec, args.seed), spec.config)
-
-
-def _shape_program(spec: ModelSpec, seed: int) -> IntProgram:
-    import numpy as np
-
-    from intvit.quant.ptq import quantize_model
-
-    c = spec.config
-    images = np.random.default_rng(seed).standard_normal(
-        (SHAPE_CALIBRATION_IMAGES, c.in_chans, c.img_size, c.img_size), dtype=np.float32)
-    return quantize_model(spec.build(seed), images, batch_size=SHAPE_CALIBRATION_IMAGES)
+    return program_of_shapes(model_spec(args).config)
 
 
 def compile_model(args: argparse.Namespace, config, data: str):

@@ -3,8 +3,9 @@
 The cache: a second run with the same options loads the program instead of calibrating (and
 builds no float model); every input of calibration changes the key; ``--no-cache`` bypasses it;
 entries are written atomically and a damaged or foreign entry is reported and rebuilt.
-The shape-only program: no weights and no data are read, and its cycles equal a calibrated
-program's on every op, for mnist and deit-tiny.
+The shape-only program: no weights, data or torch, nothing calibrated or cached, and its cycles,
+bytes and energy equal a calibrated program's on every op, for mnist and deit-tiny (and the compiled
+schedule's, for mnist).
 """
 
 import os
@@ -56,7 +57,8 @@ def same_program(a, b):
 
 
 def entries():
-    return sorted(cache_dir().glob("*")) if cache_dir().is_dir() else []
+    """Program entries (the MNIST pixels are cached in the same folder)."""
+    return sorted(cache_dir().glob("program-*")) if cache_dir().is_dir() else []
 
 
 # ------------------------------------------------------------------------------------------ the cache
@@ -186,37 +188,56 @@ def no_weights_no_data(monkeypatch):
     monkeypatch.setattr(intvit.quant.data, "load_dataset", refuse)
 
 
-@pytest.mark.parametrize("model, calib_size", [("mnist", 16), ("deit-tiny", 4)])
-def test_shape_program_costs_what_a_calibrated_program_does(model, calib_size, monkeypatch, no_weights_no_data):
-    args = options("--model", model, "--calib-size", str(calib_size), "--batch-size", str(calib_size))
+@pytest.mark.parametrize("model", [["mnist"], ["deit-tiny"], ["deit-tiny", "--depth", "2", "--img-size", "64",
+                                                              "--heads", "4", "--embed-dim", "64"]],
+                         ids=["mnist", "deit-tiny", "deit-tiny with overrides"])
+def test_shape_program_costs_what_a_calibrated_program_does(model, monkeypatch, no_weights_no_data):
+    from intvit.sim.energy import energy_report
+
+    args = options("--model", *model, "--calib-size", "2", "--batch-size", "2")
     shapes = shape_program(args)
     monkeypatch.undo()
     calibrated = calibrated_program(args, args.data, lambda: load_model(args))
+    assert shapes.calibration["method"] == "none" and calibrated.calibration["images"] == 2
+    assert shapes.config == calibrated.config
     assert [op.name for op in shapes.ops] == [op.name for op in calibrated.ops]
     for flow in ("os", "ws"):
         config = load_config(None).with_(matmul__dataflow=flow)
         for batch in (1, 3):
             a = simulate(shapes, config, batch=batch, functional=False)
             b = simulate(calibrated, config, batch=batch, functional=False)
-            assert [(op.name, op.cycles, op.exposed_cycles, op.dram_bytes) for op in a.ops] == \
-                   [(op.name, op.cycles, op.exposed_cycles, op.dram_bytes) for op in b.ops]
+            assert [(op.name, op.cycles, op.exposed_cycles, op.sram_bytes, op.dram_bytes) for op in a.ops] == \
+                   [(op.name, op.cycles, op.exposed_cycles, op.sram_bytes, op.dram_bytes) for op in b.ops]
             assert a.total_cycles == b.total_cycles > 0
+            assert energy_report(shapes, a).total_pj == energy_report(calibrated, b).total_pj > 0
 
 
-def test_simulate_no_functional_reads_no_weights_or_data(no_weights_no_data, calibrations, capsys):
+def test_the_compiled_schedule_of_the_shape_program_is_the_calibrated_programs():
+    from intvit.compiler.codegen import compile_program
+    from intvit.sim.schedule import program_macs, schedule
+
+    args = options(*CALIB)
+    config = load_config(None)
+    reports = []
+    for program in (shape_program(args), calibrated_program(args, args.data, lambda: load_model(args))):
+        compiled = compile_program(program, config)
+        reports.append(schedule(compiled.instructions, config, macs=program_macs(program)))
+    assert reports[0].total_cycles == reports[1].total_cycles > 0
+    assert reports[0].classes == reports[1].classes
+
+
+def test_simulate_no_functional_reads_no_weights_or_data_and_calibrates_nothing(no_weights_no_data, calibrations,
+                                                                                 capsys):
     assert main(["simulate", "--no-functional", "--data", "/no/such/dir"]) == 0
     first = capsys.readouterr().out
     assert "cycles" in first
-    assert calibrations == [None] and len(entries()) == 1      # the shape program's quantisation, no data
-    assert main(["simulate", "--no-functional"]) == 0
-    assert capsys.readouterr().out == first and calibrations == [None]
+    assert calibrations == [] and entries() == []               # built from shapes: nothing to calibrate or keep
     assert main(["simulate", "--no-functional", "--no-cache"]) == 0
-    assert capsys.readouterr().out == first and calibrations == [None, None]
+    assert capsys.readouterr().out == first and calibrations == []
 
 
-def test_a_warm_cycle_only_run_does_not_import_torch(tmp_path):
-    script = ("import sys; from intvit.cli import main; main(['simulate', '--no-functional', '--json', "
-              f"{str(tmp_path / 'r.json')!r}]); print('torch' in sys.modules)")
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-            for _ in range(2)]
-    assert [run.stdout.strip().splitlines()[-1] for run in runs] == ["True", "False"]
+def test_a_cycle_only_run_does_not_import_torch(tmp_path):
+    script = ("import sys; from intvit.cli import main; main(['simulate', '--model', 'deit-tiny', '--no-functional', "
+              f"'--json', {str(tmp_path / 'r.json')!r}]); print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "False"
