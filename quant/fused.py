@@ -23,10 +23,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from intvit.quant.gelu import gelu_value
+from intvit.quant.gelu import gelu_lane, gelu_value
 from intvit.quant.matmul import operands, product_blocks
-from intvit.quant.requant import int_range, out_dtype, requantize_value, run_parallel
-from intvit.quant.softmax import softmax_row
+from intvit.quant.requant import add32, int_range, lane_scale, out_dtype, requantize_lane, requantize_value, run_parallel
+from intvit.quant.softmax import softmax_row, softmax_row_lanes
 
 __all__ = ["BLOCK_ELEMENTS", "fusable_scale", "matmul_requant", "matmul_gelu", "matmul_softmax"]
 
@@ -65,6 +65,38 @@ def _softmax_block(acc, bias, multiplier, shift, lo, hi, stored, out):
         for j in range(n):
             scores[j] = stored(requantize_value(np.int64(acc[i, j]) + bias[j], multiplier[j], shift[j], lo, hi))
         softmax_row(scores, np.empty(n, dtype=np.int64), out[i])
+
+
+# The same chains in INT32 lanes (``requantize_lane``, ``gelu_lane``, ``softmax_row_lanes``), taken
+# when every shift is at least LANE_MIN_SHIFT and every width at most 32 (31 for GELU's input):
+# the forms a calibrated model's scales take. ``add32`` of the product and the bias cannot wrap
+# (``check_accumulator``). 2-3x less time than the int64 kernels above, which handle the rest.
+@njit(parallel=True, cache=True)
+def _requant_lanes(acc, bias, multiplier, shift32, lo, hi, out):
+    for i in prange(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            out[i, j] = requantize_lane(add32(np.int32(acc[i, j]), bias[j]), multiplier[j], shift32[j], lo, hi)
+
+
+@njit(parallel=True, cache=True)
+def _gelu_lanes(acc, bias, m1, shift1, lo1, hi1, m2, shift2, lo2, hi2, out):
+    n = acc.shape[1]
+    for i in prange(acc.shape[0]):
+        x = np.empty(n, dtype=np.int32)
+        for j in range(n):
+            x[j] = requantize_lane(add32(np.int32(acc[i, j]), bias[j]), m1[j], shift1[j], lo1, hi1)
+        for j in range(n):
+            out[i, j] = requantize_lane(gelu_lane(x[j]), m2[j], shift2[j], lo2, hi2)
+
+
+@njit(parallel=True, cache=True)
+def _softmax_lanes(acc, bias, multiplier, shift32, lo, hi, out):
+    n = acc.shape[1]
+    for i in prange(acc.shape[0]):
+        scores = np.empty(n, dtype=np.int32)
+        for j in range(n):
+            scores[j] = requantize_lane(add32(np.int32(acc[i, j]), bias[j]), multiplier[j], shift32[j], lo, hi)
+        softmax_row_lanes(scores, np.empty(n, dtype=np.int32), out[i])
 
 
 def fusable_scale(value, channels: int) -> bool:
@@ -106,6 +138,10 @@ def matmul_requant(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, multip
         Output width, as for ``requantize``.
     """
     n = np.shape(b)[-2 if transpose_b else -1]
+    lanes = lane_scale(multiplier, shift, n) if bits <= 32 else None
+    if lanes is not None:
+        return _run(a, b, bias, transpose_b, name, out_dtype(bits),
+                    lambda acc, bias, out: _requant_lanes(acc, bias, *lanes, *int_range(bits), out))
     m, s = _channels(multiplier, n), _channels(shift, n)
     return _run(a, b, bias, transpose_b, name, out_dtype(bits),
                 lambda acc, bias, out: _requant_block(acc, bias, m, s, *int_range(bits), out))
@@ -119,6 +155,11 @@ def matmul_gelu(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, scale: tu
     one for all; the rest as for ``matmul_requant``.
     """
     n = np.shape(b)[-2 if transpose_b else -1]
+    lanes = [lane_scale(*pair, n) for pair in (scale, act_scale)] if bits <= 31 and act_bits <= 32 else [None]
+    if None not in lanes:
+        return _run(a, b, bias, transpose_b, name, out_dtype(act_bits),
+                    lambda acc, bias, out: _gelu_lanes(acc, bias, *lanes[0], *int_range(bits), *lanes[1],
+                                                       *int_range(act_bits), out))
     m1, s1, m2, s2 = (_channels(v, n) for v in (*scale, *act_scale))
     stored = _store(bits)
     return _run(a, b, bias, transpose_b, name, out_dtype(act_bits),
@@ -133,6 +174,10 @@ def matmul_softmax(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, multip
     Parameters as for ``matmul_requant``; the softmax runs over the output's last axis (N).
     """
     n = np.shape(b)[-2 if transpose_b else -1]
+    lanes = lane_scale(multiplier, shift, n) if bits <= 32 else None
+    if lanes is not None:
+        return _run(a, b, bias, transpose_b, name, np.int8,
+                    lambda acc, bias, out: _softmax_lanes(acc, bias, *lanes, *int_range(bits), out))
     m, s = _channels(multiplier, n), _channels(shift, n)
     stored = _store(bits)
     return _run(a, b, bias, transpose_b, name, np.int8,

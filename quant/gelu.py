@@ -15,11 +15,11 @@ import math
 import numpy as np
 from numba import njit
 
-from intvit.quant.requant import unary_operand, unary_result
+from intvit.quant.requant import add32, mul32, shr32, sub32, unary_operand, unary_result
 
 __all__ = [
     "GELU_INPUT_FRAC_BITS", "GELU_INPUT_BITS", "GELU_OUTPUT_FRAC_BITS",
-    "ERF_CLIP", "ERF_POLY_A", "ERF_POLY_A_SHIFT", "erf_value", "gelu_value", "int_erf", "int_gelu",
+    "ERF_CLIP", "ERF_POLY_A", "ERF_POLY_A_SHIFT", "erf_value", "gelu_value", "gelu_lane", "int_erf", "int_gelu",
 ]
 
 GELU_INPUT_FRAC_BITS = 10
@@ -44,6 +44,20 @@ def erf_value(x):
 def gelu_value(x):
     """GELU of one Q.10 integer (17-bit range), in Q.21."""
     return x * (ONE + erf_value(x))
+
+
+@njit(cache=True, inline="always")
+def gelu_lane(x):
+    """``np.int32(gelu_value(x))`` (the INT32 store of GELU) for INT32 ``|x| < 2**31``, in INT32 lanes.
+
+    Every intermediate fits INT32: ``gap <= ERF_CLIP``, ``gap**2 < 2**23``, ``square * A < 2**24``;
+    the final product wraps exactly as the INT32 store of the 64-bit one does. The fused MLP
+    epilogue (``quant.fused``) calls it on requantised inputs of at most 31 bits.
+    """
+    gap = sub32(ERF_CLIP, min(abs(x), ERF_CLIP))
+    magnitude = sub32(ONE, shr32(mul32(shr32(mul32(gap, gap), GELU_INPUT_FRAC_BITS), ERF_POLY_A), ERF_POLY_A_SHIFT))
+    erf = magnitude if x > 0 else sub32(0, magnitude) if x < 0 else np.int32(0)
+    return mul32(x, add32(ONE, erf))
 
 
 # One pass over the flat operand, compiled per operand dtype on first use; the int32 store

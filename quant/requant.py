@@ -18,6 +18,8 @@ import math
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
 
 from intvit.quant.errors import IntVitError
 
@@ -26,7 +28,7 @@ __all__ = [
     "ADD_MULTIPLIER_BITS", "check_dyadic", "check_add",
     "int_range", "out_dtype", "round_shift", "clamp", "requantize_value", "as_rows", "broadcast_rows", "rounding_shift", "dyadic", "dyadic_value",
     "requantize", "int_add", "add_multipliers", "unary_operand", "unary_result", "PARALLEL_MIN_ELEMENTS",
-    "run_parallel",
+    "run_parallel", "add32", "sub32", "mul32", "shr32", "LANE_MIN_SHIFT", "lane_scale", "requantize_lane",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -113,6 +115,61 @@ def clamp(x, lo, hi):
 def requantize_value(x, multiplier, shift, lo, hi):
     """One element of ``requantize``: the requantiser's product, rounding shift and saturation."""
     return clamp(round_shift(x * multiplier, shift), lo, hi)
+
+
+# 32-bit integer arithmetic for kernels whose operands and results provably fit INT32 (each
+# caller states the bound). numba widens every integer operation to int64, and LLVM cannot narrow
+# it back where a shift or compare follows; int64 lanes take two AVX2 registers for 8 values and a
+# 64-bit multiply has no AVX2 instruction, so these keep the vectorised loops at 8 lanes.
+def _int32_operation(operation: str):
+    @intrinsic
+    def kernel(typingctx, a, b):
+        if not (isinstance(a, types.Integer) and isinstance(b, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            x, y = (context.cast(builder, v, t, types.int32) for v, t in zip(args, signature.args))
+            return getattr(builder, operation)(x, y)
+        return types.int32(a, b), codegen
+    return kernel
+
+
+add32, sub32, mul32 = _int32_operation("add"), _int32_operation("sub"), _int32_operation("mul")
+shr32 = _int32_operation("ashr")         # arithmetic; the shift must be in [0, 31]
+
+# ``requantize_lane`` takes shifts from this one up: the product shifted right by 31 (its bits
+# 31..62) fits INT32, and the rest of the rounding shift runs in INT32.
+LANE_MIN_SHIFT = 32
+
+
+def lane_scale(multiplier, shift, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A requant scale as ``requantize_lane``'s per-channel operands, or None when it has no such form.
+
+    Returns contiguous INT32 ``(multiplier, shift - LANE_MIN_SHIFT)`` of ``channels`` entries from
+    ``multiplier`` and ``shift`` given one per channel or one for all; None unless every shift is in
+    [LANE_MIN_SHIFT, MAX_SHIFT] and every multiplier in [0, 2**31).
+    """
+    multiplier, shift = (np.broadcast_to(np.asarray(v, dtype=np.int64).reshape(-1), (channels,))
+                         for v in (multiplier, shift))
+    if channels and (int(shift.min()) < LANE_MIN_SHIFT or int(shift.max()) > MAX_SHIFT
+                     or int(multiplier.min()) < 0 or int(multiplier.max()) >= 1 << MULTIPLIER_BITS):
+        return None
+    return (np.ascontiguousarray(multiplier, dtype=np.int32),
+            np.ascontiguousarray(shift - LANE_MIN_SHIFT, dtype=np.int32))
+
+
+@njit(cache=True, inline="always")
+def requantize_lane(x, multiplier, shift32, lo, hi):
+    """``requantize_value(x, multiplier, shift32 + 32, lo, hi)`` for INT32 ``x``, in INT32 lanes.
+
+    ``multiplier`` in [0, 2**31) and ``shift32`` in [0, 30] come from ``lane_scale``; ``lo, hi``
+    lie within INT32. ``round_shift(p, s) = ((p >> (s - 1)) + 1) >> 1`` and
+    ``p >> (s - 1) = (p >> 31) >> (s - 32)`` (floors of floors); ``|p| < 2**62``, so ``p >> 31``
+    fits INT32, and the 32 x 32 -> 64 product is one ``vpmuldq`` on AVX2.
+    """
+    high = np.int32((np.int64(x) * np.int64(multiplier)) >> (LANE_MIN_SHIFT - 1))
+    y = shr32(add32(shr32(high, shift32), 1), 1)
+    return min(max(y, np.int32(lo)), np.int32(hi))
 
 
 # Operand dtypes of the element-wise kernels of the other modules, narrowest first.

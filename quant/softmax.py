@@ -22,12 +22,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from intvit.quant.requant import INT8_MAX, as_rows, round_shift, run_parallel, unary_operand, unary_result
+from intvit.quant.requant import (INT8_MAX, INT32_MIN, add32, as_rows, mul32, round_shift, run_parallel, shr32, sub32,
+                                  unary_operand, unary_result)
 
 __all__ = [
     "SOFTMAX_INPUT_FRAC_BITS", "SOFTMAX_OUTPUT_FRAC_BITS", "EXP_LN2", "EXP_POLY_A", "EXP_POLY_A_SHIFT",
     "EXP_POLY_B", "EXP_POLY_C", "EXP_N_MAX", "EXP_DIV_MULT", "EXP_DIV_SHIFT", "SOFTMAX_RECIP_BITS",
-    "exp_value", "int_exp", "int_softmax", "softmax_row",
+    "exp_value", "exp_lane", "int_exp", "int_softmax", "softmax_row", "softmax_row_lanes",
 ]
 
 SOFTMAX_INPUT_FRAC_BITS = 12                   # Q.12 scores: 1/4096 resolution, +-2**19 range
@@ -57,6 +58,44 @@ def exp_value(d):
     poly = (((s * s) >> SOFTMAX_INPUT_FRAC_BITS) * EXP_POLY_A >> EXP_POLY_A_SHIFT) + EXP_POLY_C
     poly = min(poly, ONE)                                # exp(r) <= 1: keeps e monotonic across q steps
     return (poly + ((1 << q) >> 1)) >> q                 # rounded: a floor would bias row sums low
+
+
+@njit(cache=True, inline="always")
+def exp_lane(n):
+    """``exp_value(-n)`` for ``0 <= n <= EXP_N_MAX`` (INT32), in INT32 lanes.
+
+    On that range ``n * EXP_DIV_MULT < 2**33`` is a 32 x 32 -> 64 multiply whose bits 28..59
+    give ``q <= 15``; ``r + EXP_POLY_B <= 5542`` squares below 2**25, ``(s*s >> 12) * A < 2**26``,
+    and ``poly + 2**q`` below 2**13: every other step fits INT32.
+    """
+    q = np.int32((np.int64(n) * EXP_DIV_MULT) >> EXP_DIV_SHIFT)
+    s = add32(sub32(mul32(q, EXP_LN2), n), EXP_POLY_B)
+    poly = add32(shr32(mul32(shr32(mul32(s, s), SOFTMAX_INPUT_FRAC_BITS), EXP_POLY_A), EXP_POLY_A_SHIFT), EXP_POLY_C)
+    poly = min(poly, np.int32(ONE))
+    return shr32(add32(poly, shr32(np.int32(1) << q, 1)), q)
+
+
+@njit(cache=True, inline="always")
+def softmax_row_lanes(x, e, out):
+    """``softmax_row`` of INT32 scores ``x``, in INT32 lanes; ``e`` an INT32 buffer of the row's length.
+
+    ``n = peak - max(x, floor)`` with ``floor = max(peak - EXP_N_MAX, INT32_MIN)`` is
+    ``min(peak - x, EXP_N_MAX)`` without leaving INT32. The total of at most 4096 per element
+    is summed in int64; ``e * recip <= 4096 * 2**30 // total <= 2**30`` since ``total >= e``.
+    """
+    length = x.shape[0]
+    peak = x[0]
+    for j in range(1, length):
+        peak = max(peak, x[j])
+    floor = np.int32(max(np.int64(peak) - EXP_N_MAX, INT32_MIN))
+    total = np.int64(0)
+    for j in range(length):
+        e[j] = exp_lane(sub32(peak, max(x[j], floor)))
+        total += e[j]
+    recip = np.int32((np.int64(1) << SOFTMAX_RECIP_BITS) // total)
+    shift = SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS
+    for j in range(length):
+        out[j] = min(shr32(add32(shr32(mul32(e[j], recip), shift - 1), 1), 1), np.int32(INT8_MAX))
 
 
 @njit(cache=True)

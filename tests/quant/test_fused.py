@@ -1,13 +1,14 @@
 """Fused matmul epilogues equal the separate ops bit for bit, and the executor uses them."""
 
 import numpy as np
+import pytest
 
 from intvit.quant import fused
 from intvit.quant.executor import FUSED, KERNELS, run_program
 from intvit.quant.fused import fusable_scale, matmul_gelu, matmul_requant, matmul_softmax
 from intvit.quant.gelu import GELU_INPUT_BITS, int_gelu
 from intvit.quant.matmul import FLOAT32_EXACT_DEPTH, int_matmul
-from intvit.quant.requant import MAX_SHIFT, dyadic, requantize
+from intvit.quant.requant import LANE_MIN_SHIFT, MAX_SHIFT, dyadic, requantize
 from intvit.quant.softmax import int_softmax
 
 
@@ -70,6 +71,53 @@ def test_thousands_of_random_cases_match_the_separate_ops(monkeypatch):
         assert got.dtype == np.int8 and np.array_equal(got, int_softmax(requantize(acc, m3, s3, 32))), case
         vectors += 3 * got.size
     assert vectors > 100_000
+
+
+@pytest.mark.parametrize("lanes", [True, False], ids=["int32-lanes", "int64"])
+def test_both_kernel_forms_match_the_separate_ops(monkeypatch, lanes):
+    # Scales with every shift >= LANE_MIN_SHIFT run the INT32-lane kernels; a shift below it on one
+    # channel, or a width above 32 (31 for GELU's input), the int64 ones. Counted, so each form runs.
+    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 257)
+    calls = {name: 0 for name in ("_requant_lanes", "_gelu_lanes", "_softmax_lanes",
+                                  "_requant_block", "_gelu_block", "_softmax_block")}
+    for name in calls:
+        original = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *args, name=name, original=original:
+                            calls.__setitem__(name, calls[name] + 1) or original(*args))
+    rng = np.random.default_rng(11 + lanes)
+
+    def draw(n, low, high):
+        m, s = scale(rng, n, low, high)
+        if lanes:
+            s = np.maximum(s, LANE_MIN_SHIFT).astype(np.int8)
+        else:
+            s = s.copy()
+            s[rng.integers(s.size)] = rng.integers(1, LANE_MIN_SHIFT)
+        return m, s
+
+    for case in range(24):
+        a, b, bias, transpose_b, n, depth = operands(rng, case)
+        acc = int_matmul(a, b, bias, transpose_b=transpose_b)
+        spread = np.log2(np.sqrt(depth) * (1 << 14) + 1)
+        bits = int(rng.choice([8, 16, 17, 32] if lanes else [8, 32, 33]))
+        m, s = draw(n, -spread - 2, 8 - spread)
+        expected = requantize(acc, m, s, bits)
+        got = matmul_requant(a, b, bias, m, s, bits, transpose_b=transpose_b)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected), case
+
+        gelu_bits = GELU_INPUT_BITS if lanes or rng.integers(2) else 32
+        m1, s1 = draw(n, gelu_bits - 1 - spread - 2, gelu_bits - 1 - spread + 2)
+        m2, s2 = draw(n, -24, -12)
+        got = matmul_gelu(a, b, bias, (m1, s1), gelu_bits, (m2, s2), 8, transpose_b=transpose_b)
+        expected = requantize(int_gelu(requantize(acc, m1, s1, gelu_bits)), m2, s2, 8)
+        assert got.dtype == np.int8 and np.array_equal(got, expected), case
+
+        m3, s3 = draw(1, 14 - spread, 22 - spread)
+        got = matmul_softmax(a, b, bias, m3, s3, 32, transpose_b=transpose_b)
+        assert np.array_equal(got, int_softmax(requantize(acc, m3, s3, 32))), case
+    ran = {name for name, count in calls.items() if count}
+    assert ran == ({"_requant_lanes", "_gelu_lanes", "_softmax_lanes"} if lanes else
+                   {"_requant_block", "_gelu_block", "_softmax_block"}), calls
 
 
 def test_tiny_scales_and_saturated_scores():
