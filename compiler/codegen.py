@@ -22,6 +22,7 @@ do early (the next B region's loads) is emitted early.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -388,7 +389,7 @@ class _Compiler:
         resident_b = b_whole or cols_outer
         epochs = [(h, [(g0, rb) for rb in range(n_rb)]) for h in range(heads) for g0 in groups] if cols_outer else \
             [(h, [(g0, rb) for rb in range(n_rb) for g0 in groups]) for h in range(heads)]
-        staged = None
+        staged = finish = None
         for e, (h, order) in enumerate(epochs):
             if e == 0 or epochs[e - 1][0] != h:
                 a = a_all if isinstance(a_all, PatchSource) else a_all.matrix(h)
@@ -410,6 +411,9 @@ class _Compiler:
                 cols = min(cbs * c_, n - g0 * c_)
                 params = self.params_for(op, [(blk, g0 * c_, cbs * c_) for blk in blocks])
                 acc_base, acc_keys = self.buffers.ring(r_ * cbs)
+                if finish is not None and finish.keywords["acc_base"] < acc_base + r_ * cbs and \
+                        acc_base < finish.keywords["acc_base"] + finish.keywords["words"]:
+                    finish = finish()                    # this tile overwrites the previous one's
                 for kc in range(n_kc):
                     k0, kl = kc * k_chunk, min(k_chunk, k - kc * k_chunk)
                     a_off, a_keys = self._operand(a_loaded, (rb, kc), a_region, rb * a_pitch + k0, kl, Memory.A,
@@ -426,26 +430,40 @@ class _Compiler:
                         self.out.emit(Opcode.MATMUL, reads=a_keys + b_keys + p_keys, writes=acc_keys,
                                       accumulate=int(kc > 0), bias=int(bias), a_addr=a_off, b_addr=b_off, k=kl,
                                       acc_addr=acc_base + cb - g0, acc_stride=cbs, param_addr=p_off + (cb - g0) * c_)
-                result = op.output
-                for step in chain:
-                    p_off, p_keys = params.get((f"{step.name}.params", g0 * c_, cbs * c_), (0, ()))
-                    src, src_b, o_keys = acc_base, 0, ()
-                    if step.kind == "add":
-                        other = next(name for name in step.inputs if name != result)
-                        o_base, o_keys = self.buffers.ring(r_ * cbs)
-                        self.load_rows(o_keys, other, mem.places[other].matrix(), m0, rows, g0 * c_, cols, o_base, cbs)
-                        src, src_b = (o_base, acc_base) if step.inputs[0] == other else (acc_base, o_base)
-                    self.out.emit(VECTOR_OPCODES[step.kind], reads=acc_keys + o_keys + p_keys, writes=acc_keys,
-                                  width=REQUANT_WIDTHS.index(step.attrs["bits"]) if step.kind == "requant" else 0,
-                                  src=src, src_b=src_b, dst=acc_base, rows=rows, length=cols, stride=cbs,
-                                  param_addr=p_off)
-                    result = step.output
-                self.store_rows(acc_keys, final, out, m0, rows, g0 * c_, cols, acc_base, cbs)
+                # The tile's element-wise steps and STORE follow the next tile's MATMULs, so that
+                # the array computes that tile while the vector units work on this one.
+                if finish is not None:
+                    finish = finish()
+                finish = functools.partial(self._finish_tile, op, chain, params, g0, m0, rows, cbs, cols, out, final,
+                                           acc_base=acc_base, words=r_ * cbs, acc_keys=acc_keys)
+                if any(step.kind == "add" for step in chain):     # its operand's ACC tile is not planned ahead
+                    finish = finish()
                 for load in prefetch.get(tile, ()):
                     load()
+        if finish is not None:
+            finish()
         if deferred is not None:
             self.out.current = deferred.name
             self.vector(deferred, [])
+
+    def _finish_tile(self, op: Op, chain: list[Op], params: dict, g0: int, m0: int, rows: int, cbs: int, cols: int,
+                     out: Place, final: str, *, acc_base: int, words: int, acc_keys: tuple) -> None:
+        """A matmul tile's chain of element-wise steps over its ACC words, then its STORE."""
+        c_ = self.geo.cols
+        result = op.output
+        for step in chain:
+            p_off, p_keys = params.get((f"{step.name}.params", g0 * c_, cbs * c_), (0, ()))
+            src, src_b, o_keys = acc_base, 0, ()
+            if step.kind == "add":
+                other = next(name for name in step.inputs if name != result)
+                o_base, o_keys = self.buffers.ring(words)
+                self.load_rows(o_keys, other, self.memory.places[other].matrix(), m0, rows, g0 * c_, cols, o_base, cbs)
+                src, src_b = (o_base, acc_base) if step.inputs[0] == other else (acc_base, o_base)
+            self.out.emit(VECTOR_OPCODES[step.kind], reads=acc_keys + o_keys + p_keys, writes=acc_keys,
+                          width=REQUANT_WIDTHS.index(step.attrs["bits"]) if step.kind == "requant" else 0,
+                          src=src, src_b=src_b, dst=acc_base, rows=rows, length=cols, stride=cbs, param_addr=p_off)
+            result = step.output
+        self.store_rows(acc_keys, final, out, m0, rows, g0 * c_, cols, acc_base, cbs)
 
     def _prefetch_b(self, op: Op, epoch, staged, steps: int, b_all, transpose_b: bool, n: int, k: int,
                     k_chunk: int, cols_outer: bool, group: int, b_pitch: int) -> dict[int, list]:

@@ -62,8 +62,9 @@ TIMELINE_UNIT = {
     Opcode.SYNC: "control", Opcode.END: "control",
 }
 # What bound a start or a dispatch: the fetch burst's arrival, the previous dispatch (or, for a
-# start, its own dispatch), the module's previous instruction, a token's push, a full queue.
-_FETCHED, _DISPATCHED, _MODULE, _TOKEN, _QUEUE_FULL = range(5)
+# start, its own dispatch), the module's previous instruction, a token's push, a full queue,
+# the previous compute instruction's issue (one a cycle).
+_FETCHED, _DISPATCHED, _MODULE, _TOKEN, _QUEUE_FULL, _ISSUED = range(6)
 # Token counters by (producer queue, consumer queue); which flag pushes and which pops.
 COUNTERS = ((Queue.LOAD, Queue.COMPUTE), (Queue.COMPUTE, Queue.LOAD), (Queue.COMPUTE, Queue.STORE),
             (Queue.STORE, Queue.COMPUTE))
@@ -145,7 +146,12 @@ class ScheduleReport:
             if kind == "start":
                 by, j = c.start_by[i]
                 if by in (_MODULE, _TOKEN):
+                    if end[j] < start[i]:        # a push at retirement, or room in the reorder buffer
+                        path.append((int(end[j]), int(start[i]), "control", parts[i]))
                     path.append((int(start[j]), int(end[j]), unit[j], parts[j]))
+                    i = int(j)
+                elif by == _ISSUED:
+                    path.append((int(start[j]), int(start[i]), "control", parts[i]))
                     i = int(j)
                 else:
                     path.append((int(c.dispatch[i]), int(start[i]), "control", parts[i]))
@@ -310,7 +316,7 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
     # The compute module: when each slot is idle again (and the instruction that ran there),
     # the previous compute instruction's start, and every compute instruction's retirement.
     slot_free = {slot: (0, -1) for slot in Slot}
-    last_issue, retired = -1, []
+    last_issue, issuer, retired = -1, -1, []
     pushes: dict[tuple, list[int]] = {c: [] for c in COUNTERS}     # completion cycles, in push order
     pushers: dict[tuple, list[int]] = {c: [] for c in COUNTERS}    # and the pushing instructions
     pops: dict[tuple, list[int]] = {c: [] for c in COUNTERS}
@@ -337,7 +343,7 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
         if queue == Queue.COMPUTE:
             slot = SLOT_OF[ins.opcode]
             if last_issue + 1 > s:
-                s, sby = last_issue + 1, (_DISPATCHED, i)
+                s, sby = last_issue + 1, (_ISSUED, issuer)
             waits = [slot, Slot.CONTROL] if f.get("overlap") else list(Slot)
             for other in waits:
                 free, by = slot_free[other]
@@ -361,7 +367,7 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
         start_by[i] = sby
         done, completer = int(end[i]), i
         if queue == Queue.COMPUTE:
-            slot_free[slot], last_issue = (done, i), s
+            slot_free[slot], last_issue, issuer = (done, i), s, i
             if retired and retired[-1][0] + 1 > done:
                 done, completer = retired[-1][0] + 1, retired[-1][1]
             retired.append((done, completer))
