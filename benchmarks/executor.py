@@ -12,8 +12,8 @@ kind and lists the slowest ops, to show which kernel dominates.
 
 Both sides get the same threads: torch's intra-op pool, numba's prange pool and numpy's BLAS
 (OpenBLAS, through threadpoolctl). ``--isa avx2`` re-runs the script with every library held to
-AVX2 (no AVX-512, no VNNI/AMX), the instruction set of the AMD EPYC machines this project also
-runs on. On a shared machine a busy core stalls every multi-threaded op, so say how loaded it was:
+AVX2 (no AVX-512, no VNNI/AMX), numba's integer kernels included, the instruction set of the AMD
+EPYC machines this project also runs on. On a shared machine a busy core stalls every multi-threaded op, so say how loaded it was:
 the load average is printed before and after, and the CPU time of each side next to its wall time.
 """
 
@@ -32,9 +32,10 @@ TARGET_RATIO = 1.2
 CALIBRATION_IMAGES = 4
 CALIBRATION_TIMED_IMAGES = 32            # calibration pass vs plain forward, batches of 16
 SLOWEST_OPS = 12
-# Environment that holds torch (ATen, oneDNN, MKL) and numpy's OpenBLAS to AVX2 kernels.
+# Environment that holds torch (ATen, oneDNN, MKL), numpy's OpenBLAS and numba's LLVM to AVX2 code
+# (numba compiles for a Haswell, AVX2 + FMA, and caches those kernels apart from the host's).
 AVX2_ENVIRONMENT = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-                    "OPENBLAS_CORETYPE": "Haswell"}
+                    "OPENBLAS_CORETYPE": "Haswell", "NUMBA_CPU_NAME": "haswell"}
 
 
 def cpu_name() -> str:
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[int, int], tuple[float, fl
     shape = (config.in_chans, config.img_size, config.img_size)
     program = quantize_model(model, rng.normal(size=(CALIBRATION_IMAGES, *shape)).astype(np.float32))
 
-    print(f"{MODEL} on {cpu_name()}, kernels {args.isa} (torch: {torch.backends.cpu.get_cpu_capability()}), "
+    print(f"{MODEL} on {cpu_name()}, kernels {args.isa} (torch: {torch.backends.cpu.get_cpu_capability()}, "
+          f"numba: {numba.config.CPU_NAME or 'host'}), "
           f"median of {args.repeats} after a warm-up; load average {os.getloadavg()[0]:.2f} before")
     print(f"{'threads':>7}  {'batch':>5}  {'float ms/img':>12}  {'integer ms/img':>14}  {'ratio':>6}  "
           f"{'':<13}  {'CPU ms/img: float':>17}  {'integer':>7}  {'ratio':>6}")

@@ -87,20 +87,22 @@ def execute_op(op: Op, env: dict[str, np.ndarray], constants: dict[str, np.ndarr
     return result if isinstance(result, tuple) else (result,)
 
 
-def _matmul_arguments(chain):
+def _matmul_arguments(chain, cache):
     mm = chain[0]
-    return {"transpose_b": bool(mm.attrs.get("transpose_b")), "name": mm.name}
+    return {"transpose_b": bool(mm.attrs.get("transpose_b")), "name": mm.name, "cache": cache}
 
 
-# Op chains run as one kernel: kinds -> kernel(chain, a, b, bias, scales), scales being the
-# (multiplier, shift) pair of each requant in the chain.
+# Op chains run as one kernel: kinds -> kernel(chain, a, b, bias, scales, cache), scales being the
+# (multiplier, shift) pair of each requant in the chain, cache whether b and the scales are
+# constants of the program (their float32 and lane forms are then kept between passes).
 FUSED: dict[tuple[str, ...], Callable] = {
-    ("matmul", "requant"): lambda chain, a, b, bias, scales: matmul_requant(
-        a, b, bias, *scales[0], chain[1].attrs["bits"], **_matmul_arguments(chain)),
-    ("matmul", "requant", "gelu", "requant"): lambda chain, a, b, bias, scales: matmul_gelu(
-        a, b, bias, scales[0], chain[1].attrs["bits"], scales[1], chain[3].attrs["bits"], **_matmul_arguments(chain)),
-    ("matmul", "requant", "softmax"): lambda chain, a, b, bias, scales: matmul_softmax(
-        a, b, bias, *scales[0], chain[1].attrs["bits"], **_matmul_arguments(chain)),
+    ("matmul", "requant"): lambda chain, a, b, bias, scales, cache: matmul_requant(
+        a, b, bias, *scales[0], chain[1].attrs["bits"], **_matmul_arguments(chain, cache)),
+    ("matmul", "requant", "gelu", "requant"): lambda chain, a, b, bias, scales, cache: matmul_gelu(
+        a, b, bias, scales[0], chain[1].attrs["bits"], scales[1], chain[3].attrs["bits"],
+        **_matmul_arguments(chain, cache)),
+    ("matmul", "requant", "softmax"): lambda chain, a, b, bias, scales, cache: matmul_softmax(
+        a, b, bias, *scales[0], chain[1].attrs["bits"], **_matmul_arguments(chain, cache)),
 }
 
 
@@ -135,7 +137,10 @@ def _run_fused(chain: list[Op], env: dict[str, np.ndarray], constants: dict[str,
     if not all(fusable_scale(value, channels) for pair in scales for value in pair):
         return False
     kernel = FUSED[tuple(op.kind for op in chain)]
-    env[chain[-1].output] = kernel(chain, a, b, bias[0] if bias else None, scales)
+    # The weight and the scales are the program's own (a 4-D b, attention's K or V, is never cached).
+    cache = (chain[0].inputs[1] in constants or np.ndim(b) != 2) and all(
+        name in constants for op in chain[1:] for name in op.inputs[1:])
+    env[chain[-1].output] = kernel(chain, a, b, bias[0] if bias else None, scales, cache)
     return True
 
 
@@ -156,6 +161,12 @@ def run_program(program: IntProgram, x: np.ndarray, *, collect: bool = False,
     Returns
     -------
     INT32 logits (B, classes), and the dict of tensors when ``collect``.
+
+    Notes
+    -----
+    The fused chains keep the float32 form of each weight and the lane form of each scale between
+    passes (``quant.matmul.derived``); those constant arrays are made read-only, so that writing
+    into one raises rather than leaving a stale copy: replace a constant, do not edit it in place.
     """
     if x.dtype != np.int8:
         raise IntVitError(f"run_program takes int8 images from IntProgram.quantize_input, got {x.dtype}")

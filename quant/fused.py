@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from intvit.quant.gelu import gelu_lane, gelu_value
-from intvit.quant.matmul import operands, product_blocks
+from intvit.quant.matmul import derived, float_weights, operands, product_blocks
 from intvit.quant.requant import add32, int_range, lane_scale, out_dtype, requantize_lane, requantize_value, run_parallel
 from intvit.quant.softmax import softmax_row, softmax_row_lanes
 
@@ -110,24 +110,30 @@ def _channels(value, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(np.asarray(value, dtype=np.int64).reshape(-1), (n,)))
 
 
+def _lanes(multiplier, shift, n: int, cache: bool):
+    # ``lane_scale``, made once per pair of a program's arrays when ``cache``.
+    make = lambda: lane_scale(multiplier, shift, n)
+    return derived(f"lane scale of {n}", (multiplier, shift), make) if cache else make()
+
+
 def _store(bits: int):
     # The numba scalar type that ``requantize`` stores a ``bits``-wide result as.
     return {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}[out_dtype(bits).itemsize]
 
 
-def _run(a, b, bias, transpose_b, name, dtype, block):
+def _run(a, b, bias, transpose_b, name, dtype, block, cache):
     """Checked operands, then ``block(products, bias, out_rows)`` per block; the (..., M, N) result."""
     a3, b3, bias, lead = operands(a, b, bias, transpose_b, name)
     p, m, _ = a3.shape
     n = b3.shape[1]
     out = np.empty((p * m, n), dtype=dtype)
-    for start, products in product_blocks(a3, b3, BLOCK_ELEMENTS):
+    for start, products in product_blocks(a3, b3, BLOCK_ELEMENTS, float_weights(b, transpose_b) if cache else None):
         run_parallel(block, out.size, products, bias, out[start:start + len(products)])
     return out.reshape(*lead, m, n)
 
 
 def matmul_requant(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, multiplier, shift, bits: int, *,
-                   transpose_b: bool = False, name: str = "matmul") -> np.ndarray:
+                   transpose_b: bool = False, name: str = "matmul", cache: bool = False) -> np.ndarray:
     """``requantize(int_matmul(a, b, bias, ...), multiplier, shift, bits)``, bit for bit.
 
     Parameters
@@ -136,49 +142,53 @@ def matmul_requant(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, multip
     multiplier, shift : integer scale, one per output channel ``(N,)`` or one for all
     bits : int
         Output width, as for ``requantize``.
+    cache : bool
+        ``b`` (when 2-D) and the scales are a program's constants: their float32 and lane forms are
+        kept from call to call (``quant.matmul.derived``), and the arrays made read-only.
     """
     n = np.shape(b)[-2 if transpose_b else -1]
-    lanes = lane_scale(multiplier, shift, n) if bits <= 32 else None
+    lanes = _lanes(multiplier, shift, n, cache) if bits <= 32 else None
     if lanes is not None:
         return _run(a, b, bias, transpose_b, name, out_dtype(bits),
-                    lambda acc, bias, out: _requant_lanes(acc, bias, *lanes, *int_range(bits), out))
+                    lambda acc, bias, out: _requant_lanes(acc, bias, *lanes, *int_range(bits), out), cache)
     m, s = _channels(multiplier, n), _channels(shift, n)
     return _run(a, b, bias, transpose_b, name, out_dtype(bits),
-                lambda acc, bias, out: _requant_block(acc, bias, m, s, *int_range(bits), out))
+                lambda acc, bias, out: _requant_block(acc, bias, m, s, *int_range(bits), out), cache)
 
 
 def matmul_gelu(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, scale: tuple, bits: int,
-                act_scale: tuple, act_bits: int, *, transpose_b: bool = False, name: str = "matmul") -> np.ndarray:
+                act_scale: tuple, act_bits: int, *, transpose_b: bool = False, name: str = "matmul",
+                cache: bool = False) -> np.ndarray:
     """``requantize(int_gelu(requantize(int_matmul(a, b, bias), *scale, bits)), *act_scale, act_bits)``.
 
     ``scale`` and ``act_scale`` are ``(multiplier, shift)`` pairs, each one per output channel or
     one for all; the rest as for ``matmul_requant``.
     """
     n = np.shape(b)[-2 if transpose_b else -1]
-    lanes = [lane_scale(*pair, n) for pair in (scale, act_scale)] if bits <= 31 and act_bits <= 32 else [None]
+    lanes = [_lanes(*pair, n, cache) for pair in (scale, act_scale)] if bits <= 31 and act_bits <= 32 else [None]
     if None not in lanes:
         return _run(a, b, bias, transpose_b, name, out_dtype(act_bits),
                     lambda acc, bias, out: _gelu_lanes(acc, bias, *lanes[0], *int_range(bits), *lanes[1],
-                                                       *int_range(act_bits), out))
+                                                       *int_range(act_bits), out), cache)
     m1, s1, m2, s2 = (_channels(v, n) for v in (*scale, *act_scale))
     stored = _store(bits)
     return _run(a, b, bias, transpose_b, name, out_dtype(act_bits),
                 lambda acc, bias, out: _gelu_block(acc, bias, m1, s1, *int_range(bits), m2, s2, *int_range(act_bits),
-                                                   stored, out))
+                                                   stored, out), cache)
 
 
 def matmul_softmax(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, multiplier, shift, bits: int, *,
-                   transpose_b: bool = False, name: str = "matmul") -> np.ndarray:
+                   transpose_b: bool = False, name: str = "matmul", cache: bool = False) -> np.ndarray:
     """``int_softmax(requantize(int_matmul(a, b, bias, ...), multiplier, shift, bits))``: INT8 Q.7 rows.
 
     Parameters as for ``matmul_requant``; the softmax runs over the output's last axis (N).
     """
     n = np.shape(b)[-2 if transpose_b else -1]
-    lanes = lane_scale(multiplier, shift, n) if bits <= 32 else None
+    lanes = _lanes(multiplier, shift, n, cache) if bits <= 32 else None
     if lanes is not None:
         return _run(a, b, bias, transpose_b, name, np.int8,
-                    lambda acc, bias, out: _softmax_lanes(acc, bias, *lanes, *int_range(bits), out))
+                    lambda acc, bias, out: _softmax_lanes(acc, bias, *lanes, *int_range(bits), out), cache)
     m, s = _channels(multiplier, n), _channels(shift, n)
     stored = _store(bits)
     return _run(a, b, bias, transpose_b, name, np.int8,
-                lambda acc, bias, out: _softmax_block(acc, bias, m, s, *int_range(bits), stored, out))
+                lambda acc, bias, out: _softmax_block(acc, bias, m, s, *int_range(bits), stored, out), cache)

@@ -30,6 +30,8 @@ instead of 4129024 for 256 products of 127 * 127.
 from __future__ import annotations
 
 import sys
+import weakref
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit, prange
@@ -38,7 +40,7 @@ from intvit.quant.errors import IntVitError
 from intvit.quant.requant import INT8_MIN, INT32_MAX
 
 __all__ = ["int_matmul", "int_matmul_reference", "check_accumulator", "operands", "product_blocks", "MAX_PRODUCT",
-           "FLOAT32_EXACT_DEPTH"]
+           "FLOAT32_EXACT_DEPTH", "derived", "float_weights"]
 
 MAX_PRODUCT = INT8_MIN * INT8_MIN   # 2**14, the largest |a * b| of two INT8 values
 
@@ -82,6 +84,43 @@ def _matmul_kernel(a, b_t, bias, out):
             out[p, i, j] = acc
 
 
+# Forms derived from a program's constant arrays (float32 weights, lane scales), made once per array
+# object: converting DeiT-Tiny's 5.7M weights to float32 on every pass cost ~2 ms of a ~30 ms
+# batch-1 pass. Arrays are not hashable, so entries are keyed by id and dropped when an array dies;
+# the arrays are made read-only, so a later write through them raises instead of leaving a stale
+# form. Callers use it for a program's constants only (the executor), never for views of memory
+# that other code writes.
+_DERIVED: dict[tuple, tuple[tuple, object]] = {}
+
+
+def derived(tag: str, arrays: tuple, make: Callable[[], object]) -> object:
+    """``make()``, computed once for this ``tag`` and these array objects while they live.
+
+    If anything in ``arrays`` is not a numpy array (a Python int scale), nothing is cached:
+    ``make()`` runs every call. Cached arrays are made read-only.
+    """
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return make()
+    key = (tag, *map(id, arrays))
+    entry = _DERIVED.get(key)
+    if entry is not None and all(ref() is a for ref, a in zip(entry[0], arrays)):
+        return entry[1]
+    value = make()
+    for a in arrays:
+        a.flags.writeable = False
+    drop = lambda _, key=key: _DERIVED.pop(key, None)
+    _DERIVED[key] = (tuple(weakref.ref(a, drop) for a in arrays), value)
+    return value
+
+
+def float_weights(b: np.ndarray, transpose_b: bool) -> np.ndarray | None:
+    """A 2-D INT8 weight as the float32 (K, N) operand of ``product_blocks``, cached per array; None if not 2-D."""
+    if np.ndim(b) != 2:
+        return None
+    return derived(f"float32 (K, N), transpose_b={transpose_b}", (b,),
+                   lambda: (b.T if transpose_b else b).astype(np.float32))
+
+
 def _gemm(a_f: np.ndarray, b_f: np.ndarray) -> np.ndarray:
     # The float32 GEMM of a loaded torch, else numpy's (see the module docstring).
     torch = sys.modules.get("torch")
@@ -104,7 +143,7 @@ def _exact_products(a_f: np.ndarray, b_f: np.ndarray) -> np.ndarray:
     return out
 
 
-def product_blocks(a3: np.ndarray, b3: np.ndarray, block_elements: int):
+def product_blocks(a3: np.ndarray, b3: np.ndarray, block_elements: int, b_float: np.ndarray | None = None):
     """Exact INT8 products of ``a3 @ b3^T`` in blocks of whole rows, for a pass that uses them at once.
 
     Parameters
@@ -113,6 +152,8 @@ def product_blocks(a3: np.ndarray, b3: np.ndarray, block_elements: int):
     b3 : int8 (Pb, N, K) with Pb in {1, P}
     block_elements : int
         Products per block, at least one row (or one matrix when ``b3`` differs per ``p``).
+    b_float : float32 (K, N), optional
+        ``b3[0].T`` as float32 when Pb is 1 (``float_weights``), so that it is not converted again.
 
     Yields
     ------
@@ -123,7 +164,7 @@ def product_blocks(a3: np.ndarray, b3: np.ndarray, block_elements: int):
     n = b3.shape[1]
     if b3.shape[0] == 1:
         rows = a3.reshape(p * m, depth)                                 # (P*M, K)
-        b_f = b3[0].T.astype(np.float32)                                # (K, N)
+        b_f = b3[0].T.astype(np.float32) if b_float is None else b_float   # (K, N)
         step = max(1, block_elements // max(n, 1))
         for start in range(0, p * m, step):
             yield start, _exact_products(rows[start:start + step].astype(np.float32), b_f)

@@ -203,16 +203,32 @@ def unary_result(flat: np.ndarray, x):
 PARALLEL_MIN_ELEMENTS = 1 << 20
 
 
+def _thread_controls():
+    # numba's public get/set_num_threads take two locks each time (5 us a call, ~600 calls a
+    # DeiT-Tiny pass); once the pool is up, the threading layer's own getter and setter are what
+    # they call. Both public ones are kept where a numba release lacks those attributes.
+    numba.get_num_threads()                                     # launches the pool
+    layer = numba.np.ufunc.parallel
+    get, set_ = getattr(layer, "_get_num_threads", None), getattr(layer, "_set_num_threads", None)
+    return (get, set_) if callable(get) and callable(set_) else (numba.get_num_threads, numba.set_num_threads)
+
+
+_THREADS: list = []
+
+
 def run_parallel(kernel, elements: int, *args):
     """``kernel(*args)``, on one numba thread when ``elements`` is below ``PARALLEL_MIN_ELEMENTS``."""
-    threads = numba.get_num_threads()
+    if not _THREADS:
+        _THREADS.extend(_thread_controls())
+    get_threads, set_threads = _THREADS
+    threads = get_threads()
     if elements >= PARALLEL_MIN_ELEMENTS or threads == 1:
         return kernel(*args)
-    numba.set_num_threads(1)
+    set_threads(1)
     try:
         return kernel(*args)
     finally:
-        numba.set_num_threads(threads)
+        set_threads(threads)
 
 
 # Element-wise kernels run over rows of the broadcast operands in parallel, writing the

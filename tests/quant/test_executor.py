@@ -32,7 +32,7 @@ QUANTISATION_TIME = {
     quant.layernorm: {"layernorm_divisors"},
     # The float32 GEMM carries integers exactly (the bound is quant.matmul.FLOAT32_EXACT_DEPTH,
     # tested bit for bit against the INT32 reference kernel in test_matmul).
-    quant.matmul: {"_blas_products", "product_blocks"},
+    quant.matmul: {"_blas_products", "product_blocks", "float_weights"},
 }
 KERNEL_MODULES = (quant.executor, quant.requant, quant.matmul, quant.softmax, quant.gelu, quant.layernorm, quant.pool,
                   quant.fused)

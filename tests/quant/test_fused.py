@@ -179,3 +179,15 @@ def test_a_requant_scale_of_another_form_runs_the_ops_one_by_one(build_small_pro
         KERNELS["requant"] = original
     assert op.name in seen
     assert np.array_equal(fast, run_program(program, x, collect=True)[0])
+
+
+def test_only_cached_calls_keep_forms_and_pin_operands():
+    rng = np.random.default_rng(12)
+    a, w = int8(rng, (9, 30)), int8(rng, (30, 6))
+    m, s = scale(rng, 6, -14, -10)
+    expected = requantize(int_matmul(a, w), m, s, 8)
+    assert np.array_equal(matmul_requant(a, w, None, m, s, 8), expected)
+    assert w.flags.writeable and m.flags.writeable                 # an ordinary call leaves them alone
+    for _ in range(2):                                              # made, then reused
+        assert np.array_equal(matmul_requant(a, w, None, m, s, 8, cache=True), expected)
+    assert not (w.flags.writeable or m.flags.writeable or s.flags.writeable)

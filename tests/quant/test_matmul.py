@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from intvit.quant import matmul
 from intvit.quant.errors import IntVitError
 from intvit.quant.matmul import FLOAT32_EXACT_DEPTH, MAX_PRODUCT, check_accumulator, int_matmul, int_matmul_reference
 from intvit.quant.requant import INT32_MAX
@@ -207,3 +208,27 @@ def test_thousands_of_random_products_match_the_reference_kernel(gemm, monkeypat
         vectors += out.size
     assert vectors > 5000
     assert bool(calls) == (gemm == "torch")
+
+
+def test_derived_forms_are_made_once_per_array_and_pin_it_read_only():
+    weight = np.arange(-60, 60, dtype=np.int8).reshape(12, 10)
+    first = matmul.float_weights(weight, False)
+    assert first.dtype == np.float32 and np.array_equal(first, weight)
+    assert matmul.float_weights(weight, False) is first
+    assert np.array_equal(matmul.float_weights(weight, True), weight.T)     # another form, another entry
+    with pytest.raises(ValueError, match="read-only"):
+        weight[0, 0] = 1                                                    # a write cannot leave it stale
+    made = []
+    assert matmul.derived("t", (3, weight), lambda: made.append(1)) is None
+    assert matmul.derived("t", (3, weight), lambda: made.append(1)) is None and made == [1, 1]   # an int: not cached
+    entries = len(matmul._DERIVED)
+    del weight, first
+    assert len(matmul._DERIVED) == entries - 2                              # the entries go with their array
+
+
+def test_cached_weights_give_the_same_products():
+    rng = np.random.default_rng(9)
+    a, w = rng.integers(-128, 128, (3, 5, 40), dtype=np.int8), rng.integers(-128, 128, (7, 40), dtype=np.int8)
+    expected = int_matmul_reference(a, w, transpose_b=True)
+    assert np.array_equal(int_matmul(a, w, transpose_b=True), expected)
+    assert np.array_equal(int_matmul(a, w, transpose_b=True), expected)       # from the cached float32 form
