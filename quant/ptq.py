@@ -198,7 +198,7 @@ def shape_program(config: ViTConfig) -> IntProgram:
     Built by ``assemble_program`` from zero weights and unit activation ranges, without torch,
     a float model or data. Every cycle and byte count of the simulators depends on these alone,
     so they equal those of any calibrated program of the same architecture (tested); the
-    constants' values and the scales mean nothing. ``calibration`` is ``{"method": "none"}``.
+    constants' values and the scales mean nothing. ``calibration`` is ``{"method": "none", "images": 0}``.
     """
     parameters = {name: np.zeros(shape, np.float32) for name, shape in config.parameter_shapes().items()}
     return assemble_program(config, parameters, lambda name: 1.0, {"method": "none", "images": 0})
