@@ -172,7 +172,10 @@ class Machine:
         rows = ins.acc_addr + np.arange(g.rows) * ins.acc_stride
         if rows.max() >= g.acc_words:
             self._fail(index, ins, f"ACC word {int(rows.max())} outside {g.acc_words}")
-        return _write(self.acc, rows, _wrap32(result + (self.acc[rows] if ins.accumulate else 0)))
+        if not ins.accumulate:
+            return _write(self.acc, rows, _wrap32(result))
+        # The array reads the rows it accumulates onto as they drain, not at its start.
+        return lambda: _write(self.acc, rows, _wrap32(result + self.acc[rows]))()
 
     def _vector(self, index: int, ins: Instruction) -> None:
         op, n = ins.opcode, ins.length

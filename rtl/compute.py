@@ -11,7 +11,10 @@ and the ``cols`` bias records; from the next cycle it streams the ``k`` operand 
 array (bias on the first), reading one beat ahead and holding while the array holds. Each
 result row is written to ``ACC[acc_addr + r * acc_stride]`` the cycle after the array delivers
 it (ACC is read in the delivery cycle for ``accumulate``); the instruction completes in the
-cycle of the last write, so a MATMUL takes ``1 + fold_cycles`` cycles (``sim.schedule``).
+cycle of the last write, so a MATMUL alone takes ``1 + fold_cycles`` cycles. The next MATMUL
+may start (``array_ready``) in the cycle the array takes this one's last beat: its beats
+stream while these rows drain, and only its last beat waits for this fold's last row
+(``rtl.matmul``; ``sim.schedule.matmul_times`` states the timing).
 
 REQUANT, ADD, GELU, SOFTMAX and LAYERNORM stream ``rows * ceil(length / lanes)`` beats from ACC
 (and PARAM) through ``rtl.requant.Requantiser``, ``rtl.gelu.Gelu``, ``rtl.softmax.Softmax`` or
@@ -21,8 +24,8 @@ last result is written, so its cycles are ``1`` plus the unit's own (LAYERNORM f
 ``ceil(length / lanes)`` beats of PARAM records into the unit's parameter port).
 """
 
-from amaranth import Cat, Module, Mux, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth import Cat, Module, Mux, Shape, Signal, signed
+from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from intvit.compiler.isa import INSTRUCTION_BITS, Format, Opcode
@@ -38,6 +41,8 @@ from intvit.rtl.softmax import Softmax
 __all__ = ["ComputeUnit"]
 
 F = Format.MATMUL
+# Where a MATMUL's result rows go, in the order of the instruction word's fields.
+PLACE_LAYOUT = data.StructLayout({"acc_addr": 24, "acc_stride": 24, "accumulate": 1})
 
 
 class ComputeUnit(wiring.Component):
@@ -48,7 +53,9 @@ class ComputeUnit(wiring.Component):
     start, insn : In(1), In(256)
         From the controller's compute port: start MATMUL on the array, any other on the vector units.
     done : Out(2)
-        Bit 0: the array's instruction completes; bit 1: the vector units'.
+        Bit 0: an array instruction completes (in order; two may be in flight); bit 1: the vector units'.
+    array_ready : Out(1)
+        A MATMUL may start this cycle.
     a_raddr : Out(word bits).array(rows); a_ren : Out(1); a_rdata : In(8).array(rows * W)
         One word address per A bank (all its byte lanes read together), data a cycle later.
     b_raddr, b_ren, b_rdata
@@ -79,7 +86,7 @@ class ComputeUnit(wiring.Component):
             "layernorm": LayerNorm(lanes=layernorm_lanes, width=layernorm_width),
         }
         super().__init__({
-            "start": In(1), "insn": In(INSTRUCTION_BITS), "done": Out(2),
+            "start": In(1), "insn": In(INSTRUCTION_BITS), "done": Out(2), "array_ready": Out(1),
             "a_raddr": Out(_bits(g.a_words)).array(r), "a_ren": Out(1), "a_rdata": In(8).array(r * w),
             "b_raddr": Out(_bits(g.b_words)).array(c), "b_ren": Out(1), "b_rdata": In(8).array(c * w),
             "mm_param_raddr": Out(_bits(g.param_words)).array(c), "mm_param_ren": Out(1),
@@ -159,26 +166,33 @@ class ComputeUnit(wiring.Component):
                         m.d.comb += record.eq(self.mm_param_rdata[lane])
             m.d.comb += beat.bias[c].eq(Mux(with_bias & first, record[:32], 0))
 
-        # Results: read ACC in the delivery cycle, write the sum (or the row) in the next.
-        row = Signal(range(rows + 1))
-        row_addr = Signal(24)
-        with m.If(matmul_start):
-            m.d.sync += [row.eq(0), row_addr.eq(field_slice(self.insn, F, "acc_addr"))]
-        m.d.comb += array.results.ready.eq(1)
+        # Results: read ACC in the delivery cycle, write the sum (or the row) in the next. A
+        # MATMUL's rows may still drain while the next one streams, so each leaves its ACC
+        # placement in a two-entry queue at its start, for the rows to find when they come.
+        places = m.submodules.places = fifo.SyncFIFO(width=Shape.cast(PLACE_LAYOUT).width, depth=2)
+        m.d.comb += [places.w_en.eq(matmul_start),
+                     places.w_data.eq(Cat(*(field_slice(self.insn, F, name) for name in PLACE_LAYOUT.members)))]
+        place = data.View(PLACE_LAYOUT, places.r_data)
+        m.d.comb += self.array_ready.eq((~feeding | (accepted & beat.last)) & places.w_rdy)
+        row = Signal(range(rows))
+        offset = Signal(24)
         delivered = array.results.valid
-        s1_valid = Signal()
+        last_row = delivered & (row == rows - 1)
+        m.d.comb += [array.results.ready.eq(1), places.r_en.eq(last_row)]
+        s1_valid, s1_last, s1_accumulate = Signal(), Signal(), Signal()
         s1_data = Signal(data.ArrayLayout(signed(32), cols))
         s1_addr = Signal(24)
+        row_addr = place.acc_addr + offset
         m.d.comb += [self.mm_acc_ren.eq(delivered), self.mm_acc_raddr.eq(row_addr)]
-        m.d.sync += s1_valid.eq(delivered)
+        m.d.sync += [s1_valid.eq(delivered), s1_last.eq(last_row)]
         with m.If(delivered):
             m.d.sync += [s1_data.eq(array.results.payload.data), s1_addr.eq(row_addr),
-                         row_addr.eq(row_addr + field_slice(insn, F, "acc_stride")), row.eq(row + 1)]
-        accumulate = field_slice(insn, F, "accumulate")
+                         s1_accumulate.eq(place.accumulate), row.eq(Mux(last_row, 0, row + 1)),
+                         offset.eq(Mux(last_row, 0, offset + place.acc_stride))]
         m.d.comb += [self.mm_acc_we.eq(s1_valid), self.mm_acc_waddr.eq(s1_addr)]
-        m.d.comb += [self.mm_acc_wdata[c].eq(s1_data[c] + Mux(accumulate, self.mm_acc_rdata[c], 0))
+        m.d.comb += [self.mm_acc_wdata[c].eq(s1_data[c] + Mux(s1_accumulate, self.mm_acc_rdata[c], 0))
                      for c in range(cols)]
-        m.d.comb += matmul_done.eq(s1_valid & (row == rows))
+        m.d.comb += matmul_done.eq(s1_valid & s1_last)
 
         ports = self._vector(m, vector_start, vector_done)
         m.d.comb += [self.acc_ren.eq(ports["acc_ren"]), self.acc_raddr.eq(ports["acc_raddr"]),

@@ -43,7 +43,7 @@ from intvit.compiler.isa import (
 from intvit.quant.errors import IntVitError
 from intvit.rtl.axi import BURST_INCR, CACHE_NORMAL, AxiSignature
 
-__all__ = ["ModuleSignature", "Controller", "field_slice"]
+__all__ = ["ModuleSignature", "ComputeSignature", "Controller", "field_slice"]
 
 CYCLE_BITS = 48
 # Token counters, named producer->consumer, and the instruction flag that pushes or pops each.
@@ -65,10 +65,16 @@ def _used_mask(fmt: Format) -> int:
     return mask
 
 
-def ModuleSignature(slots: int = 1) -> wiring.Signature:
-    """The controller's side of one execution module: ``insn`` and a one-cycle ``start``; bit
-    ``k`` of ``done`` for one cycle when slot ``k``'s instruction completes (writes finished)."""
-    return wiring.Signature({"insn": Out(INSTRUCTION_BITS), "start": Out(1), "done": In(slots)})
+def ModuleSignature() -> wiring.Signature:
+    """The controller's side of one execution module: ``insn`` and a one-cycle ``start``; ``done``
+    for one cycle when the instruction completes (writes finished)."""
+    return wiring.Signature({"insn": Out(INSTRUCTION_BITS), "start": Out(1), "done": In(1)})
+
+
+def ComputeSignature() -> wiring.Signature:
+    """The compute module's side: bit 0 of ``done`` when a MATMUL completes (in order), bit 1
+    when a vector instruction does; ``array_ready`` while a MATMUL may start."""
+    return wiring.Signature({"insn": Out(INSTRUCTION_BITS), "start": Out(1), "done": In(2), "array_ready": In(1)})
 
 
 class Controller(wiring.Component):
@@ -95,8 +101,8 @@ class Controller(wiring.Component):
     cycles : Out(48)
     imem : Out(AxiSignature(addr_width, data_width, read_only=True))
     load, store : Out(ModuleSignature())
-    compute : Out(ModuleSignature(2))
-        ``done`` bit 0 from the array, bit 1 from the vector units; ``compute`` never sees SYNC or END.
+    compute : Out(ComputeSignature())
+        ``compute`` never sees SYNC or END.
     """
 
     def __init__(self, *, data_width: int = 128, addr_width: int = 32, opcodes=tuple(Opcode)):
@@ -108,7 +114,7 @@ class Controller(wiring.Component):
             "start": In(1), "insn_base": In(addr_width),
             "busy": Out(1), "done": Out(1), "error": Out(1), "error_index": Out(32), "cycles": Out(CYCLE_BITS),
             "imem": Out(AxiSignature(addr_width, data_width, read_only=True)),
-            "load": Out(ModuleSignature()), "compute": Out(ModuleSignature(2)), "store": Out(ModuleSignature()),
+            "load": Out(ModuleSignature()), "compute": Out(ComputeSignature()), "store": Out(ModuleSignature()),
         })
 
     def elaborate(self, platform):
@@ -305,8 +311,9 @@ class Controller(wiring.Component):
         """The compute module's slots (docs/isa.md, "Execution rules"): the array (MATMUL), the
         vector units (the rest) and the controller's own (SYNC, END, one cycle).
 
-        The head may start when its slot is idle, and the other slot too unless ``overlap`` is
-        set (SYNC and END: both), and when the reorder buffer has room. Each issued instruction
+        The head may start when its slot is idle (a MATMUL: when the array takes one, which is
+        while the previous one drains), and the other slot is idle too unless ``overlap`` is
+        set (SYNC and END: both idle), and when the reorder buffer has room. Each issued instruction
         enters the reorder buffer (its slot, its pushes, END); the oldest one retires (pushes
         its tokens) in the cycle its slot has signalled ``done`` for it, one per cycle, so the
         tokens keep program order while the slots finish out of it. Returns the issue
@@ -319,18 +326,19 @@ class Controller(wiring.Component):
         on_array = opcode == Opcode.MATMUL
         slot = Mux(control, 2, Mux(on_array, 0, 1))
         rob = m.submodules.reorder = fifo.SyncFIFO(width=5, depth=REORDER_DEPTH)   # slot, push_prev/next, END
-        busy = [Signal(name=f"{name}_busy") for name in ("array", "vector", "control")]
+        # Instructions running per slot: up to two MATMULs (one streaming, one draining), one
+        # vector instruction, one SYNC or END (done the cycle after it starts).
+        busy = [Signal(range(3), name=f"{name}_busy") for name in ("array", "vector", "control")]
         done = Signal(3)                                  # a slot's instruction finishes this cycle
-        m.d.comb += done.eq(Cat(port.done, busy[2]))
-        idle = [~busy[k] | done[k] for k in range(3)]
-        free = rob.w_rdy & Mux(control, idle[0] & idle[1], Mux(on_array, idle[0] & (overlap | idle[1]),
+        m.d.comb += done.eq(Cat(port.done, busy[2] != 0))
+        idle = [(busy[k] == 0) | ((busy[k] == 1) & done[k]) for k in range(3)]
+        free = rob.w_rdy & Mux(control, idle[0] & idle[1], Mux(on_array, port.array_ready & (overlap | idle[1]),
                                                                   idle[1] & (overlap | idle[0])))
         m.d.comb += [port.insn.eq(head), port.start.eq(go & ~control),
                      rob.w_en.eq(go), rob.w_data.eq(Cat(slot.as_unsigned()[:2], head[6], head[7], opcode == Opcode.END))]
         for k in range(3):
-            with m.If(go & (slot == k)):
-                m.d.sync += busy[k].eq(1)
-            with m.Elif(done[k] | started):
+            m.d.sync += busy[k].eq(busy[k] + (go & (slot == k)) - done[k])
+            with m.If(started):
                 m.d.sync += busy[k].eq(0)
         # Finished but not yet retired, per slot; the oldest retires when its slot has one.
         pending = [Signal(range(REORDER_DEPTH + 1), name=f"{name}_finished") for name in ("array", "vector", "control")]

@@ -148,6 +148,7 @@ class System(wiring.Component):
         wiring.connect(m, wiring.flipped(self.imem), ctrl.imem)
         for unit, port in ((load, ctrl.load), (store, ctrl.store), (compute, ctrl.compute)):
             m.d.comb += [unit.start.eq(port.start), unit.insn.eq(port.insn), port.done.eq(unit.done)]
+        m.d.comb += ctrl.compute.array_ready.eq(compute.array_ready)
         # dmem: reads from the load module, writes from the store module.
         for name, member in self.dmem.signature.members.items():
             source = load.axi if name.startswith("ar") or name[0] == "r" else store.axi

@@ -9,8 +9,9 @@ program order (every dependency points backwards, so one pass suffices):
   holds ``QUEUE_DEPTH`` instructions that have not started;
 * **start**: after dispatch, after the module's previous instruction, and after the pushes
   of the tokens it pops (the n-th pop of a counter takes its n-th push); in the compute
-  module, after the previous instruction of its slot (array, vector or control), after the
-  other slot's unless the instruction has ``overlap`` set, a cycle after the previous
+  module, after the previous instruction of its slot (array, vector or control; a MATMUL
+  only until the array takes its last beat, ``matmul_times``), after the other slot's
+  unless the instruction has ``overlap`` set, a cycle after the previous
   compute instruction started (one issue per cycle) and a cycle after the compute
   instruction ``REORDER_DEPTH`` before it retired (the reorder buffer has room);
 * **retirement**: a compute instruction pushes its tokens when it retires: when it has
@@ -48,8 +49,8 @@ from intvit.sim.simulator import gemm_shape
 from intvit.sim.softmax import softmax_cycles
 from intvit.sim.timeline import LANES, Timeline
 
-__all__ = ["UNIT_OF", "ScheduleReport", "burst_cost", "instruction_cycles", "schedule", "predict_cycles",
-           "program_macs"]
+__all__ = ["UNIT_OF", "ScheduleReport", "burst_cost", "instruction_cycles", "matmul_times", "schedule",
+           "predict_cycles", "program_macs"]
 
 UNIT_OF = {
     Opcode.LOAD: "dma_load", Opcode.STORE: "dma_store", Opcode.MATMUL: "matmul", Opcode.REQUANT: "requant",
@@ -148,7 +149,8 @@ class ScheduleReport:
                 if by in (_MODULE, _TOKEN):
                     if end[j] < start[i]:        # a push at retirement, or room in the reorder buffer
                         path.append((int(end[j]), int(start[i]), "control", parts[i]))
-                    path.append((int(start[j]), int(end[j]), unit[j], parts[j]))
+                    # (a MATMUL may start while the one before it still drains)
+                    path.append((int(start[j]), int(min(end[j], start[i])), unit[j], parts[j]))
                     i = int(j)
                 elif by == _ISSUED:
                     path.append((int(start[j]), int(start[i]), "control", parts[i]))
@@ -264,6 +266,21 @@ def instruction_cycles(ins: Instruction, config: AcceleratorConfig) -> int:
     return ISSUE_CYCLES + -(-ins.length // lanes) + layernorm_cycles(lanes, latency, ins.rows, ins.length)
 
 
+def matmul_times(start: int, k: int, previous_row: int, config: AcceleratorConfig) -> tuple[int, int]:
+    """``(last_beat, last_row)``: the cycles the array takes a MATMUL's last beat and delivers its
+    last result row, for a MATMUL issued at ``start`` whose predecessor delivered its last row
+    at ``previous_row``.
+
+    Beats stream from ``start + 1``, one a cycle; only the last waits for the cycle after the
+    previous fold's last row (``rtl.matmul``). The rows follow ``R + C - 1 + latency`` cycles
+    after the last beat; the MATMUL completes a cycle later (its last ACC write), and the
+    next may start in the last-beat cycle. Alone this is ``ISSUE_CYCLES + fold_cycles``.
+    """
+    m = config.matmul
+    last_beat = max(start + k, previous_row + 1)
+    return last_beat, last_beat + m.rows + m.cols - 1 + m.latency
+
+
 def _durations(instructions: list[Instruction], config: AcceleratorConfig) -> np.ndarray:
     cache: dict = {}
     out = np.empty(len(instructions), dtype=np.int64)
@@ -284,7 +301,8 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
 
     ``macs`` (the program's useful multiply-accumulates) only feeds ``mac_utilization``;
     ``durations`` replaces the instructions' cycle counts (tests jitter them to show that the
-    dependency tokens alone, not the particular timing, keep the data correct).
+    dependency tokens alone, not the particular timing, keep the data correct); a MATMUL then
+    runs alone on the array for its duration.
 
     Raises
     ------
@@ -317,6 +335,7 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
     # the previous compute instruction's start, and every compute instruction's retirement.
     slot_free = {slot: (0, -1) for slot in Slot}
     last_issue, issuer, retired = -1, -1, []
+    array_takes, last_row = (0, -1), -1       # when the array takes the next MATMUL; its last row so far
     pushes: dict[tuple, list[int]] = {c: [] for c in COUNTERS}     # completion cycles, in push order
     pushers: dict[tuple, list[int]] = {c: [] for c in COUNTERS}    # and the pushing instructions
     pops: dict[tuple, list[int]] = {c: [] for c in COUNTERS}
@@ -346,7 +365,7 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
                 s, sby = last_issue + 1, (_ISSUED, issuer)
             waits = [slot, Slot.CONTROL] if f.get("overlap") else list(Slot)
             for other in waits:
-                free, by = slot_free[other]
+                free, by = array_takes if other == slot == Slot.ARRAY else slot_free[other]
                 if by >= 0 and free >= s:
                     s, sby = free, (_MODULE, by)
             if len(retired) >= REORDER_DEPTH and retired[-REORDER_DEPTH][0] + 1 > s:
@@ -364,6 +383,11 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
                 if pushes[counter][taken] > s:
                     s, sby = pushes[counter][taken], (_TOKEN, pushers[counter][taken])
         start[i], end[i] = s, s + int(duration[i])
+        if ins.opcode == Opcode.MATMUL:
+            if durations is None:
+                last_beat, last_row = matmul_times(s, ins.k, last_row, config)
+                end[i] = last_row + 1
+            array_takes = (last_beat if durations is None else int(end[i]), i)
         start_by[i] = sby
         done, completer = int(end[i]), i
         if queue == Queue.COMPUTE:
@@ -381,7 +405,7 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
         members.append(i)
         last_end[queue], last_index[queue] = int(end[i]), i
     _check_counters(pushes, pops)
-    report = _report(instructions, config, start, end, duration, retired[-1][0])    # END's retirement
+    report = _report(instructions, config, start, end, retired[-1][0])    # END's retirement
     report.macs = macs
     report.causes = _Causes(dispatch, start_by, dispatch_by, np.array(arrival), np.array(issued_by), fetch_cost)
     return report
@@ -399,13 +423,20 @@ def _check_counters(pushes: dict, pops: dict) -> None:
                               f"its {TOKEN_BITS} bits")
 
 
-def _report(instructions, config, start, end, duration, total: int) -> ScheduleReport:
+def _covered(start: np.ndarray, end: np.ndarray) -> int:
+    """Cycles covered by the intervals ``[start, end)`` (in program order, so starts never decrease)."""
+    reach = np.maximum.accumulate(end)
+    begin = np.maximum(start, np.concatenate(([0], reach[:-1])))
+    return int(np.maximum(end - begin, 0).sum())
+
+
+def _report(instructions, config, start, end, total: int) -> ScheduleReport:
     opcodes = np.array([int(ins.opcode) for ins in instructions])
     classes, units = {}, {}
     for op in Opcode:
         mask = opcodes == op
         if mask.any():
-            busy = int(duration[mask].sum())
+            busy = _covered(start[mask], end[mask])          # MATMULs overlap while one drains
             classes[op.name] = {"count": int(mask.sum()), "busy_cycles": busy}
             units[UNIT_OF[op]] = units.get(UNIT_OF[op], 0) + busy
     moved = {Opcode.LOAD: 0, Opcode.STORE: 0}

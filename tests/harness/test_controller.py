@@ -2,7 +2,8 @@
 
 A Python model stands in for the instruction memory (an AXI4 slave that answers a burst
 ``read_latency_cycles`` after its address, one beat a cycle) and for the three execution
-modules (each completes an instruction ``sim.schedule.instruction_cycles`` after its start).
+modules (each completes an instruction ``sim.schedule.instruction_cycles`` after its start;
+the array takes MATMULs back to back as ``sim.schedule.matmul_times`` says).
 The controller's cycle counter must then equal ``sim.schedule.predict_cycles`` for streams
 that exercise every token counter, full queues, full fetch FIFOs and END; illegal
 instructions must raise the error flag with the offending index, never hang.
@@ -18,7 +19,7 @@ from amaranth.sim import Simulator
 from intvit.compiler.isa import Instruction, Memory, Opcode, decode, encode_program
 from intvit.rtl.controller import Controller
 from intvit.sim.config import AcceleratorConfig
-from intvit.sim.schedule import instruction_cycles, predict_cycles, schedule
+from intvit.sim.schedule import instruction_cycles, matmul_times, predict_cycles, schedule
 
 TIMEOUT_CYCLES = 50_000
 
@@ -91,15 +92,18 @@ def run_controller(stream: bytes, config: AcceleratorConfig, instructions: list[
     async def bench(ctx):
         ctx.set(dut.insn_base, 0)
         bursts = []                       # [first beat cycle, address, beats left]
-        # Completion cycle of the instruction running in each module (compute: in each slot).
-        modules = {("load", 0): None, ("compute", 0): None, ("compute", 1): None, ("store", 0): None}
+        # Completion cycles of the instructions running in each module (compute: in each slot;
+        # the array holds two MATMULs at once, timed by sim.schedule.matmul_times).
+        modules = {("load", 0): [], ("compute", 0): [], ("compute", 1): [], ("store", 0): []}
+        array_takes, last_row = 0, -1
         cycle = 0                         # the start cycle
         starts = result["starts"] = []    # the cycle each LOAD, STORE, MATMUL and vector instruction started
         while cycle < TIMEOUT_CYCLES:
             ctx.set(dut.start, cycle == 0)
             for name in ("load", "compute", "store"):
-                ctx.set(getattr(dut, name).done, sum((modules[(name, k)] == cycle) << k for k in (0, 1)
+                ctx.set(getattr(dut, name).done, sum((cycle in modules[(name, k)]) << k for k in (0, 1)
                                                      if (name, k) in modules))
+            ctx.set(dut.compute.array_ready, cycle >= array_takes)
             beat = bursts[0] if bursts and bursts[0][0] <= cycle else None
             ctx.set(dut.imem.rvalid, beat is not None)
             if beat is not None:
@@ -119,7 +123,11 @@ def run_controller(stream: bytes, config: AcceleratorConfig, instructions: list[
                     ins = decode(ctx.get(port.insn).to_bytes(32, "little"))
                     starts.append(cycle)
                     slot = int(name == "compute" and ins.opcode != Opcode.MATMUL)
-                    modules[(name, slot)] = cycle + instruction_cycles(ins, config)
+                    if ins.opcode == Opcode.MATMUL:
+                        array_takes, last_row = matmul_times(cycle, ins.k, last_row, config)
+                        modules[(name, slot)].append(last_row + 1)
+                    else:
+                        modules[(name, slot)].append(cycle + instruction_cycles(ins, config))
             await ctx.tick()
             cycle += 1
             if ctx.get(dut.done) or ctx.get(dut.error):

@@ -10,7 +10,7 @@ from intvit.quant.errors import IntVitError
 from intvit.sim import report as report_module
 from intvit.sim.config import AcceleratorConfig
 from intvit.sim.report import plot_timeline
-from intvit.sim.schedule import instruction_cycles, schedule
+from intvit.sim.schedule import matmul_times, schedule
 from intvit.sim.simulator import OpReport, SimReport
 from intvit.sim.timeline import Timeline, merge_intervals, overlap_length
 
@@ -70,19 +70,24 @@ def load(**fields) -> Instruction:
 def test_compiled_schedule_critical_path_by_hand():
     # Two LOADs (13 cycles each: 1 + 8 + 4 beats) feed two MATMULs (k = 64); one burst of fetch
     # arrives at 24, LOAD 0 dispatches at 24 and starts at 25. MATMUL 0 waits for LOAD 0's token
-    # (38); LOAD 1 runs [38, 51) under MATMUL 0; MATMUL 1 follows MATMUL 0; END follows MATMUL 1.
+    # (38); LOAD 1 runs [38, 51) under MATMUL 0; MATMUL 1 starts when the array takes MATMUL 0's
+    # last beat (38 + 64) and streams while MATMUL 0 drains; END follows MATMUL 1's last row.
     stream = [load(push_next=1), load(push_next=1), Instruction(Opcode.MATMUL, k=64, pop_prev=1),
               Instruction(Opcode.MATMUL, k=64, pop_prev=1), Instruction(Opcode.END)]
-    mm = instruction_cycles(stream[2], CONFIG)
+    first_beat, first_row = matmul_times(38, 64, -1, CONFIG)
+    assert (first_beat, first_row) == (38 + 64, 38 + 64 + 16 + 16 - 1 + 1)
+    _, last_row = matmul_times(first_beat, 64, first_row, CONFIG)
     report = schedule(stream, CONFIG)
-    np.testing.assert_array_equal(report.start, [25, 38, 38, 38 + mm, 38 + 2 * mm])
+    np.testing.assert_array_equal(report.start, [25, 38, 38, first_beat, last_row + 1])
+    array = last_row + 1 - 38                              # 2 x 64 beats and one drain
     t = report.timeline(["blocks.0.qkv"] * 3 + ["blocks.1.qkv"] * 2)       # op names, grouped by block
     units = t.units()
     assert units["load"] == {"busy_cycles": 26, "exposed_cycles": 13, "critical_cycles": 13}
-    assert units["array"] == {"busy_cycles": 2 * mm, "exposed_cycles": None, "critical_cycles": 2 * mm}
+    assert units["array"] == {"busy_cycles": array, "exposed_cycles": None, "critical_cycles": array}
     # Fetch (24) and dispatch (1) before LOAD 0, END's own cycle.
-    assert units["control"]["critical_cycles"] == 24 + 1 + 1 == t.total_cycles - 13 - 2 * mm
-    assert [(part, cycles["array"]) for part, cycles in t.critical_by_part()] == [("blocks.0", mm), ("blocks.1", mm)]
+    assert units["control"]["critical_cycles"] == 24 + 1 + 1 == t.total_cycles - 13 - array
+    assert [(part, cycles["array"]) for part, cycles in t.critical_by_part()] == [("blocks.0", 64),
+                                                                                ("blocks.1", array - 64)]
 
 
 def test_compiled_path_through_a_full_queue():
@@ -93,7 +98,7 @@ def test_compiled_path_through_a_full_queue():
     report = schedule(stream, CONFIG)
     critical = report.timeline().critical_cycles()
     assert sum(critical.values()) == report.total_cycles
-    assert critical["array"] == 18 * instruction_cycles(stream[1], CONFIG)
+    assert critical["array"] == report.end[18] - report.start[1]       # back to back on the array
     assert critical["load"] == report.end[0] - report.start[0]
 
 
