@@ -1,0 +1,146 @@
+"""A memory with several write and read ports that an FPGA's two-port block RAMs can hold.
+
+``MultiPortMemory`` behaves as one ``amaranth.lib.memory.Memory`` with ``write_ports`` write
+ports and ``read_ports`` synchronous read ports, every read port transparent for every write
+port. How it is built depends on the target, told by the platform Amaranth passes to
+``elaborate`` (``rtl.synth.synth_fpga`` passes ``FPGA``):
+
+* plain (simulation, Verilog, the ASIC flow): that one Amaranth memory;
+* replicated (``platform.single_write_port_memories``): block RAMs have at most two ports,
+  and Yosys's ``memory_libmap`` copies a memory once per read port only when it has a single
+  write port, so a memory with two or more writers becomes flip-flops. Here every write port
+  ``i`` owns a bank, a memory with that one write port and a read port per read port (Yosys
+  makes ``read_ports`` one-write one-read copies of it, each a block RAM or LUT RAM), and a
+  live-value table (LVT) of ``ceil(log2(write_ports))`` bits per word, in flip-flops, records
+  which bank holds the word's latest value (LaForest and Steffan, "Efficient multi-ported
+  memories for FPGAs", FPGA 2010). A read returns the bank that the LVT names: the banks and
+  the LVT are read with the same address, enable and transparency, so the pair is consistent.
+
+Both give the same values cycle for cycle (``tests/rtl/test_multiport.py``), including when
+two write ports write one word in the same cycle: the later port's value is kept and read
+through, as Amaranth's simulator orders the ports of one memory (its Verilog leaves such a
+collision undefined; the replicated form keeps the later port's value in hardware too).
+The replicated form costs ``write_ports * read_ports`` copies of the data.
+"""
+
+from amaranth import Module, Mux
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory, ReadPort, WritePort
+from amaranth.lib.wiring import Out
+from amaranth.utils import ceil_log2
+
+from intvit.quant.errors import IntVitError
+
+__all__ = ["MultiPortMemory", "FpgaPlatform", "FPGA", "SCRATCHPAD_ATTRIBUTE"]
+
+# Marks the memory of a scratchpad MultiPortMemory: rtl.synth's ASIC flow leaves it to the SRAM
+# model wherever it lies in the hierarchy.
+SCRATCHPAD_ATTRIBUTE = "intvit_scratchpad"
+
+
+class FpgaPlatform:
+    """What ``rtl.synth.synth_fpga`` gives Amaranth as the platform: memories with one write port.
+
+    Only components of this package look at it (``MultiPortMemory``); it is not an
+    ``amaranth.build`` platform (no pins, no toolchain).
+    """
+
+    single_write_port_memories = True
+
+
+FPGA = FpgaPlatform()
+
+
+class MultiPortMemory(wiring.Component):
+    """Words of ``width`` bits, ``depth`` of them, zero at start; several write and read ports.
+
+    Timing: a write port writes ``data`` to ``addr`` at the clock edge where ``en`` is high.
+    A read port presents the word at ``addr`` on ``data`` one cycle after an edge where ``en``
+    is high, and holds it while ``en`` is low; a word written in that same cycle by any write
+    port is read with its new value (transparent). Of two write ports writing the same word in
+    one cycle, the later one's value is kept.
+
+    Parameters
+    ----------
+    width : int
+        Bits per word.
+    depth : int
+        Words.
+    write_ports, read_ports : int
+        How many of each.
+    scratchpad : bool
+        A scratchpad (an SRAM macro in an ASIC): its memories carry ``SCRATCHPAD_ATTRIBUTE``.
+
+    Attributes
+    ----------
+    write : Out(WritePort.Signature(addr_width, width)).array(write_ports)
+        ``en``, ``addr``, ``data`` of each write port, in priority order (the last wins).
+    read : Out(ReadPort.Signature(addr_width, width)).array(read_ports)
+        ``en``, ``addr`` in and ``data`` out of each read port.
+    """
+
+    def __init__(self, *, width: int, depth: int, write_ports: int, read_ports: int, scratchpad: bool = False):
+        for name, value in (("width", width), ("depth", depth), ("write_ports", write_ports),
+                            ("read_ports", read_ports)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise IntVitError(f"{name} must be a positive integer, not {value!r}")
+        self._width, self._depth = width, depth
+        self._write_ports, self._read_ports = write_ports, read_ports
+        self._attrs = {SCRATCHPAD_ATTRIBUTE: 1} if scratchpad else {}
+        addr_width = ceil_log2(depth)
+        super().__init__({
+            "write": Out(WritePort.Signature(addr_width=addr_width, shape=width)).array(write_ports),
+            "read": Out(ReadPort.Signature(addr_width=addr_width, shape=width)).array(read_ports),
+        })
+
+    @property
+    def width(self) -> int:
+        return self._width
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def elaborate(self, platform):
+        m = Module()
+        if getattr(platform, "single_write_port_memories", False) and self._write_ports > 1:
+            self._replicated(m)
+        else:
+            memory = m.submodules.memory = Memory(shape=self._width, depth=self._depth, init=[], attrs=self._attrs)
+            data = self._connect(m, memory, self.write, self.read)
+            m.d.comb += [read.data.eq(value) for read, value in zip(self.read, data)]
+        return m
+
+    @staticmethod
+    def _connect(m: Module, memory: Memory, writes, reads) -> list:
+        """Ports of ``memory`` driven by ``writes`` and ``reads`` (all transparent); its read data."""
+        ports = []
+        for write in writes:
+            port = memory.write_port()
+            m.d.comb += [port.en.eq(write.en), port.addr.eq(write.addr), port.data.eq(write.data)]
+            ports.append(port)
+        data = []
+        for read in reads:
+            port = memory.read_port(transparent_for=ports)
+            m.d.comb += [port.en.eq(read.en), port.addr.eq(read.addr)]
+            data.append(port.data)
+        return data
+
+    def _replicated(self, m: Module) -> None:
+        # The LVT: which bank holds each word's latest value. Write port i writes i; Amaranth's
+        # ordering of one memory's write ports (the later wins) settles a same-word collision.
+        lvt = m.submodules.lvt = Memory(shape=ceil_log2(self._write_ports), depth=self._depth, init=[])
+        lvt_writes = [wiring.Signature({"en": Out(1), "addr": Out(len(w.addr)), "data": Out(lvt.shape)}).create()
+                      for w in self.write]
+        for index, (port, write) in enumerate(zip(lvt_writes, self.write)):
+            m.d.comb += [port.en.eq(write.en), port.addr.eq(write.addr), port.data.eq(index)]
+        live = self._connect(m, lvt, lvt_writes, self.read)
+        banks = []
+        for index, write in enumerate(self.write):
+            bank = m.submodules[f"bank{index}"] = Memory(shape=self._width, depth=self._depth, init=[], attrs=self._attrs)
+            banks.append(self._connect(m, bank, [write], self.read))
+        for port, read in enumerate(self.read):
+            value = banks[0][port]
+            for index in range(1, self._write_ports):
+                value = Mux(live[port] == index, banks[index][port], value)
+            m.d.comb += read.data.eq(value)
