@@ -61,9 +61,10 @@ KERNELS: dict[str, Callable] = {
     "requant": lambda op, x, m, s: requantize(x, m, s, bits=op.attrs["bits"]),
     "softmax": lambda op, x: int_softmax(x),
     "gelu": lambda op, x: int_gelu(x),
+    # A program's LayerNorm parameters are always its constants (``check_program``): cached.
     "layernorm": lambda op, x, g, b, m, s: int_layernorm(
         x, g, b, m, s, (op.attrs["mean_multiplier"], op.attrs["mean_shift"],
-                        op.attrs["var_multiplier"], op.attrs["var_shift"])),
+                        op.attrs["var_multiplier"], op.attrs["var_shift"]), cache=True),
     "add": lambda op, a, b: int_add(a, b, op.attrs["m_a"], op.attrs["m_b"], op.attrs["shift"]),
     "concat_token": _concat_token,
     "split_heads": _split_heads,
@@ -165,7 +166,7 @@ def run_program(program: IntProgram, x: np.ndarray, *, collect: bool = False,
     Notes
     -----
     The fused chains keep the float32 form of each weight and the lane form of each scale between
-    passes (``quant.matmul.derived``); those constant arrays are made read-only, so that writing
+    passes (``quant.requant.derived``); those constant arrays are made read-only, so that writing
     into one raises rather than leaving a stale copy: replace a constant, do not edit it in place.
     """
     if x.dtype != np.int8:

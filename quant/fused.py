@@ -24,8 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from intvit.quant.gelu import gelu_lane, gelu_value
-from intvit.quant.matmul import derived, float_weights, operands, product_blocks
-from intvit.quant.requant import add32, int_range, lane_scale, out_dtype, requantize_lane, requantize_value, run_parallel
+from intvit.quant.matmul import float_weights, operands, product_blocks
+from intvit.quant.requant import (add32, derived, int_range, lane_scale, out_dtype, requantize_lane, requantize_value,
+                                  run_parallel)
 from intvit.quant.softmax import softmax_row, softmax_row_lanes
 
 __all__ = ["BLOCK_ELEMENTS", "fusable_scale", "matmul_requant", "matmul_gelu", "matmul_softmax"]
@@ -144,7 +145,7 @@ def matmul_requant(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, multip
         Output width, as for ``requantize``.
     cache : bool
         ``b`` (when 2-D) and the scales are a program's constants: their float32 and lane forms are
-        kept from call to call (``quant.matmul.derived``), and the arrays made read-only.
+        kept from call to call (``quant.requant.derived``), and the arrays made read-only.
     """
     n = np.shape(b)[-2 if transpose_b else -1]
     lanes = _lanes(multiplier, shift, n, cache) if bits <= 32 else None

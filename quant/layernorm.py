@@ -24,8 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from intvit.quant.errors import IntVitError
-from intvit.quant.requant import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, as_rows, dyadic,
-                                  requantize_value, round_shift, run_parallel, unary_operand, unary_result)
+from intvit.quant.requant import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, add32, as_rows, derived, dyadic, lane_scale,
+                                  mul32, requantize_lane, requantize_value, round_shift, run_parallel, shr32, sub32,
+                                  unary_operand, unary_result)
 
 __all__ = [
     "LN_MEAN_FRAC_BITS", "LN_SQUARE_SHIFT", "LN_STD_FRAC_BITS", "LN_NORM_FRAC_BITS", "LN_RECIP_BITS",
@@ -85,7 +86,7 @@ def layernorm_divisors(width: int) -> tuple[int, int, int, int]:
 
 def int_layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                   out_multiplier: np.ndarray, out_shift: np.ndarray,
-                  divisors: tuple[int, int, int, int]) -> np.ndarray:
+                  divisors: tuple[int, int, int, int], *, cache: bool = False) -> np.ndarray:
     """LayerNorm of INT8 rows (last axis) to INT8.
 
     Parameters
@@ -96,15 +97,83 @@ def int_layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     out_multiplier, out_shift : integer arrays (D,)
         Dyadic form of ``s_gamma * 2**-10 / s_out`` per channel.
     divisors : from ``layernorm_divisors(D)``
+    cache : bool
+        ``gamma``, ``beta`` and the output scale are a program's constants: their kernel operands
+        are made once (``quant.requant.derived``) and the arrays made read-only.
     """
     x = np.asarray(x)
     rows = np.ascontiguousarray(as_rows(x))
     width = rows.shape[1]
-    per_channel = lambda v: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64), (width,)))
+    parameters = (gamma, beta, out_multiplier, out_shift)
+    make = lambda: _kernel_operands(width, tuple(int(v) for v in divisors), *parameters)
+    lanes, operands = derived(f"layernorm {width} {divisors}", parameters, make) if cache else make()
     out = np.empty(rows.shape, dtype=np.int8)
-    run_parallel(_layernorm_rows, rows.size, rows, per_channel(gamma), per_channel(beta),
-                 per_channel(out_multiplier), per_channel(out_shift), *divisors, out)
+    if lanes and rows.dtype == np.int8:
+        run_parallel(_layernorm_lanes, rows.size, rows, *operands, out)
+    else:
+        run_parallel(_layernorm_rows, rows.size, rows, *operands[:8], out)
     return out.reshape(x.shape)
+
+
+def _kernel_operands(width: int, divisors: tuple, *parameters) -> tuple[bool, tuple]:
+    # (whether the lane kernel may run, its operands); the first eight are ``_layernorm_rows``'s.
+    gamma, beta, multiplier, shift = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64), (width,)))
+                                      for v in parameters)
+    if not _lanes_hold(width, divisors, gamma, beta):
+        return False, (gamma, beta, multiplier, shift, *divisors)
+    lanes = lane_scale(multiplier, shift, width)
+    return True, (gamma.astype(np.int32), beta.astype(np.int32), multiplier, shift, *divisors, lanes is not None,
+                  *(lanes or (np.zeros(width, np.int32),) * 2), *(int(np.abs(v).max(initial=0)) for v in (gamma, beta)))
+
+
+def _lanes_hold(width: int, divisors: tuple, gamma: np.ndarray, beta: np.ndarray) -> bool:
+    # ``_layernorm_lanes``'s bounds: the divisors of this width (then |mean| <= 128 * 2**6 + 1, so
+    # |c| <= 255 * 2**6 + 1 and c*c < 2**31, and the width passed layernorm_divisors' check, so the
+    # sum of squares fits INT32), and an affine weight and bias that are INT32 values.
+    try:
+        if tuple(int(v) for v in divisors) != layernorm_divisors(width):
+            return False
+    except IntVitError:
+        return False
+    return all(v.size == 0 or (int(v.min()) >= INT32_MIN and int(v.max()) <= INT32_MAX) for v in (gamma, beta))
+
+
+# ``_layernorm_rows`` in INT32 lanes where ``_lanes_hold``: the row sums and the centred values and
+# their squares in INT32; ``y = round_shift(c * recip, 18)`` from a 32 x 32 -> 64 product, with
+# |y| <= 16321 * 2**30 / 2**18 < 2**27, so its INT32 clamp never acts. Where a row's bound on
+# ``|z| = |y * gamma + beta|`` (|y| is largest at the largest |c|) fits INT32 and the output scale
+# has a lane form (``out_lanes``), the affine step and the output requantiser run in INT32 too
+# (``requantize_lane``); otherwise in int64, as in ``_layernorm_rows``.
+@njit(parallel=True, cache=True)
+def _layernorm_lanes(x, gamma, beta, out_multiplier, out_shift, mean_m, mean_s, var_m, var_s,
+                     out_lanes, lane_multiplier, lane_shift, gamma_max, beta_max, out):
+    width = x.shape[1]
+    for i in prange(x.shape[0]):
+        total = np.int32(0)
+        for j in range(width):
+            total = add32(total, x[i, j])
+        mean = np.int32(requantize_value(np.int64(total), mean_m, mean_s, INT32_MIN, INT32_MAX))
+        squares = np.int32(0)
+        widest = np.int32(0)
+        for j in range(width):
+            c = sub32(np.int32(x[i, j]) << LN_MEAN_FRAC_BITS, mean)
+            squares = add32(squares, shr32(add32(shr32(mul32(c, c), LN_SQUARE_SHIFT - 1), 1), 1))
+            widest = max(widest, abs(c))
+        var = requantize_value(np.int64(squares), var_m, var_s, INT32_MIN, INT32_MAX)
+        recip = np.int32((np.int64(1) << LN_RECIP_BITS) // max(sqrt_value(var), 1))
+        bound = round_shift(np.int64(widest) * recip, LN_NORM_SHIFT) * gamma_max + beta_max
+        if out_lanes and bound <= INT32_MAX:
+            for j in range(width):
+                c = sub32(np.int32(x[i, j]) << LN_MEAN_FRAC_BITS, mean)
+                y = shr32(add32(np.int32((np.int64(c) * np.int64(recip)) >> (LN_NORM_SHIFT - 1)), 1), 1)
+                out[i, j] = requantize_lane(add32(mul32(y, gamma[j]), beta[j]), lane_multiplier[j], lane_shift[j],
+                                            INT8_MIN, INT8_MAX)
+        else:
+            for j in range(width):
+                c = sub32(np.int32(x[i, j]) << LN_MEAN_FRAC_BITS, mean)
+                y = shr32(add32(np.int32((np.int64(c) * np.int64(recip)) >> (LN_NORM_SHIFT - 1)), 1), 1)
+                z = np.int64(y) * np.int64(gamma[j]) + beta[j]
+                out[i, j] = requantize_value(z, out_multiplier[j], out_shift[j], INT8_MIN, INT8_MAX)
 
 
 @njit(parallel=True, cache=True)

@@ -30,17 +30,15 @@ instead of 4129024 for 256 products of 127 * 127.
 from __future__ import annotations
 
 import sys
-import weakref
-from collections.abc import Callable
 
 import numpy as np
 from numba import njit, prange
 
 from intvit.quant.errors import IntVitError
-from intvit.quant.requant import INT8_MIN, INT32_MAX
+from intvit.quant.requant import INT8_MIN, INT32_MAX, derived
 
 __all__ = ["int_matmul", "int_matmul_reference", "check_accumulator", "operands", "product_blocks", "MAX_PRODUCT",
-           "FLOAT32_EXACT_DEPTH", "derived", "float_weights"]
+           "FLOAT32_EXACT_DEPTH", "float_weights"]
 
 MAX_PRODUCT = INT8_MIN * INT8_MIN   # 2**14, the largest |a * b| of two INT8 values
 
@@ -82,35 +80,6 @@ def _matmul_kernel(a, b_t, bias, out):
             for k in range(K):
                 acc += np.int32(a[p, i, k]) * np.int32(b_t[pb, j, k])
             out[p, i, j] = acc
-
-
-# Forms derived from a program's constant arrays (float32 weights, lane scales), made once per array
-# object: converting DeiT-Tiny's 5.7M weights to float32 on every pass cost ~2 ms of a ~30 ms
-# batch-1 pass. Arrays are not hashable, so entries are keyed by id and dropped when an array dies;
-# the arrays are made read-only, so a later write through them raises instead of leaving a stale
-# form. Callers use it for a program's constants only (the executor), never for views of memory
-# that other code writes.
-_DERIVED: dict[tuple, tuple[tuple, object]] = {}
-
-
-def derived(tag: str, arrays: tuple, make: Callable[[], object]) -> object:
-    """``make()``, computed once for this ``tag`` and these array objects while they live.
-
-    If anything in ``arrays`` is not a numpy array (a Python int scale), nothing is cached:
-    ``make()`` runs every call. Cached arrays are made read-only.
-    """
-    if not all(isinstance(a, np.ndarray) for a in arrays):
-        return make()
-    key = (tag, *map(id, arrays))
-    entry = _DERIVED.get(key)
-    if entry is not None and all(ref() is a for ref, a in zip(entry[0], arrays)):
-        return entry[1]
-    value = make()
-    for a in arrays:
-        a.flags.writeable = False
-    drop = lambda _, key=key: _DERIVED.pop(key, None)
-    _DERIVED[key] = (tuple(weakref.ref(a, drop) for a in arrays), value)
-    return value
 
 
 def float_weights(b: np.ndarray, transpose_b: bool) -> np.ndarray | None:

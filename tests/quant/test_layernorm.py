@@ -207,3 +207,52 @@ def test_layernorm_divisors_width_limit():
     with pytest.raises(IntVitError, match=rf"^LayerNorm width {MAX_WIDTH + 1} is too large for an INT32 "
                                           r"sum of squares$"):
         layernorm_divisors(MAX_WIDTH + 1)
+
+
+# ------------------------------------------------------------------------ the INT32-lane kernel
+def reference_layernorm(x, gamma, beta, m, s, divisors):
+    """The int64 kernel ``_layernorm_rows`` on its own: what ``int_layernorm``'s lane kernel must equal."""
+    per_channel = lambda v: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64), (x.shape[-1],)))
+    rows = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+    out = np.empty(rows.shape, dtype=np.int8)
+    layernorm._layernorm_rows(rows, *map(per_channel, (gamma, beta, m, s)), *divisors, out)
+    return out.reshape(x.shape)
+
+
+def lane_cases(width, rng):
+    """Rows of every kind (flat, narrow, wide, extreme, one outlier) and affine parameters of every
+    kind: the model's, a bias near INT32's edge (the per-row fallback), output shifts below 32."""
+    rows = [random_rows(rng, 40, width, spread) for spread in (0.2, 0.6, 2.0, 20.0, 200.0)]
+    rows.append(np.where(rng.integers(2, size=(8, width)) > 0, 127, -128).astype(np.int8))
+    rows.append(np.full((4, width), rng.integers(-128, 128), dtype=np.int8))
+    outlier = np.zeros((4, width), dtype=np.int8)
+    outlier[:, rng.integers(width)] = [1, -1, 127, -128]
+    x = np.concatenate(rows + [outlier])
+    (gamma, beta, m, s, divisors), _, _ = affine(width, rng)
+    yield x, gamma, beta, m, s, divisors
+    gamma = rng.integers(-128, 128, width, dtype=np.int8)
+    edge = rng.integers((1 << 31) - (1 << 24), 1 << 31, width) * rng.choice([-1, 1], width)
+    yield x, gamma, edge.astype(np.int32), m, s, divisors
+    short = rng.integers(1, 32, width).astype(np.int8)
+    yield x, gamma, beta, m, short, divisors
+
+
+@pytest.mark.parametrize("width", [1, 2, 7, 192, 768, MAX_WIDTH])
+def test_lane_kernel_equals_the_int64_kernel(width):
+    rng = np.random.default_rng(width)
+    for case, (x, gamma, beta, m, s, divisors) in enumerate(lane_cases(width, rng)):
+        expected = reference_layernorm(x, gamma, beta, m, s, divisors)
+        assert np.array_equal(int_layernorm(x, gamma, beta, m, s, divisors), expected), case
+        assert np.array_equal(int_layernorm(x, gamma, beta, m, s, divisors, cache=True), expected), case
+
+
+def test_other_divisors_run_the_int64_kernel():
+    # Divisors other than layernorm_divisors(D) void the lane kernel's bounds: the int64 one runs.
+    rng = np.random.default_rng(3)
+    x = random_rows(rng, 50, 64, 30.0)
+    (gamma, beta, m, s, divisors), _, _ = affine(64, rng)
+    assert layernorm._kernel_operands(64, divisors, gamma, beta, m, s)[0]
+    for other in [(divisors[0] >> 1, divisors[1], *divisors[2:]), (*divisors[:2], (1 << 31) - 1, 20)]:
+        assert not layernorm._kernel_operands(64, other, gamma, beta, m, s)[0]
+        assert np.array_equal(int_layernorm(x, gamma, beta, m, s, other),
+                              reference_layernorm(x, gamma, beta, m, s, other))

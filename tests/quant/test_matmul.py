@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intvit.quant import matmul
+from intvit.quant import matmul, requant
 from intvit.quant.errors import IntVitError
 from intvit.quant.matmul import FLOAT32_EXACT_DEPTH, MAX_PRODUCT, check_accumulator, int_matmul, int_matmul_reference
 from intvit.quant.requant import INT32_MAX
@@ -219,11 +219,11 @@ def test_derived_forms_are_made_once_per_array_and_pin_it_read_only():
     with pytest.raises(ValueError, match="read-only"):
         weight[0, 0] = 1                                                    # a write cannot leave it stale
     made = []
-    assert matmul.derived("t", (3, weight), lambda: made.append(1)) is None
-    assert matmul.derived("t", (3, weight), lambda: made.append(1)) is None and made == [1, 1]   # an int: not cached
-    entries = len(matmul._DERIVED)
+    assert requant.derived("t", (3, weight), lambda: made.append(1)) is None
+    assert requant.derived("t", (3, weight), lambda: made.append(1)) is None and made == [1, 1]   # an int: not cached
+    entries = len(requant._DERIVED)
     del weight, first
-    assert len(matmul._DERIVED) == entries - 2                              # the entries go with their array
+    assert len(requant._DERIVED) == entries - 2                              # the entries go with their array
 
 
 def test_cached_weights_give_the_same_products():
