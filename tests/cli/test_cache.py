@@ -241,3 +241,14 @@ def test_a_cycle_only_run_does_not_import_torch(tmp_path):
               f"'--json', {str(tmp_path / 'r.json')!r}]); print('torch' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert run.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_warm_functional_run_does_not_import_torch(tmp_path, capsys):
+    # 64-pixel images: MNIST digits are enlarged (to 46 pixels) as for DeiT's 224, in numpy.
+    argv = ["simulate", "--model", "deit-tiny", "--depth", "1", "--img-size", "64", "--calib-size", "2", "--json"]
+    assert main([*argv, str(tmp_path / "cold.json")]) == 0                # calibrates and stores the program
+    script = f"import sys; from intvit.cli import main; main({[*argv, str(tmp_path / 'warm.json')]!r}); " \
+             "print('torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "False"
+    assert (tmp_path / "cold.json").read_text() == (tmp_path / "warm.json").read_text()
