@@ -145,6 +145,32 @@ def _run_fused(chain: list[Op], env: dict[str, np.ndarray], constants: dict[str,
     return True
 
 
+# The chain layout of an op list, [(start, stop, tensors to free after it)], made once per list of
+# Op objects (kept in the entry, so that their ids stay theirs). Planning cost ~1 ms a pass.
+_PLANS: dict[tuple, tuple[tuple[Op, ...], list]] = {}
+_PLANS_KEPT = 16
+
+
+def _plan(ops: list[Op], output: str, collect: bool) -> list[tuple[int, int, list[str]]]:
+    key = (tuple(map(id, ops)), output, collect, tuple(FUSED))
+    entry = _PLANS.get(key)
+    if entry is None:
+        if len(_PLANS) >= _PLANS_KEPT:
+            _PLANS.clear()
+        # Free each tensor after its last reader, so DeiT-Base batches fit comfortably in memory.
+        last_reader = {name: i for i, op in enumerate(ops) for name in op.inputs}
+        readers = Counter(name for op in ops for name in op.inputs)
+        layout, i = [], 0
+        while i < len(ops):
+            stop = i + (1 if collect else _chain_length(ops, i, readers, output))
+            frees = [] if collect else [name for j in range(i, stop) for name in ops[j].inputs
+                                        if last_reader[name] == j and name != output]
+            layout.append((i, stop, frees))
+            i = stop
+        entry = _PLANS[key] = (tuple(ops), layout)
+    return entry[1]
+
+
 def run_program(program: IntProgram, x: np.ndarray, *, collect: bool = False,
                 ops: Iterable[Op] | None = None) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """Run the program on a batch of INT8 images.
@@ -172,23 +198,14 @@ def run_program(program: IntProgram, x: np.ndarray, *, collect: bool = False,
     if x.dtype != np.int8:
         raise IntVitError(f"run_program takes int8 images from IntProgram.quantize_input, got {x.dtype}")
     ops = list(program.ops if ops is None else ops)
-    # Free each tensor after its last reader, so DeiT-Base batches fit comfortably in memory.
-    last_reader = {name: i for i, op in enumerate(ops) for name in op.inputs}
-    readers = Counter(name for op in ops for name in op.inputs)
     env = {"input": x}
-    i = 0
-    while i < len(ops):
-        length = 1 if collect else _chain_length(ops, i, readers, program.output)
-        chain = ops[i:i + length]
-        if length == 1 or not _run_fused(chain, env, program.constants):
+    for start, stop, frees in _plan(ops, program.output, collect):
+        chain = ops[start:stop]
+        if len(chain) == 1 or not _run_fused(chain, env, program.constants):
             for op in chain:
                 env.update(zip(op.outputs, execute_op(op, env, program.constants)))
-        if not collect:
-            for j in range(i, i + length):
-                for name in ops[j].inputs:
-                    if last_reader[name] == j and name != program.output:
-                        env.pop(name, None)
-        i += length
+        for name in frees:
+            env.pop(name, None)
     logits = env[program.output]
     return (logits, env) if collect else logits
 

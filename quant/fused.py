@@ -124,7 +124,7 @@ def _store(bits: int):
 
 def _run(a, b, bias, transpose_b, name, dtype, block, cache):
     """Checked operands, then ``block(products, bias, out_rows)`` per block; the (..., M, N) result."""
-    a3, b3, bias, lead = operands(a, b, bias, transpose_b, name)
+    a3, b3, bias, lead = operands(a, b, bias, transpose_b, name, cache)
     p, m, _ = a3.shape
     n = b3.shape[1]
     out = np.empty((p * m, n), dtype=dtype)

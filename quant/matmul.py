@@ -57,7 +57,15 @@ FLOAT32_EXACT_DEPTH = 2**FLOAT32_SIGNIFICAND_BITS // MAX_PRODUCT
 
 def check_accumulator(depth: int, bias: np.ndarray | None, name: str = "matmul") -> None:
     """Raise if a ``depth``-term INT8 dot product plus ``bias`` could overflow INT32."""
-    worst = depth * MAX_PRODUCT + (0 if bias is None or bias.size == 0 else int(np.abs(bias.astype(np.int64)).max()))
+    _check_worst(depth, _widest(bias), name)
+
+
+def _widest(bias: np.ndarray | None) -> int:
+    return 0 if bias is None or np.size(bias) == 0 else int(np.abs(np.asarray(bias).astype(np.int64)).max())
+
+
+def _check_worst(depth: int, widest: int, name: str) -> None:
+    worst = depth * MAX_PRODUCT + widest
     if worst > INT32_MAX:
         raise IntVitError(
             f"{name}: INT32 accumulator can overflow (K={depth}, worst-case |sum| {worst} > {INT32_MAX})"
@@ -154,8 +162,12 @@ def _blas_products(a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     return _exact_products(a_f, b_f).astype(np.int32, copy=False).reshape(p, m, -1)
 
 
-def operands(a, b, bias, transpose_b: bool, name: str):
-    """Checked 3-D operands: a (P, M, K), b as (Pb, N, K), INT32 bias (N,), and the leading dims."""
+def operands(a, b, bias, transpose_b: bool, name: str, cache: bool = False):
+    """Checked 3-D operands: a (P, M, K), b as (Pb, N, K), INT32 bias (N,), and the leading dims.
+
+    With ``cache``, ``bias`` is a program's constant: its INT32 form and largest magnitude are
+    made once (``quant.requant.derived``).
+    """
     if a.dtype != np.int8 or b.dtype != np.int8:
         raise IntVitError(f"{name}: operands must be int8, got {a.dtype} and {b.dtype}")
     b_t = b if transpose_b else np.swapaxes(b, -1, -2)          # (..., N, K)
@@ -164,8 +176,12 @@ def operands(a, b, bias, transpose_b: bool, name: str):
         raise IntVitError(f"{name}: inner dimensions differ ({a.shape} @ {b.shape})")
     lead = a.shape[:-2]
     m, n = a.shape[-2], b_t.shape[-2]
-    bias = np.zeros(n, dtype=np.int32) if bias is None else np.ascontiguousarray(bias, dtype=np.int32)
-    check_accumulator(depth, bias, name)
+    if bias is None:
+        bias, widest = np.zeros(n, dtype=np.int32), 0
+    else:
+        make = lambda: (np.ascontiguousarray(bias, dtype=np.int32), _widest(bias))
+        bias, widest = derived("INT32 bias", (bias,), make) if cache else make()
+    _check_worst(depth, widest, name)
     if b_t.ndim == 2:
         b3 = b_t[None]
     else:

@@ -143,7 +143,7 @@ def derived(tag: str, arrays: tuple, make: Callable[[], object]) -> object:
     value = make()
     for a in arrays:
         a.flags.writeable = False
-    drop = lambda _, key=key: _DERIVED.pop(key, None)
+    drop = lambda _, key=key, entries=_DERIVED: entries.pop(key, None)   # safe at interpreter exit too
     _DERIVED[key] = (tuple(weakref.ref(a, drop) for a in arrays), value)
     return value
 

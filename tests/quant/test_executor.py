@@ -216,3 +216,19 @@ def test_saturation_counts(program, batch):
     # A forced saturation is counted.
     forced = dict(env, **{"blocks.0.norm1": np.full_like(env["blocks.0.norm1"], 127)})
     assert saturation_counts(program, forced)["blocks.0.norm1"] == (forced["blocks.0.norm1"].size,) * 2
+
+
+def test_the_chain_layout_is_planned_once_per_op_list(program, batch):
+    from intvit.quant import executor
+
+    first = executor._plan(program.ops, program.output, False)
+    assert executor._plan(list(program.ops), program.output, False) is first      # the same Op objects
+    assert executor._plan(program.ops, program.output, True) is not first
+    # Another op list (one op rebuilt) gets its own plan, and the result follows the ops.
+    ops = list(program.ops)
+    index = next(i for i, op in enumerate(ops) if op.kind == "requant")
+    ops[index] = Op(ops[index].kind, ops[index].name, ops[index].inputs, ops[index].outputs,
+                    {**ops[index].attrs, "bits": 4})
+    assert executor._plan(ops, program.output, False) is not first
+    assert not np.array_equal(run_program(program, batch, ops=ops), run_program(program, batch))
+    assert np.array_equal(run_program(program, batch, ops=ops), run_program(program, batch, ops=ops, collect=True)[0])
