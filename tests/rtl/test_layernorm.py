@@ -37,8 +37,10 @@ def test_properties():
 
 # (lanes, width, random rows): the shipped MNIST unit (8 lanes, width 64) carries the volume;
 # DeiT-Tiny's width 192, a width not a multiple of the lanes, and a 1-lane, 1-wide unit cover
-# the other shapes. With the 9 edge rows per run, 2,036 rows in all.
-BENCH_SHAPES = [(8, 64, 1550), (8, 192, 50), (3, 10, 300), (1, 1, 100)]
+# the other shapes. With the 9 edge rows per run, 1,186 rows in all by default; the slow run
+# takes the MNIST unit through 1,550 rows (the same seed: the first 700 are the default's).
+BENCH_SHAPES = [(8, 64, 700), pytest.param(8, 64, 1550, marks=pytest.mark.slow), (8, 192, 50), (3, 10, 300),
+                (1, 1, 100)]
 
 
 @pytest.mark.parametrize("lanes, width, rows", BENCH_SHAPES)
