@@ -16,7 +16,7 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from intvit.compiler.isa import Instruction, Memory, Opcode, decode, encode_program
+from intvit.compiler.isa import REORDER_DEPTH, Instruction, Memory, Opcode, decode, encode_program
 from intvit.rtl.controller import Controller
 from intvit.sim.config import AcceleratorConfig
 from intvit.sim.schedule import instruction_cycles, matmul_times, predict_cycles, schedule
@@ -193,3 +193,16 @@ def test_token_counter_overflow_raises_error():
     pushes = [load(push_next=True)] * 256
     result = run_controller(encode_program([long_compute, *pushes, Instruction(Opcode.END)]), AcceleratorConfig())
     assert result["error"] and not result["done"]
+
+
+def test_a_full_reorder_buffer_stalls_issue():
+    """A long REQUANT, then short MATMULs beside it: they finish but cannot retire before it, so
+    the 32nd after it waits for a free reorder-buffer entry, in the RTL as in the model."""
+    config = AcceleratorConfig()
+    instructions = [Instruction(Opcode.REQUANT, rows=300, length=64, stride=8),
+                    *[matmul(1, overlap=1)] * (REORDER_DEPTH + 4), Instruction(Opcode.END)]
+    result = run_controller(encode_program(instructions), config)
+    timed = schedule(instructions, config)
+    assert result["done"] and result["cycles"] == timed.total_cycles
+    assert result["starts"] == [int(t) for t in timed.start[:-1]]
+    assert timed.start[REORDER_DEPTH - 1] < timed.end[0] < timed.start[REORDER_DEPTH]
