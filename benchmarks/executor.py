@@ -15,6 +15,9 @@ Both sides get the same threads: torch's intra-op pool, numba's prange pool and 
 AVX2 (no AVX-512, no VNNI/AMX), numba's integer kernels included, the instruction set of the AMD
 EPYC machines this project also runs on. On a shared machine a busy core stalls every multi-threaded op, so say how loaded it was:
 the load average is printed before and after, and the CPU time of each side next to its wall time.
+There, OpenMP workers that spin while they wait (torch's and numba's pools take turns) burn the
+other core: ``OMP_WAIT_POLICY=PASSIVE`` (as ``intvit accuracy`` sets) holds both sides to the
+same sleeping wait; the header names the policy in force.
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[int, int], tuple[float, fl
     program = quantize_model(model, rng.normal(size=(CALIBRATION_IMAGES, *shape)).astype(np.float32))
 
     print(f"{MODEL} on {cpu_name()}, kernels {args.isa} (torch: {torch.backends.cpu.get_cpu_capability()}, "
-          f"numba: {numba.config.CPU_NAME or 'host'}), "
+          f"numba: {numba.config.CPU_NAME or 'host'}), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"median of {args.repeats} after a warm-up; load average {os.getloadavg()[0]:.2f} before")
     print(f"{'threads':>7}  {'batch':>5}  {'float ms/img':>12}  {'integer ms/img':>14}  {'ratio':>6}  "
           f"{'':<13}  {'CPU ms/img: float':>17}  {'integer':>7}  {'ratio':>6}")
