@@ -16,11 +16,11 @@ port. How it is built depends on the target, told by the platform Amaranth passe
   memories for FPGAs", FPGA 2010). A read returns the bank that the LVT names: the banks and
   the LVT are read with the same address, enable and transparency, so the pair is consistent.
 
-Both give the same values cycle for cycle (``tests/rtl/test_multiport.py``), including when
-two write ports write one word in the same cycle: the later port's value is kept and read
-through, as Amaranth's simulator orders the ports of one memory (its Verilog leaves such a
-collision undefined; the replicated form keeps the later port's value in hardware too).
-The replicated form costs ``write_ports * read_ports`` copies of the data.
+Both give the same values cycle for cycle in simulation (``tests/rtl/test_multiport.py``),
+including when two write ports write one word in the same cycle: the later port's value is
+kept and read through, as Amaranth's simulator orders the write ports of one memory (its
+Verilog, like Yosys, leaves such a collision undefined in either form). The replicated form
+costs ``write_ports * read_ports`` copies of the data.
 """
 
 from amaranth import Module, Mux
@@ -84,6 +84,8 @@ class MultiPortMemory(wiring.Component):
                             ("read_ports", read_ports)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise IntVitError(f"{name} must be a positive integer, not {value!r}")
+        if not isinstance(scratchpad, bool):
+            raise IntVitError(f"scratchpad must be True or False, not {scratchpad!r}")
         self._width, self._depth = width, depth
         self._write_ports, self._read_ports = write_ports, read_ports
         self._attrs = {SCRATCHPAD_ATTRIBUTE: 1} if scratchpad else {}
@@ -106,18 +108,20 @@ class MultiPortMemory(wiring.Component):
         if getattr(platform, "single_write_port_memories", False) and self._write_ports > 1:
             self._replicated(m)
         else:
-            memory = m.submodules.memory = Memory(shape=self._width, depth=self._depth, init=[], attrs=self._attrs)
-            data = self._connect(m, memory, self.write, self.read)
+            memory = m.submodules.memory = Memory(shape=self._width, depth=self._depth, init=[],
+                                                  attrs=self._attrs)
+            data = self._connect(m, memory, [(w.en, w.addr, w.data) for w in self.write], self.read)
             m.d.comb += [read.data.eq(value) for read, value in zip(self.read, data)]
         return m
 
     @staticmethod
     def _connect(m: Module, memory: Memory, writes, reads) -> list:
-        """Ports of ``memory`` driven by ``writes`` and ``reads`` (all transparent); its read data."""
+        """Ports of ``memory`` for ``writes`` (``(en, addr, data)``) and ``reads`` (ports with ``en``
+        and ``addr``), every read transparent for every write; the read ports' data."""
         ports = []
-        for write in writes:
+        for en, addr, value in writes:
             port = memory.write_port()
-            m.d.comb += [port.en.eq(write.en), port.addr.eq(write.addr), port.data.eq(write.data)]
+            m.d.comb += [port.en.eq(en), port.addr.eq(addr), port.data.eq(value)]
             ports.append(port)
         data = []
         for read in reads:
@@ -130,15 +134,12 @@ class MultiPortMemory(wiring.Component):
         # The LVT: which bank holds each word's latest value. Write port i writes i; Amaranth's
         # ordering of one memory's write ports (the later wins) settles a same-word collision.
         lvt = m.submodules.lvt = Memory(shape=ceil_log2(self._write_ports), depth=self._depth, init=[])
-        lvt_writes = [wiring.Signature({"en": Out(1), "addr": Out(len(w.addr)), "data": Out(lvt.shape)}).create()
-                      for w in self.write]
-        for index, (port, write) in enumerate(zip(lvt_writes, self.write)):
-            m.d.comb += [port.en.eq(write.en), port.addr.eq(write.addr), port.data.eq(index)]
-        live = self._connect(m, lvt, lvt_writes, self.read)
+        live = self._connect(m, lvt, [(w.en, w.addr, index) for index, w in enumerate(self.write)], self.read)
         banks = []
         for index, write in enumerate(self.write):
-            bank = m.submodules[f"bank{index}"] = Memory(shape=self._width, depth=self._depth, init=[], attrs=self._attrs)
-            banks.append(self._connect(m, bank, [write], self.read))
+            bank = m.submodules[f"bank{index}"] = Memory(shape=self._width, depth=self._depth, init=[],
+                                                         attrs=self._attrs)
+            banks.append(self._connect(m, bank, [(write.en, write.addr, write.data)], self.read))
         for port, read in enumerate(self.read):
             value = banks[0][port]
             for index in range(1, self._write_ports):

@@ -88,6 +88,11 @@ def test_rejects_bad_parameters(field, value):
         MultiPortMemory(**kwargs)
 
 
+def test_rejects_bad_scratchpad():
+    with pytest.raises(IntVitError, match=r"^scratchpad must be True or False, not 1$"):
+        MultiPortMemory(width=32, depth=16, write_ports=2, read_ports=3, scratchpad=1)
+
+
 def port_counts(platform) -> list[tuple[int, int]]:
     """(write ports, read ports) of each memory in the RTLIL of an ACC-like 3-write 4-read memory."""
     text = rtlil.convert(MultiPortMemory(width=32, depth=128, write_ports=3, read_ports=4), name="acc",
