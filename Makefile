@@ -24,7 +24,7 @@ iverilog:
 	@command -v iverilog >/dev/null || (apt-get update && apt-get install -y iverilog)
 
 test: $(STAMP) iverilog
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q --durations=20
 
 test-all: $(STAMP) iverilog
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q -m ''
