@@ -17,9 +17,10 @@ per machine, and is cached after that):
     figures) or has two or more instances; the rest is flattened into its parent. The jobs are
     independent: ``jobs`` Yosys processes run them at once, and a ``cache`` folder keeps each
     job's result under a hash of its input, so an unchanged module is not synthesised again.
-    The top's own memories (a system's scratchpads) and any memory of ``SRAM_MIN_BITS`` or more
-    are not mapped to flip-flops: they are blackboxed and reported in bits, for an SRAM macro
-    model. ``gates=True`` runs the same composition onto Yosys's generic gates (cell counts).
+    The top's own memories, those marked as scratchpads (``rtl.multiport.MultiPortMemory``'s)
+    and any memory of ``SRAM_MIN_BITS`` or more are not mapped to flip-flops: they are
+    blackboxed and reported in bits, for an SRAM macro model. ``gates=True`` runs the same
+    composition onto Yosys's generic gates (cell counts).
 ``ecp5``
     ``synth_fpga``: ``synth_ecp5`` of the whole design and ``nextpnr-ecp5`` place and route
     on an LFE5U-85F (CABGA381); LUTs, flip-flops, DSP and block RAM counts and the post-route
@@ -55,6 +56,7 @@ from amaranth.back import rtlil
 from amaranth.lib import wiring
 
 from intvit.quant.errors import IntVitError
+from intvit.rtl.multiport import FPGA, SCRATCHPAD_ATTRIBUTE
 
 __all__ = [
     "TARGETS", "SRAM_MIN_BITS", "ECP5_DEVICE", "find_liberty", "liberty_cells", "ScanShell",
@@ -240,6 +242,7 @@ class _Rtlil:
 _CELL = re.compile(r"^\s*cell (\\\S+) (\S+)$")
 _PORT_WIRE = re.compile(r"^\s*wire\b.*\b(input|output|inout) \d+\b")
 _MEMORY = re.compile(r"^\s*memory\b.*\bwidth (\d+)\b.*\bsize (\d+)\b.*\s\\(\S+)$")
+_SCRATCHPAD = re.compile(rf"^\s*attribute \\{SCRATCHPAD_ATTRIBUTE} ")
 
 
 @dataclass(frozen=True)
@@ -315,8 +318,9 @@ def _job(design: _Rtlil, key_of: dict[str, str], classes: dict[str, _ModuleClass
     stubs for its separately synthesised children; the SRAM memories as ``module/memory``, their
     bits, and the separate children's instance counts by class key.
 
-    A memory is an SRAM macro when it belongs to the design's top (a system's scratchpads) or
-    holds ``SRAM_MIN_BITS`` or more; the others (FIFOs, row buffers) stay flip-flops.
+    A memory is an SRAM macro when it belongs to the design's top or carries
+    ``SCRATCHPAD_ATTRIBUTE`` (a system's scratchpads) or holds ``SRAM_MIN_BITS`` or more; the
+    others (FIFOs, row buffers) stay flip-flops.
     """
     modules: list[str] = []
     memories: list[str] = []
@@ -329,6 +333,7 @@ def _job(design: _Rtlil, key_of: dict[str, str], classes: dict[str, _ModuleClass
     def emit(module: str, name: str) -> None:
         nonlocal sram_bits, port_bits
         lines = []
+        scratchpad = False                          # an attribute line just before marked the next memory
         for line in design.bodies[module]:
             if (match := _CELL.match(line)) and match.group(1) in design.bodies:
                 child = match.group(1)
@@ -341,14 +346,15 @@ def _job(design: _Rtlil, key_of: dict[str, str], classes: dict[str, _ModuleClass
                     child_name = f"flat_{next(flat_names)}"
                     emit(child, child_name)
                     line = f"  cell \\{child_name} {match.group(2)}"
-            elif (memory := _MEMORY.match(line)) and (
-                    module == design.top or int(memory.group(1)) * int(memory.group(2)) >= SRAM_MIN_BITS):
+            elif (memory := _MEMORY.match(line)) and (module == design.top or scratchpad
+                                                      or int(memory.group(1)) * int(memory.group(2)) >= SRAM_MIN_BITS):
                 memories.append(f"{name}/{memory.group(3)}")
                 sram_bits += int(memory.group(1)) * int(memory.group(2))
                 # Ports of the collected memory: one per read, write or init cell naming it; an
                 # address is at most 64 bits.
                 ports = sum(f'\\MEMID "\\\\{memory.group(3)}"' in other for other in design.bodies[module])
                 port_bits = max(port_bits, ports * max(int(memory.group(1)), 64))
+            scratchpad = bool(_SCRATCHPAD.match(line)) or (scratchpad and line.lstrip().startswith("attribute "))
             lines.append(line)
         modules.append(f"module \\{name}\n" + "\n".join(lines) + "\nend\n")
 
@@ -625,15 +631,24 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
     """
     shell = ScanShell(component)
     with tempfile.TemporaryDirectory(prefix=f"intvit-ecp5-{name}-") as tmp:
-        Path(tmp, "design.il").write_text(rtlil.convert(shell, name=f"{name}_shell", emit_src=False))
+        # FPGA: multi-write memories become single-write banks that block RAM can hold (rtl.multiport).
+        Path(tmp, "design.il").write_text(rtlil.convert(shell, name=f"{name}_shell", platform=FPGA, emit_src=False))
         synth_seconds = _yosys(f"read_rtlil design.il; synth_ecp5 -top {name}_shell -json design.json; "
                                "tee -q -o stats.json stat -json", tmp, name)
         by_type = json.loads(Path(tmp, "stats.json").read_text())["design"]["num_cells_by_type"]
         counts = {kind: sum(by_type.get(cell, 0) for cell in cells) for kind, cells in ECP5_CELLS.items()}
-        for kind in ("dsps", "brams", "luts"):
+        for kind in ("dsps", "brams"):
             if counts[kind] > ECP5_DEVICE[kind]:
                 raise IntVitError(f"{name} does not fit an {ECP5_DEVICE['name']}: {counts[kind]:,} {kind} "
                                   f"needed, {ECP5_DEVICE[kind]:,} available; try a smaller array or fewer lanes")
+        # The LUT positions (nextpnr's TRELLIS_COMB) hold LUT4s, two per CCU2C carry cell and four per
+        # 16x4 LUT RAM: a lower bound that refuses in seconds what place and route fails after minutes.
+        positions = counts["luts"] + 2 * counts["carry"] + 4 * counts["lutrams"]
+        if positions > ECP5_DEVICE["luts"]:
+            raise IntVitError(f"{name} does not fit an {ECP5_DEVICE['name']}: {positions:,} LUT positions needed "
+                              f"(LUT4 {counts['luts']:,}, 2 per carry cell x {counts['carry']:,}, 4 per LUT RAM x "
+                              f"{counts['lutrams']:,}), {ECP5_DEVICE['luts']:,} available; try a smaller array, "
+                              "fewer lanes or a narrower AXI port")
         args = [ECP5_DEVICE["flag"], "--package", ECP5_DEVICE["package"], "--json", "design.json",
                 "--report", "report.json", "--freq", str(target_mhz), "--timing-allow-fail",
                 "--lpf-allow-unconstrained", "--seed", str(seed), "-q"]

@@ -11,7 +11,8 @@ are ``amaranth.lib.memory`` memories:
 * **ACC**: ``cols`` lane memories of INT32, ``acc_words`` deep (word ``w`` lane ``l`` is
   element ``l`` of ACC word ``w``), with a write port each for the load module, the array and
   the vector units and read ports for the store module, the array (``accumulate``) and the
-  vector units (two: ADD's operands), so that the array and the vector units run side by side;
+  vector units (two: ADD's operands), so that the array and the vector units run side by side
+  (each lane a ``rtl.multiport.MultiPortMemory``: on an FPGA, block RAM banks and a live-value table);
 * **PARAM**: ``cols`` lane memories of 128-bit records (record ``r`` in lane ``r % cols``), read
   by the array (bias) and the vector units on ports of their own.
 
@@ -40,6 +41,7 @@ from intvit.rtl.compute import ComputeUnit
 from intvit.rtl.controller import CYCLE_BITS, Controller
 from intvit.rtl.axi import AxiSignature
 from intvit.rtl.loadstore import LoadUnit, SpGeometry, StoreUnit
+from intvit.rtl.multiport import MultiPortMemory
 
 __all__ = ["SystemParams", "System", "IMPLEMENTED_OPCODES"]
 
@@ -163,7 +165,8 @@ class System(wiring.Component):
                       [(getattr(compute, f"{name}_ren"), getattr(compute, f"{name}_raddr")[t // w],
                         getattr(compute, f"{name}_rdata")[t])])
         for lane in range(p.cols):
-            acc = m.submodules[f"acc_lane{lane}"] = SRAM(shape=32, depth=g.acc_words, init=[])
+            acc = m.submodules[f"acc_lane{lane}"] = MultiPortMemory(width=32, depth=g.acc_words, write_ports=3,
+                                                                    read_ports=4, scratchpad=True)
             writes = [(load.acc_we[lane], load.acc_addr[lane], load.acc_data[lane]),
                       (compute.mm_acc_we, compute.mm_acc_waddr, compute.mm_acc_wdata[lane]),
                       (compute.acc_we[lane], compute.acc_waddr, compute.acc_wdata[lane])]
@@ -179,13 +182,14 @@ class System(wiring.Component):
         return m
 
 
-def _wire(m: Module, memory: SRAM, writes, reads) -> None:
+def _wire(m: Module, memory: SRAM | MultiPortMemory, writes, reads) -> None:
     """Connect ``(enable, address, data)`` write and read ports; every read is transparent for every write."""
-    ports = []
-    for en, addr, value in writes:
-        port = memory.write_port()
+    if isinstance(memory, MultiPortMemory):
+        write_ports, read_ports = list(memory.write), list(memory.read)
+    else:
+        write_ports = [memory.write_port() for _ in writes]
+        read_ports = [memory.read_port(transparent_for=write_ports) for _ in reads]
+    for port, (en, addr, value) in zip(write_ports, writes, strict=True):
         m.d.comb += [port.en.eq(en), port.addr.eq(addr), port.data.eq(value)]
-        ports.append(port)
-    for en, addr, value in reads:
-        port = memory.read_port(transparent_for=ports)
+    for port, (en, addr, value) in zip(read_ports, reads, strict=True):
         m.d.comb += [port.en.eq(en), port.addr.eq(addr), value.eq(port.data)]

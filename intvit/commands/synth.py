@@ -33,11 +33,12 @@ __all__ = ["register", "run", "scratchpad_bits", "composed_report", "UNITS"]
 TARGETS = ("generic", "nangate45", "ecp5")
 TOP_CELL_TYPES = 4
 # The units reported: name -> the System's instances (dotted paths) whose cells it sums. "glue"
-# entries are a module's own cells (its children reported apart).
+# entries are a module's own cells (its children reported apart; the compute module's MATMUL place
+# FIFO with it). The ACC lanes (rtl.multiport) are SRAM macros with no cells of their own.
 UNITS = {
     "array": ("compute.array",), "requant": ("compute.requant",), "softmax": ("compute.softmax",),
     "gelu": ("compute.gelu",), "layernorm": ("compute.layernorm",), "controller": ("controller",),
-    "loadstore": ("load", "store"), "compute_glue": ("compute",), "system_glue": ("",),
+    "loadstore": ("load", "store"), "compute_glue": ("compute", "compute.places"), "system_glue": ("",),
 }
 GLUE = {"compute_glue", "system_glue"}
 SUMMED = ("area_um2", "leakage_nw", "cells", "flipflops")
@@ -147,7 +148,7 @@ def composed_report(params, table, *, gates: bool = False, abc: bool = False, jo
         entries = [modules[paths[path]] for path in members]
         prefix = "own_" if unit in GLUE else ""
         units[unit] = {f: round(sum(entry[prefix + f] for entry in entries), 3) for f in fields}
-        units[unit]["composition"] = ("own cells of " + paths[members[0]] if unit in GLUE else
+        units[unit]["composition"] = ("own cells of " + ", ".join(paths[path] for path in members) if unit in GLUE else
                                       "; ".join((f"{path}: " if len(members) > 1 else "") + compose(result, paths[path])
                                                 for path in members))
     # The inner PE: the array's most numerous child (edge PEs lose unused forwarding registers).
@@ -253,7 +254,7 @@ def _ecp5(args, config, params) -> dict:
         raise IntVitError(f"the {params.rows}x{params.cols} accelerator does not fit an {ECP5_DEVICE['name']}: at "
                           f"least {params.rows * params.cols} DSPs needed (one MULT18X18D per PE), "
                           f"{ECP5_DEVICE['dsps']} available; try a smaller array, e.g. --config "
-                          "docs/configs/small_8x8.toml")
+                          "docs/configs/fpga_8x4.toml")
     if args.json != "-":
         print(f"{_describe(params)}; synth_ecp5 + nextpnr-ecp5 (the first run compiles the WebAssembly "
               "tools once: about 80 s of CPU)", file=sys.stderr)

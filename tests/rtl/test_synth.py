@@ -3,6 +3,7 @@ the Liberty file's discovery, and ``intvit synth --target``."""
 
 import json
 import sysconfig
+from pathlib import Path
 
 import pytest
 from amaranth import Module, Shape
@@ -14,6 +15,7 @@ from intvit.cli import main
 from intvit.commands.synth import UNITS, composed_report
 from intvit.quant.errors import IntVitError
 from intvit.rtl.matmul import MatMulArray
+from intvit.rtl.multiport import MultiPortMemory
 from intvit.rtl.pe import ProcessingElement
 from intvit.rtl.synth import (SRAM_MIN_BITS, ScanShell, compose, find_liberty, liberty_cells, synth_asic,
                               synth_fpga)
@@ -108,6 +110,35 @@ def test_big_memories_are_left_to_the_sram_model():
     assert report["modules"]["sp"]["flipflops"] < 100         # not 32 Kibit of flip-flops
 
 
+class TwoScratchpads(wiring.Component):
+    """Two small multi-port scratchpads below the top, as System's ACC lanes: each 2 writes, 3 reads."""
+
+    def __init__(self, scratchpad: bool):
+        self._lanes = [MultiPortMemory(width=32, depth=16, write_ports=2, read_ports=3, scratchpad=scratchpad)
+                       for _ in range(2)]
+        super().__init__({"lanes": In(wiring.Signature({"we": Out(1), "addr": Out(4), "data": Out(32),
+                                                        "read": In(32)})).array(2)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules += self._lanes
+        for lane, memory in zip(self.lanes, self._lanes):
+            for port, write in enumerate(memory.write):
+                m.d.comb += [write.en.eq(lane.we), write.addr.eq(lane.addr + port), write.data.eq(lane.data + port)]
+            for port, read in enumerate(memory.read):
+                m.d.comb += read.addr.eq(lane.addr - port)
+            m.d.comb += lane.read.eq(memory.read[0].data ^ memory.read[1].data ^ memory.read[2].data)
+        return m
+
+
+@pytest.mark.parametrize("scratchpad", [True, False])
+def test_scratchpads_below_the_top_are_left_to_the_sram_model(scratchpad):
+    # 512 bits each, far below SRAM_MIN_BITS: only the scratchpad mark makes them SRAM macros.
+    report = synth_asic(TwoScratchpads(scratchpad), "two", gates=True)
+    assert report["sram_bits"] == (2 * 16 * 32 if scratchpad else 0)
+    assert (report["flipflops"] < 100) == scratchpad
+
+
 def test_scan_shell_needs_five_pins():
     shell = ScanShell(ProcessingElement())
     assert sorted(shell.signature.members) == ["load", "si", "so"]
@@ -130,6 +161,8 @@ def test_pe_on_ecp5_uses_one_dsp():
     report = synth_fpga(ProcessingElement(), "pe")
     assert report["dsps"] == 1 and report["fmax_mhz"] > 0
 
+
+FPGA = Path(__file__).resolve().parents[2] / "docs" / "configs" / "fpga_8x4.toml"
 
 # A System small enough for the default suite: a 4x4 array, one lane per unit, short rows, a
 # 32-bit AXI port and scratchpads of a few hundred bytes.
@@ -191,7 +224,7 @@ def test_synth_command_ecp5_refuses_what_cannot_fit(capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("intvit synth: error: the 16x16 accelerator does not fit an LFE5U-85F-CABGA381: at least "
                    "256 DSPs needed (one MULT18X18D per PE), 156 available; try a smaller array, e.g. --config "
-                   "docs/configs/small_8x8.toml")
+                   "docs/configs/fpga_8x4.toml")
 
 
 @pytest.mark.slow
@@ -203,11 +236,35 @@ def test_default_system_on_nangate45(capsys):
     assert params.rows == params.cols == 16 and report["synthesis"]["cached_jobs"] == 0
 
 
+@pytest.mark.slow
+def test_fpga_system_places_on_ecp5(capsys):
+    # The whole System (controller, DMA, array, units, scratchpads) of docs/configs/fpga_8x4.toml,
+    # placed and routed; its multi-port ACC lanes in block RAM (rtl.multiport), not flip-flops.
+    assert main(["synth", "--config", str(FPGA), "--target", "ecp5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    params = SystemParams(**report["params"])
+    assert (params.rows, params.cols) == (8, 4)
+    assert report["dsps"] <= 156 and report["brams"] <= 208 and report["luts"] <= 83640
+    assert report["brams"] >= 3 * 4 * params.cols                 # ACC: a bank per write port, a copy per read port
+    assert report["flipflops"] < params.cols * params.acc_words * 32
+    assert report["fmax_mhz"] > 10
+
+
 def test_synth_command_errors(capsys):
     assert main(["synth", "--target", "ecp5", "--abc"]) == 2
     assert "error: --abc and --unit apply to --target generic only" in capsys.readouterr().err
     assert main(["synth", "--jobs", "0"]) == 2
     assert "error: --jobs must be a positive integer, not 0" in capsys.readouterr().err
+
+
+def test_lut_positions_are_checked_before_place_and_route(monkeypatch):
+    # Carry cells take two LUT positions each: the 8-bit sum's adder alone overflows a 3-LUT device.
+    from intvit.rtl import synth
+
+    monkeypatch.setitem(synth.ECP5_DEVICE, "luts", 3)
+    with pytest.raises(IntVitError, match=r"^acc does not fit an LFE5U-85F-CABGA381: \d+ LUT positions needed "
+                                          r"\(LUT4 \d+, 2 per carry cell x [1-9]\d*, 4 per LUT RAM x 0\), 3 available; "):
+        synth_fpga(Accumulator(), "acc")
 
 
 def test_a_design_nextpnr_cannot_place_is_one_line(monkeypatch):
