@@ -237,6 +237,8 @@ def test_default_system_on_nangate45(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 14: nextpnr's router1 had 129k of 216k arcs unrouted after 646 s on "
+                                       "this design (congestion); no post-route Fmax yet")
 def test_fpga_system_places_on_ecp5(capsys):
     # The whole System (controller, DMA, array, units, scratchpads) of docs/configs/fpga_8x4.toml,
     # placed and routed; its multi-port ACC lanes in block RAM (rtl.multiport), not flip-flops.
