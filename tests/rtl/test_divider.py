@@ -70,8 +70,10 @@ def test_bench_matches_divmod(bench, width, quotient_width, vectors):
     assert [r["cycles"] for r in run["runs"]] == [cycles + 1, 5 * cycles + 1]
 
 
+@pytest.mark.slow
 def test_bench_on_verilator(bench):
-    # The shipped Verilog also starts cleanly and computes right on a second simulator.
+    # The shipped Verilog also starts cleanly and computes right on a second simulator. Slow: the
+    # default suite runs the whole System, dividers included, on Verilator (tests/harness/test_rtl_run.py).
     require("verilator")
     run = bench(Divider(8, 8), toplevel="divider", test_module="bench_divider", simulator="verilator",
                 params={"width": 8, "quotient_width": 8, "seed": SEED, "vectors": 200})
