@@ -252,30 +252,28 @@ class Controller(wiring.Component):
     def _issue(self, m: Module, queues, running, stop, started):
         counters = {c: Signal(TOKEN_BITS, name=f"tokens_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
         pops = {c: Signal(name=f"pop_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
-        pushes = {c: Signal(2, name=f"push_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
-        # Completions that push: (queue, retiring this cycle, the instruction). The load and store
-        # modules run one instruction at a time; compute's slots retire through ``_slots``.
-        retiring, go, free, control_end = [], {}, {}, Signal()
+        pushes = {c: Signal(name=f"push_{c[0].name.lower()}_{c[1].name.lower()}") for c in COUNTERS}
+        # Per module, the instruction completing this cycle and its push flags (push_prev, push_next):
+        # load and store run one instruction at a time; compute retires one a cycle (``_slots``).
+        retiring, go, free, control_end = {}, {}, {}, Signal()
         for q in (Queue.LOAD, Queue.STORE):
-            port, busy, current = getattr(self, q.name.lower()), Signal(name=f"{q.name.lower()}_busy"), \
-                Signal(INSTRUCTION_BITS, name=f"{q.name.lower()}_insn")
+            port, busy, flags = getattr(self, q.name.lower()), Signal(name=f"{q.name.lower()}_busy"), \
+                Signal(2, name=f"{q.name.lower()}_pushes")
             done = busy & port.done
             go[q] = Signal(name=f"{q.name.lower()}_go")
             with m.If(go[q]):
-                m.d.sync += [busy.eq(1), current.eq(queues[q].r_data)]
+                m.d.sync += [busy.eq(1), flags.eq(queues[q].r_data[6:8])]
             with m.Elif(done | started):
                 m.d.sync += busy.eq(0)
             m.d.comb += [port.insn.eq(queues[q].r_data), port.start.eq(go[q])]
-            retiring.append((q, done, current))
+            retiring[q] = (done, flags)
             free[q] = ~busy | done
         go[Queue.COMPUTE] = Signal(name="compute_go")
-        free[Queue.COMPUTE], compute_retiring = self._slots(m, queues[Queue.COMPUTE].r_data, go[Queue.COMPUTE],
-                                                            started, control_end)
-        retiring += compute_retiring
+        free[Queue.COMPUTE], retiring[Queue.COMPUTE] = self._slots(m, queues[Queue.COMPUTE].r_data,
+                                                                   go[Queue.COMPUTE], started, control_end)
         for producer, consumer in COUNTERS:
-            flag = 7 if producer < consumer else 6      # push_next / push_prev
-            m.d.comb += pushes[(producer, consumer)].eq(sum(
-                (done & current[flag]).as_unsigned() for q, done, current in retiring if q == producer))
+            done, flags = retiring[producer]
+            m.d.comb += pushes[(producer, consumer)].eq(done & flags[1 if producer < consumer else 0])
 
         for q, queue in queues.items():
             head = queue.r_data
@@ -287,7 +285,7 @@ class Controller(wiring.Component):
                     continue
                 flag = head[4] if producer < consumer else head[5]   # pop_prev / pop_next
                 # A push in this very cycle counts: the consumer may start in the producer's completion cycle.
-                ready = ready & (~flag | (counters[counter] != 0) | (pushes[counter] != 0))
+                ready = ready & (~flag | (counters[counter] != 0) | pushes[counter])
                 wanted.append((counter, flag))
             m.d.comb += [go[q].eq(ready), queue.r_en.eq(go[q])]
             for counter, flag in wanted:
@@ -317,8 +315,8 @@ class Controller(wiring.Component):
         enters the reorder buffer (its slot, its pushes, END); the oldest one retires (pushes
         its tokens) in the cycle its slot has signalled ``done`` for it, one per cycle, so the
         tokens keep program order while the slots finish out of it. Returns the issue
-        condition and the ``(queue, retiring, instruction)`` of the retiring one; sets
-        ``control_end`` when END retires.
+        condition and ``(retiring, its push_prev and push_next)``; sets ``control_end`` when
+        END retires.
         """
         port = self.compute
         opcode, overlap = head[0:4], head[10]
@@ -335,7 +333,7 @@ class Controller(wiring.Component):
         free = rob.w_rdy & Mux(control, idle[0] & idle[1], Mux(on_array, port.array_ready & (overlap | idle[1]),
                                                                   idle[1] & (overlap | idle[0])))
         m.d.comb += [port.insn.eq(head), port.start.eq(go & ~control),
-                     rob.w_en.eq(go), rob.w_data.eq(Cat(slot.as_unsigned()[:2], head[6], head[7], opcode == Opcode.END))]
+                     rob.w_en.eq(go), rob.w_data.eq(Cat(slot.as_unsigned()[:2], head[6:8], opcode == Opcode.END))]
         for k in range(3):
             m.d.sync += busy[k].eq(busy[k] + (go & (slot == k)) - done[k])
             with m.If(started):
@@ -353,6 +351,5 @@ class Controller(wiring.Component):
             m.d.sync += pending[k].eq(pending[k] + done[k] - (retire & (oldest == k)))
             with m.If(started):
                 m.d.sync += pending[k].eq(0)
-        flags = Signal(8)                                 # the retiring instruction's push flags, at bits 6 and 7
-        m.d.comb += [flags[6].eq(rob.r_data[2]), flags[7].eq(rob.r_data[3]), control_end.eq(retire & rob.r_data[4])]
-        return free, [(Queue.COMPUTE, retire, flags)]
+        m.d.comb += control_end.eq(retire & rob.r_data[4])
+        return free, (retire, rob.r_data[2:4])
