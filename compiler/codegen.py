@@ -411,8 +411,7 @@ class _Compiler:
                 cols = min(cbs * c_, n - g0 * c_)
                 params = self.params_for(op, [(blk, g0 * c_, cbs * c_) for blk in blocks])
                 acc_base, acc_keys = self.buffers.ring(r_ * cbs)
-                if finish is not None and finish.keywords["acc_base"] < acc_base + r_ * cbs and \
-                        acc_base < finish.keywords["acc_base"] + finish.keywords["words"]:
+                if finish is not None and finished_words[0] < acc_base + r_ * cbs and acc_base < finished_words[1]:
                     finish = finish()                    # this tile overwrites the previous one's
                 for kc in range(n_kc):
                     k0, kl = kc * k_chunk, min(k_chunk, k - kc * k_chunk)
@@ -435,7 +434,8 @@ class _Compiler:
                 if finish is not None:
                     finish = finish()
                 finish = functools.partial(self._finish_tile, op, chain, params, g0, m0, rows, cbs, cols, out, final,
-                                           acc_base=acc_base, words=r_ * cbs, acc_keys=acc_keys)
+                                           acc_base, acc_keys)
+                finished_words = (acc_base, acc_base + r_ * cbs)
                 # Not when K streams in chunks (the operand loads bound the tile; measured 6 % slower
                 # on DeiT-Tiny with small scratchpads), nor before a residual ADD (its operand's ACC
                 # tile is allocated on the way).
@@ -450,9 +450,10 @@ class _Compiler:
             self.vector(deferred, [])
 
     def _finish_tile(self, op: Op, chain: list[Op], params: dict, g0: int, m0: int, rows: int, cbs: int, cols: int,
-                     out: Place, final: str, *, acc_base: int, words: int, acc_keys: tuple) -> None:
+                     out: Place, final: str, acc_base: int, acc_keys: tuple) -> None:
         """A matmul tile's chain of element-wise steps over its ACC words, then its STORE."""
         c_ = self.geo.cols
+        words = self.geo.rows * cbs
         result = op.output
         for step in chain:
             p_off, p_keys = params.get((f"{step.name}.params", g0 * c_, cbs * c_), (0, ()))

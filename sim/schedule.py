@@ -277,8 +277,9 @@ def matmul_times(start: int, k: int, previous_row: int, config: AcceleratorConfi
     next may start in the last-beat cycle. Alone this is ``ISSUE_CYCLES + fold_cycles``.
     """
     m = config.matmul
-    last_beat = max(start + k, previous_row + 1)
-    return last_beat, last_beat + m.rows + m.cols - 1 + m.latency
+    last_beat = max(start + ISSUE_CYCLES + k - 1, previous_row + 1)
+    drain = fold_cycles(fold_plan(m.rows, k, m.cols, m.rows, m.cols, "os"), "native", m.latency) - k
+    return last_beat, last_beat + drain
 
 
 def _durations(instructions: list[Instruction], config: AcceleratorConfig) -> np.ndarray:
@@ -387,7 +388,9 @@ def schedule(instructions: list[Instruction], config: AcceleratorConfig, macs: i
             if durations is None:
                 last_beat, last_row = matmul_times(s, ins.k, last_row, config)
                 end[i] = last_row + 1
-            array_takes = (last_beat if durations is None else int(end[i]), i)
+            else:
+                last_beat = int(end[i])
+            array_takes = (last_beat, i)
         start_by[i] = sby
         done, completer = int(end[i]), i
         if queue == Queue.COMPUTE:
