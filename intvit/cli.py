@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 from intvit.quant.errors import IntVitError
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; user mistakes give one line and status 2, Ctrl-C one line and status 130.
+    """Run one command; user mistakes give one line and status 2, Ctrl-C one line and status 130,
+    a reader that closes the pipe (``| head``) status 141 and no traceback.
 
     Outputs are written atomically (``intvit.quant.atomic``), so an interrupted or failed
     command leaves no partial file behind.
@@ -67,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("intvit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`intvit ... | head`): stop quietly, and keep the interpreter's
+        # final flush of stdout from raising again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _one_line(exc: BaseException) -> str:

@@ -275,6 +275,18 @@ def test_sigint_exits_130_with_one_line(tmp_path):
     assert leftovers(out.parent) == []
 
 
+def test_a_closed_pipe_ends_quietly():
+    # `intvit simulate ... | head -1`: the reader leaves after one line of a report (160 KB) larger
+    # than the pipe can hold, so the command must meet the closed pipe; no traceback follows.
+    process = subprocess.Popen([sys.executable, "-m", "intvit.cli", "simulate", "--model", "deit-tiny",
+                                "--no-functional", "--json", "-"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "{"
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and err == "", err
+
+
 # ------------------------------------------------------------- program files the commands trust
 @pytest.fixture(scope="module")
 def mnist_program(tmp_path_factory):
