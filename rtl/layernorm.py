@@ -1,22 +1,27 @@
 """LayerNorm unit: INT8 rows of a fixed width to INT8, bit for bit ``quant.layernorm.int_layernorm``.
 
-A row is buffered once and read three times, in these phases per row:
+Three stages work on three rows at once, each row in its own region of the row buffer
+(``ROW_BUFFERS`` regions of ``ceil(width / lanes)`` words), handing a row on when the next
+stage is free:
 
-``LOAD``
-    one beat of ``lanes`` INT8 values per cycle into the row buffer, summing them;
-``MEAN``
-    ``mean = requant(sum, mean_multiplier, mean_shift)`` in Q.6 (a dyadic multiply: the
-    divisors of ``layernorm_divisors(width)`` are constants of the unit);
-``VAR``
-    each beat is read back, centred (``x * 2**6 - mean``) and its rounded squares summed,
-    then ``var = requant(sum, var_multiplier, var_shift)``;
-``SQRT``
+row stage
+    ``LOAD``: one beat of ``lanes`` INT8 values per cycle into the row's region, summing them;
+    ``MEAN``: ``mean = requant(sum, mean_multiplier, mean_shift)`` in Q.6 (a dyadic multiply:
+    the divisors of ``layernorm_divisors(width)`` are constants of the unit);
+    ``VAR``: each beat is read back, centred (``x * 2**6 - mean``) and its rounded squares
+    summed, then ``var = requant(sum, var_multiplier, var_shift)``; ``HOLD`` until taken.
+root stage
     Newton's ``x <- min(x, (x + var // x) // 2)`` from ``2**ceil(bits(var) / 2)``,
     ``ISQRT_ITERATIONS`` divisions on a sequential divider of ``NEWTON_QUOTIENT_BITS``
-    quotient bits, then ``recip = 2**30 // max(x, 1)`` on one of 31;
-``OUT``
-    each beat is read again with its channels' parameters: ``y = requant(c, recip, 2**-18)``,
+    quotient bits, each step issued on the edge that takes the previous quotient.
+output stage
+    ``recip = 2**30 // max(x, 1)`` on a second divider of 31 quotient bits, then ``OUT``: each
+    beat is read again with its channels' parameters: ``y = requant(c, recip, 2**-18)``,
     ``z = y * gamma + beta``, ``out = requant(z, multiplier, shift)`` to INT8.
+
+So one row's divisions run while the next row loads and the previous one streams out. The
+two dividers serve different stages (one per stage, so neither waits for the other): the
+narrow one saves 15 of the wide one's 32 cycles on each of the five Newton steps.
 
 Newton's quotients fit 16 bits: every estimate is at least ``s = floor(sqrt(var))`` (the
 start is ``>= sqrt(var)``, and ``(x + var // x) // 2 = floor((x + var / x) / 2) >= s`` by
@@ -43,7 +48,8 @@ from intvit.quant.layernorm import (
 from intvit.quant.requant import MAX_SHIFT, MULTIPLIER_BITS, int_range
 from intvit.rtl.divider import Divider, divider_cycles
 
-__all__ = ["LayerNorm", "LAYERNORM_PARAM_LAYOUT", "LAYERNORM_ROW_OVERHEAD_CYCLES"]
+__all__ = ["LayerNorm", "LAYERNORM_PARAM_LAYOUT", "LAYERNORM_ROW_OVERHEAD_CYCLES", "ROW_BUFFERS",
+           "layernorm_period_cycles"]
 
 DIVIDER_BITS = ISQRT_INPUT_BITS                     # var < 2**31; the dividend 2**30 fits as well
 NEWTON_QUOTIENT_BITS = 16                           # var // x <= isqrt(var) + 2 < 2**16 (module docstring)
@@ -55,12 +61,25 @@ LAYERNORM_PARAM_LAYOUT = data.StructLayout({
     "multiplier": unsigned(MULTIPLIER_BITS),
     "shift": unsigned(MAX_SHIFT.bit_length()),
 })
-# Per row beyond three passes over the beats, from this unit's states and stages: MEAN, the
-# VAR pass drain (3), VAR_SCALE, SQRT_START, each division with its issue cycle, the OUT fill
-# (4). The cycle model composes the same figure from the widths (sim.layernorm.layernorm_latency);
-# the benches hold both to the measured cycles.
-LAYERNORM_ROW_OVERHEAD_CYCLES = (1 + 3 + 1 + 1 + ISQRT_ITERATIONS * (divider_cycles(NEWTON_QUOTIENT_BITS) + 1)
-                                 + divider_cycles(DIVIDER_BITS) + 1 + 4)
+ROW_BUFFERS = 3                                     # one row per stage
+# The first row beyond its three passes over the beats, from this unit's states and stages:
+# MEAN, the VAR pass drain (3), VAR_SCALE, the hand-over to the root stage (which issues
+# Newton's first step), the Newton steps, the hand-over to the output stage (which issues the
+# reciprocal), the reciprocal, the OUT fill (4). The cycle model composes the same figure
+# from the widths (sim.layernorm.layernorm_latency); the benches hold both to the measured cycles.
+LAYERNORM_ROW_OVERHEAD_CYCLES = (1 + 3 + 1 + 1 + ISQRT_ITERATIONS * divider_cycles(NEWTON_QUOTIENT_BITS)
+                                 + 1 + divider_cycles(DIVIDER_BITS) + 4)
+
+
+def layernorm_period_cycles(beats: int) -> int:
+    """Cycles between two rows' last outputs in a stream of rows: the slowest stage's cycle.
+
+    Row stage ``2 * beats + 6`` (LOAD, MEAN, VAR and its drain, VAR_SCALE, HOLD), root stage
+    ``ISQRT_ITERATIONS * divider_cycles(16) + 2`` (the steps, HOLD, IDLE: 87), output stage
+    ``beats + divider_cycles(31) + 4 + 1`` (the reciprocal, OUT and its fill, IDLE).
+    """
+    return max(2 * beats + 1 + 3 + 1 + 1, ISQRT_ITERATIONS * divider_cycles(NEWTON_QUOTIENT_BITS) + 2,
+               beats + divider_cycles(DIVIDER_BITS) + 4 + 1)
 
 
 def _rounding_shift(value, shift_less_one):
@@ -78,7 +97,7 @@ def _saturate(value, bits: int):
 
 
 class LayerNorm(wiring.Component):
-    """LayerNorm over rows of ``width`` INT8 values, ``lanes`` per beat, with a row buffer.
+    """LayerNorm over rows of ``width`` INT8 values, ``lanes`` per beat, three rows in flight.
 
     Parameters
     ----------
@@ -92,19 +111,20 @@ class LayerNorm(wiring.Component):
     params : In(stream.Signature(StructLayout({"addr": range(beats), "data": ArrayLayout(LAYERNORM_PARAM_LAYOUT, lanes)})))
         Per-channel parameters, one beat of ``lanes`` channels per write: channel
         ``addr * lanes + k`` takes ``data[k]`` (``gamma`` INT8, ``beta`` INT32, the output
-        requantiser's ``multiplier`` and ``shift``). ``params.ready`` is high only between
-        rows (before a row's first beat is taken); load all ``ceil(width / lanes)`` beats
-        once per layer.
+        requantiser's ``multiplier`` and ``shift``). ``params.ready`` is high only while no
+        row is in the unit (before a row's first beat is taken, the rows before it all out);
+        load all ``ceil(width / lanes)`` beats once per layer.
     i : In(stream.Signature(ArrayLayout(signed(8), lanes)))
         ``ceil(width / lanes)`` beats per row; lanes past ``width`` in the last beat are ignored.
     o : Out(stream.Signature(StructLayout({"data": ArrayLayout(signed(8), lanes), "last": 1})))
         Normalised INT8 rows, ``last`` on each row's final beat; lanes past ``width`` are 0.
 
-    Timing: rows are processed one at a time. With ``o.ready`` high and input offered
-    whenever asked for, a row of ``b = ceil(width / lanes)`` beats takes ``3 b + latency``
-    cycles, ``latency = LAYERNORM_ROW_OVERHEAD_CYCLES`` (133), from its first input edge to
-    its last output edge inclusive, and the next row's first beat is taken on the edge after
-    (``sim.layernorm.layernorm_cycles``).
+    Timing: up to ``ROW_BUFFERS`` rows in flight, one per stage. With ``o.ready`` high and
+    input offered whenever asked for, ``rows`` rows of ``b = ceil(width / lanes)`` beats take
+    ``3 b + latency + (rows - 1) * period`` cycles from the first input edge to the last output
+    edge inclusive: ``latency = LAYERNORM_ROW_OVERHEAD_CYCLES`` (128) for the first row, and
+    ``period = layernorm_period_cycles(b)`` (87 for ``b <= 40``, then ``2 b + 6``) for each
+    further one (``sim.layernorm.layernorm_cycles``).
     """
 
     def __init__(self, lanes: int = 8, width: int = 192):
@@ -141,8 +161,13 @@ class LayerNorm(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles per row beyond three per beat (``LAYERNORM_ROW_OVERHEAD_CYCLES``)."""
+        """The first row's cycles beyond three per beat (``LAYERNORM_ROW_OVERHEAD_CYCLES``)."""
         return LAYERNORM_ROW_OVERHEAD_CYCLES
+
+    @property
+    def period(self) -> int:
+        """Cycles per further row in a stream of rows (``layernorm_period_cycles``)."""
+        return layernorm_period_cycles(self._beats)
 
     def elaborate(self, platform):
         m = Module()
@@ -150,37 +175,57 @@ class LayerNorm(wiring.Component):
         mean_multiplier, mean_shift, var_multiplier, var_shift = self._divisors
         # Lanes of the last beat that hold channels; the rest are padding.
         last_lanes = self._width - (beats - 1) * lanes
+        regions = ROW_BUFFERS * beats
 
-        # Two dividers: the reciprocal needs all 31 quotient bits, Newton's steps only 16.
+        # Two dividers, one per division stage: Newton's steps need 16 quotient bits, the reciprocal all 31.
         m.submodules.newton_divider = newton_divider = Divider(DIVIDER_BITS, NEWTON_QUOTIENT_BITS)
         m.submodules.recip_divider = recip_divider = Divider(DIVIDER_BITS)
-        m.submodules.buffer = buffer = Memory(shape=data.ArrayLayout(signed(8), lanes), depth=beats, init=[])
+        # One region of ``beats`` words per row in flight: the row stage loads and reads its
+        # region while the output stage reads another.
+        m.submodules.buffer = buffer = Memory(shape=data.ArrayLayout(signed(8), lanes), depth=regions, init=[])
         m.submodules.param_buffer = param_buffer = Memory(
             shape=data.ArrayLayout(LAYERNORM_PARAM_LAYOUT, lanes), depth=beats, init=[])
         load = buffer.write_port()
-        read = buffer.read_port()
+        var_read = buffer.read_port()
+        out_read = buffer.read_port()
         param_write = param_buffer.write_port()
         param_read = param_buffer.read_port()
 
-        count = Signal(range(beats + 1))            # beats loaded (LOAD) or issued (VAR, OUT)
+        # Row stage: LOAD, MEAN, VAR, VAR_SCALE, then HOLD until the root stage takes the row.
+        r_base = Signal(range(regions))             # first word of the region being loaded
+        r_count = Signal(range(beats + 1))          # beats loaded (LOAD) or issued (VAR)
         total = Signal(signed(32))                  # sum of x, then of squares: both fit INT32
-        mean = Signal(signed(32))
+        r_mean = Signal(signed(32))
         var = Signal(unsigned(31))
+        # Root stage: Newton's steps on the narrow divider.
+        q_base = Signal(range(regions))
+        q_mean = Signal(signed(32))
+        q_var = Signal(unsigned(31))
         root = Signal(ROOT_BITS)                    # Newton's estimate
         iteration = Signal(range(ISQRT_ITERATIONS))
+        # Output stage: the reciprocal on the wide divider, then the OUT pass.
+        o_base = Signal(range(regions))
+        o_mean = Signal(signed(32))
+        o_count = Signal(range(beats + 1))
         recip = Signal(DIVIDER_BITS)
+
+        r_hold, q_idle, q_hold, o_idle = Signal(), Signal(), Signal(), Signal()
+        to_root = r_hold & q_idle                   # the root stage takes the row stage's row
+        to_out = q_hold & o_idle                    # the output stage takes the root stage's row
 
         m.d.comb += [
             param_write.addr.eq(self.params.payload.addr),
             param_write.data.eq(self.params.payload.data),
             param_write.en.eq(self.params.valid & self.params.ready),
-            load.addr.eq(count),
-            param_read.addr.eq(read.addr),
-            param_read.en.eq(read.en),
+            load.addr.eq(r_base + r_count),
+            var_read.addr.eq(r_base + r_count),
+            out_read.addr.eq(o_base + o_count),
+            param_read.addr.eq(o_count),
+            param_read.en.eq(out_read.en),
         ]
         for lane in range(lanes):
             padding = lane >= last_lanes
-            m.d.comb += load.data[lane].eq(Mux(count == beats - 1, 0, self.i.payload[lane]) if padding
+            m.d.comb += load.data[lane].eq(Mux(r_count == beats - 1, 0, self.i.payload[lane]) if padding
                                            else self.i.payload[lane])
         beat_sum = sum(load.data[lane] for lane in range(lanes))
 
@@ -196,7 +241,7 @@ class LayerNorm(wiring.Component):
             if lane >= last_lanes:
                 square = Mux(s1_last, 0, square)
             m.d.sync += [
-                s1_centred.eq((read.data[lane] << LN_MEAN_FRAC_BITS) - mean),
+                s1_centred.eq((var_read.data[lane] << LN_MEAN_FRAC_BITS) - r_mean),
                 s2_square.eq(square),
             ]
             s2_squares.append(s2_square)
@@ -220,7 +265,7 @@ class LayerNorm(wiring.Component):
             s1_param = Signal(LAYERNORM_PARAM_LAYOUT, name=f"s1_param{lane}")
             s2_multiplier = Signal(unsigned(MULTIPLIER_BITS), name=f"s2_multiplier{lane}")
             s2_shift = Signal(LAYERNORM_PARAM_LAYOUT["shift"].shape, name=f"s2_shift{lane}")
-            centred = (read.data[lane] << LN_MEAN_FRAC_BITS) - mean
+            centred = (out_read.data[lane] << LN_MEAN_FRAC_BITS) - o_mean
             out = _saturate(_rounding_shift(s2_z * s2_multiplier, (s2_shift - 1)[:s2_shift.shape().width]), 8)
             if lane >= last_lanes:
                 out = Mux(out_s2_last, 0, out)
@@ -234,82 +279,105 @@ class LayerNorm(wiring.Component):
                     self.o.payload.data[lane].eq(out),
                 ]
 
+        # Newton's start 2**ceil(bits(var) / 2), taken with the row; each step's estimate
+        # min(x, (x + var // x) // 2) is the next step's divisor (a zero estimate divides as 1).
         bit_length = Signal(range(ISQRT_INPUT_BITS + 1))
         for bit in range(ISQRT_INPUT_BITS):
             with m.If(var[bit]):
                 m.d.comb += bit_length.eq(bit + 1)
         newton = (root + newton_divider.o.payload.quotient) >> 1
-        root_or_one = Mux(root == 0, 1, root)
+        next_root = Mux(newton < root, newton, root)
 
-        with m.FSM():
+        with m.FSM(name="row_stage"):
             with m.State("LOAD"):
-                m.d.comb += [self.i.ready.eq(1), self.params.ready.eq(count == 0)]
+                m.d.comb += [self.i.ready.eq(1),
+                             self.params.ready.eq((r_count == 0) & q_idle & o_idle)]
                 with m.If(self.i.valid):
                     m.d.comb += load.en.eq(1)
                     m.d.sync += [
-                        count.eq(count + 1),
-                        total.eq(Mux(count == 0, 0, total) + beat_sum),
+                        r_count.eq(r_count + 1),
+                        total.eq(Mux(r_count == 0, 0, total) + beat_sum),
                     ]
-                    with m.If(count == beats - 1):
+                    with m.If(r_count == beats - 1):
                         m.next = "MEAN"
             with m.State("MEAN"):
                 m.d.sync += [
-                    mean.eq(_saturate(_rounding_shift(total * mean_multiplier, mean_shift - 1), 32)),
+                    r_mean.eq(_saturate(_rounding_shift(total * mean_multiplier, mean_shift - 1), 32)),
                     total.eq(0),
-                    count.eq(0),
+                    r_count.eq(0),
                 ]
                 m.next = "VAR"
             with m.State("VAR"):
-                m.d.comb += read.addr.eq(count)
-                m.d.sync += [s0_valid.eq(count < beats), s0_last.eq(count == beats - 1)]
-                with m.If(count < beats):
-                    m.d.sync += count.eq(count + 1)
+                m.d.sync += [s0_valid.eq(r_count < beats), s0_last.eq(r_count == beats - 1)]
+                with m.If(r_count < beats):
+                    m.d.sync += r_count.eq(r_count + 1)
                 with m.If(s2_valid):
                     m.d.sync += total.eq(total + squares_sum)
                     with m.If(s2_last):
                         m.next = "VAR_SCALE"
             with m.State("VAR_SCALE"):
-                m.d.sync += var.eq(_saturate(_rounding_shift(total * var_multiplier, var_shift - 1), 32))
-                m.next = "SQRT_START"
-            with m.State("SQRT_START"):
-                m.d.sync += [root.eq(Const(1) << ((bit_length + 1) >> 1)), iteration.eq(0)]
-                m.next = "NEWTON_ISSUE"
-            with m.State("NEWTON_ISSUE"):
+                m.d.sync += [var.eq(_saturate(_rounding_shift(total * var_multiplier, var_shift - 1), 32)),
+                             r_count.eq(0)]
+                m.next = "HOLD"
+            with m.State("HOLD"):
+                m.d.comb += r_hold.eq(1)
+                with m.If(to_root):
+                    m.d.sync += r_base.eq(Mux(r_base == regions - beats, 0, r_base + beats))
+                    m.next = "LOAD"
+
+        with m.FSM(name="root_stage"):
+            with m.State("IDLE"):
                 m.d.comb += [
-                    newton_divider.i.valid.eq(1),
+                    q_idle.eq(1),
+                    newton_divider.i.valid.eq(to_root),
                     newton_divider.i.payload.dividend.eq(var),
-                    newton_divider.i.payload.divisor.eq(root_or_one),
+                    newton_divider.i.payload.divisor.eq(Const(1) << ((bit_length + 1) >> 1)),
                 ]
-                with m.If(newton_divider.i.ready):
-                    m.next = "NEWTON_WAIT"
-            with m.State("NEWTON_WAIT"):
+                with m.If(to_root):
+                    m.d.sync += [q_base.eq(r_base), q_mean.eq(r_mean), q_var.eq(var),
+                                 root.eq(Const(1) << ((bit_length + 1) >> 1)), iteration.eq(0)]
+                    m.next = "NEWTON"
+            with m.State("NEWTON"):
                 m.d.comb += newton_divider.o.ready.eq(1)
                 with m.If(newton_divider.o.valid):
-                    m.d.sync += [root.eq(Mux(newton < root, newton, root)), iteration.eq(iteration + 1)]
+                    m.d.sync += [root.eq(next_root), iteration.eq(iteration + 1)]
                     with m.If(iteration == ISQRT_ITERATIONS - 1):
-                        m.next = "RECIP_ISSUE"
+                        m.next = "HOLD"
                     with m.Else():
-                        m.next = "NEWTON_ISSUE"
-            with m.State("RECIP_ISSUE"):
+                        # The next step issues on the edge that takes this one's quotient.
+                        m.d.comb += [
+                            newton_divider.i.valid.eq(1),
+                            newton_divider.i.payload.dividend.eq(q_var),
+                            newton_divider.i.payload.divisor.eq(Mux(next_root == 0, 1, next_root)),
+                        ]
+            with m.State("HOLD"):
+                m.d.comb += q_hold.eq(1)
+                with m.If(to_out):
+                    m.next = "IDLE"
+
+        with m.FSM(name="out_stage"):
+            with m.State("IDLE"):
                 m.d.comb += [
-                    recip_divider.i.valid.eq(1),
+                    o_idle.eq(1),
+                    recip_divider.i.valid.eq(to_out),
                     recip_divider.i.payload.dividend.eq(1 << LN_RECIP_BITS),
-                    recip_divider.i.payload.divisor.eq(root_or_one),       # std = max(isqrt(var), 1)
+                    recip_divider.i.payload.divisor.eq(Mux(root == 0, 1, root)),     # std = max(isqrt(var), 1)
                 ]
-                with m.If(recip_divider.i.ready):
-                    m.next = "RECIP_WAIT"
-            with m.State("RECIP_WAIT"):
+                with m.If(to_out):
+                    m.d.sync += [o_base.eq(q_base), o_mean.eq(q_mean)]
+                    m.next = "RECIP"
+            with m.State("RECIP"):
                 m.d.comb += recip_divider.o.ready.eq(1)
                 with m.If(recip_divider.o.valid):
-                    m.d.sync += [recip.eq(recip_divider.o.payload.quotient), count.eq(0)]
+                    m.d.sync += [recip.eq(recip_divider.o.payload.quotient), o_count.eq(0)]
                     m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += [read.addr.eq(count), read.en.eq(advance)]
+                m.d.comb += out_read.en.eq(advance)
                 with m.If(advance):
-                    m.d.sync += [out_s0_valid.eq(count < beats), out_s0_last.eq(count == beats - 1)]
-                    with m.If(count < beats):
-                        m.d.sync += count.eq(count + 1)
+                    m.d.sync += [out_s0_valid.eq(o_count < beats), out_s0_last.eq(o_count == beats - 1)]
+                    with m.If(o_count < beats):
+                        m.d.sync += o_count.eq(o_count + 1)
                 with m.If(self.o.valid & self.o.ready & self.o.payload.last):
-                    m.d.sync += [count.eq(0), self.o.valid.eq(0)]
-                    m.next = "LOAD"
+                    m.d.sync += [o_count.eq(0), self.o.valid.eq(0)]
+                    m.next = "IDLE"
         return m

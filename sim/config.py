@@ -128,8 +128,9 @@ class UnitConfig:
     latency : int
         Fixed cycles on top of the streaming beats: for the streaming requantiser and GELU the
         pipeline depth; for Softmax and LayerNorm, which need a whole row before the first
-        output, the per-row cost of the row reductions and their divisions (see
-        ``sim.softmax`` and ``sim.layernorm``). Defaults are the RTL's measured values.
+        output, the first row's cost of the row reductions and their divisions (further rows
+        follow one period of the unit's slowest stage apart: ``sim.softmax`` and
+        ``sim.layernorm``). Defaults are the RTL's measured values.
     """
 
     lanes: int = 8

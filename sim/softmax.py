@@ -49,4 +49,4 @@ def softmax_cycles(lanes: int, latency: int, rows: int, length: int) -> int:
     length : int
         Scores per row.
     """
-    return row_cycles("softmax", lanes, latency, rows, length)
+    return row_cycles("softmax", lanes, latency, rows, length, lambda beats: (3 * beats + latency,))

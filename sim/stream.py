@@ -2,14 +2,19 @@
 
 * a *stream* (Requantiser, GELU): ``ceil(elements / lanes) + latency``, one beat of ``lanes``
   values per cycle into a ``latency``-deep pipeline, 0 for no elements;
-* *buffered rows* (Softmax, LayerNorm): ``rows * (3 * ceil(length / lanes) + latency)``, each row
-  read three times one beat per cycle, plus a fixed per-row cost, rows not overlapping.
+* *overlapped rows* (Softmax, LayerNorm): ``3 * b + latency + (rows - 1) * period(b)`` with
+  ``b = ceil(length / lanes)``: the first row reads its ``b`` beats three times, one beat per
+  cycle, plus a fixed cost; the rows after it follow one ``period`` apart, the cycle of the
+  unit's slowest stage (each stage holds one row, in its own region of the row buffer, and
+  hands it on when the next stage is free), 0 for no rows.
 
 Counts run from the first input handshake to the last output handshake, both included, as
 the cocotb benches measure them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 from intvit.quant.errors import IntVitError
 
@@ -42,10 +47,18 @@ def stream_cycles(unit: str, lanes: int, latency: int, elements: int) -> int:
     return 0 if elements == 0 else -(-elements // lanes) + latency
 
 
-def row_cycles(unit: str, lanes: int, latency: int, rows: int, length: int, length_name: str = "length") -> int:
-    """``rows * (3 * ceil(length / lanes) + latency)``."""
+def row_cycles(unit: str, lanes: int, latency: int, rows: int, length: int,
+               stage_cycles: Callable[[int], Sequence[int]], length_name: str = "length") -> int:
+    """``3 * b + latency + (rows - 1) * max(stage_cycles(b))`` for ``b = ceil(length / lanes)``, 0 for no rows.
+
+    ``stage_cycles(b)`` gives each stage's cycle per row (from taking a row to taking the next
+    when it never waits); the slowest sets the period.
+    """
     check_count(unit, "lanes", lanes, 1)
     check_count(unit, "latency", latency, 0)
     check_count(unit, "rows", rows, 0)
     check_count(unit, length_name, length, 1)
-    return rows * (ROW_PASSES * -(-length // lanes) + latency)
+    if rows == 0:
+        return 0
+    beats = -(-length // lanes)
+    return ROW_PASSES * beats + latency + (rows - 1) * max(stage_cycles(beats))

@@ -6,7 +6,7 @@ import pytest
 
 from intvit.quant.errors import IntVitError
 from intvit.sim.gelu import gelu_cycles
-from intvit.sim.layernorm import layernorm_cycles
+from intvit.sim.layernorm import layernorm_cycles, layernorm_latency, layernorm_period
 from intvit.sim.softmax import softmax_cycles
 
 
@@ -24,6 +24,35 @@ def row_schedule(rows: int, beats: int, passes: int, overhead: int) -> int:
             edge += beats
         edge += overhead
     return edge
+
+
+def line_schedule(rows: int, works: list[int]) -> int:
+    """Rows through stages that each hold one row, edge by edge, input always offered.
+
+    ``works[k]``: edges from stage ``k`` taking a row to the first edge it can hand it on (for
+    the last stage: to the row's last output). A hand-over happens on the first such edge on
+    which the next stage is free; a stage is free again the edge after it handed its row on
+    (the first stage takes the next row's first beat then). Both ends counted.
+    """
+    free = [0] * len(works)
+    for _ in range(rows):
+        take = free[0]
+        for k, work in enumerate(works):
+            ready = take + work
+            if k + 1 < len(works):
+                take = max(ready, free[k + 1])
+                free[k] = take + 1
+            else:
+                free[k] = ready + 1
+                end = ready
+    return end + 1
+
+
+def layernorm_works(beats: int, iterations: int = 5, newton_bits: int = 16) -> list[int]:
+    """The LayerNorm RTL's states per stage: LOAD b, MEAN 1, VAR b + 3, VAR_SCALE 1 to HOLD; Newton's
+    steps of ``newton_bits + 1`` edges each from the take, HOLD; the reciprocal (32) from the take,
+    OUT b + 4."""
+    return [beats + 1 + beats + 3 + 1, iterations * (newton_bits + 1) + 1, 32 + beats + 4]
 
 
 @pytest.mark.parametrize("lanes, latency, elements, expected", [
@@ -55,19 +84,28 @@ def test_softmax_matches_schedule(lanes, latency, rows, length):
 
 
 @pytest.mark.parametrize("lanes, latency, rows, width, expected", [
-    (1, 208, 1, 1, 211),
-    (8, 208, 3, 192, 3 * (72 + 208)),
-    (8, 208, 197, 768, 197 * (288 + 208)),
-    (3, 208, 1, 10, 220),       # 4 beats, the last one a third full
-    (8, 208, 0, 192, 0),
+    (1, 128, 1, 1, 131),
+    (8, 128, 3, 192, 72 + 128 + 2 * 87),                # 24 beats: Newton's 87 sets the period
+    (8, 128, 197, 768, 288 + 128 + 196 * (2 * 96 + 6)),  # 96 beats: the row stage's 2 b + 6
+    (3, 128, 1, 10, 140),       # 4 beats, the last one a third full
+    (8, 128, 0, 192, 0),
 ])
 def test_layernorm_hand_cases(lanes, latency, rows, width, expected):
     assert layernorm_cycles(lanes, latency, rows, width) == expected
 
 
-@pytest.mark.parametrize("lanes, latency, rows, width", [(1, 208, 2, 3), (4, 208, 3, 50), (16, 5, 4, 100)])
-def test_layernorm_matches_schedule(lanes, latency, rows, width):
-    assert layernorm_cycles(lanes, latency, rows, width) == row_schedule(rows, -(-width // lanes), 3, latency)
+@pytest.mark.parametrize("lanes, rows, width", [(1, 2, 3), (4, 3, 50), (16, 4, 100), (1, 5, 64), (2, 7, 100),
+                                                (8, 197, 768), (8, 197, 192)])
+def test_layernorm_matches_schedule(lanes, rows, width):
+    beats = -(-width // lanes)
+    assert layernorm_cycles(lanes, layernorm_latency(), rows, width) == line_schedule(rows, layernorm_works(beats))
+
+
+def test_layernorm_latency_and_period_follow_the_stages():
+    assert layernorm_latency(iterations=3, newton_bits=12) == line_schedule(1, layernorm_works(0, 3, 12))
+    for beats in (1, 40, 41, 96):
+        works = layernorm_works(beats)
+        assert layernorm_period(beats) == line_schedule(3, works) - line_schedule(2, works) == max(works) + 1
 
 
 @pytest.mark.parametrize("call, message", [

@@ -19,7 +19,7 @@ import pytest
 from intvit.quant.errors import IntVitError
 from intvit.sim.config import AcceleratorConfig, MatMulConfig
 from intvit.sim.gelu import GELU_LATENCY, gelu_cycles
-from intvit.sim.layernorm import layernorm_cycles, layernorm_latency
+from intvit.sim.layernorm import layernorm_cycles, layernorm_latency, layernorm_period, layernorm_stage_cycles
 from intvit.sim.matmul import compute_cycles
 from intvit.sim.requant import REQUANT_LATENCY, requant_cycles
 from intvit.sim.softmax import softmax_cycles, softmax_latency
@@ -67,8 +67,11 @@ def test_default_config_uses_the_predicted_latencies():
 @pytest.mark.parametrize("call, expected", [
     (lambda: softmax_latency(), 5 + 1 + 32 + 2),
     (lambda: softmax_latency(recip_bits=20), 5 + 1 + 22 + 2),
-    (lambda: layernorm_latency(), 6 + 5 * 18 + 1 + 32 + 4),
-    (lambda: layernorm_latency(iterations=3, newton_bits=12, recip_bits=31), 6 + 3 * 14 + 1 + 32 + 4),
+    (lambda: layernorm_latency(), 6 + 5 * 17 + 1 + 32 + 4),
+    (lambda: layernorm_latency(iterations=3, newton_bits=12, recip_bits=31), 6 + 3 * 13 + 1 + 32 + 4),
+    (lambda: layernorm_stage_cycles(24), (2 * 24 + 6, 5 * 17 + 2, 32 + 24 + 4 + 1)),
+    (lambda: layernorm_period(24), 87),
+    (lambda: layernorm_period(41), 2 * 41 + 6),
 ])
 def test_latency_compositions(call, expected):
     assert call() == expected

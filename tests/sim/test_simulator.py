@@ -28,6 +28,7 @@ from intvit.quant.executor import run_program
 from intvit.quant.model import ViT
 from intvit.quant.ptq import quantize_model
 from intvit.sim.config import AcceleratorConfig, config_from_dict
+from intvit.sim.layernorm import layernorm_period
 from intvit.sim.matmul import MatMulUnit
 from intvit.sim.simulator import simulate
 
@@ -174,11 +175,11 @@ def test_matmul_stacks_the_batch_into_m(mnist_shapes):
 
 def test_elementwise_costs(mnist_shapes):
     ops, _ = op_reports(mnist_shapes)
-    # ceil(elements / 8 lanes) + latency; per row: rows * (3 * ceil(width / 8) + latency).
+    # ceil(elements / 8 lanes) + latency; rows: 3 * ceil(width / 8) + latency + (rows - 1) * period.
     assert ops["blocks.0.mlp.gelu"].cycles == 50 * 128 // 8 + 4
     assert ops["blocks.0.mlp.act.requant"].exposed_cycles == 50 * 128 // 8 + 3
     assert ops["blocks.0.attn.softmax"].cycles == 4 * 50 * (3 * math.ceil(50 / 8) + 8)
-    assert ops["blocks.0.norm1"].cycles == 50 * (3 * 64 // 8 + 6)
+    assert ops["blocks.0.norm1"].cycles == 3 * 64 // 8 + 6 + 49 * layernorm_period(8)
     assert ops["norm"].cycles == 1 * (3 * 64 // 8 + 6)
     assert ops["blocks.0.residual"].unit == "requant"
     assert ops["blocks.0.attn.split"].unit == "none" and ops["blocks.0.attn.split"].cycles == 0
