@@ -12,7 +12,10 @@ bookkeeping and of any cycle counts:
   the n-th pop of a counter takes its n-th push). A compute instruction with ``overlap`` set
   knows only what the compute instruction before it knew when it started (issue is in
   order; the slots finish out of order, tokens are pushed in order), so the other slot's
-  instructions not known complete are checked against it like another module's;
+  instructions not known complete are checked against it like another module's. The array
+  adds one guarantee of its own: it holds at most two MATMULs (one streaming, one draining),
+  so when a MATMUL starts, every MATMUL two or more before it has completed; an instruction
+  issued after that start knows them complete;
 * **footprints**: each instruction's reads and writes as boxes (bank range x byte range in A
   and B, word range in ACC, record range in PARAM, byte range in external memory), taken from
   its fields alone, conservatively (a strided access covers its bounding range).
@@ -33,7 +36,9 @@ __all__ = ["check_hazards", "footprint", "mark_overlaps"]
 SPACES = ("A", "B", "ACC", "PARAM", "DRAM")
 # The sequential lanes of execution: the load and store modules and the compute module's two slots.
 VECTOR_LANE = len(Queue)
-LANE_QUEUE = {Queue.LOAD: Queue.LOAD, Queue.COMPUTE: Queue.COMPUTE, Queue.STORE: Queue.STORE, VECTOR_LANE: Queue.COMPUTE}
+LANES = (*Queue, VECTOR_LANE)
+# Instructions a compute slot holds at once: the array streams one MATMUL while the previous drains.
+SLOT_DEPTH = {Slot.ARRAY: 2, Slot.VECTOR: 1}
 COUNTERS = ((Queue.LOAD, Queue.COMPUTE), (Queue.COMPUTE, Queue.LOAD), (Queue.COMPUTE, Queue.STORE),
             (Queue.STORE, Queue.COMPUTE))
 
@@ -78,48 +83,80 @@ def mark_overlaps(instructions: list[Instruction], geometry: Geometry) -> list[I
     """The stream with ``overlap`` set on every MATMUL and vector instruction that may run beside
     the other slot's instructions still in flight when it issues.
 
-    An instruction with ``overlap`` knows complete only what the compute instruction before it
-    knew when it started (``_happens_before``); ``overlap`` is set when none of the other slot's
-    instructions since then touches ACC words this one writes, or writes words it reads.
-    Tokens need no care: they are pushed in program order.
+    An instruction with ``overlap`` knows complete what the compute instruction before it knew
+    when it started, and what each slot's order implies (``_settled``); ``overlap`` is set when
+    none of the other slot's instructions not known complete touches ACC words this one
+    writes, or writes words it reads. Tokens need no care: they are pushed in program order.
     """
     out = list(instructions)
     issued: dict[Slot, list[int]] = {Slot.ARRAY: [], Slot.VECTOR: []}
     acc: dict[int, list[tuple[int, int, bool]]] = {}
-    known, previous = -1, -1     # compute instructions up to ``known`` complete when ``previous`` started
+    known = {Slot.ARRAY: -1, Slot.VECTOR: -1}      # per slot, complete when the previous compute instruction started
+    previous = -1
     for i, ins in enumerate(instructions):
         if QUEUE_OF[ins.opcode] != Queue.COMPUTE:
             continue
         slot = SLOT_OF[ins.opcode]
         free = False
         if slot != Slot.CONTROL:
+            now = {s: max(known[s], _settled(issued[s], s, s == slot)) for s in known}
             acc[i] = [(lo, hi, write) for space, _, _, lo, hi, write in footprint(ins, geometry) if space == "ACC"]
-            other = issued[Slot.VECTOR if slot == Slot.ARRAY else Slot.ARRAY]
-            window = other[bisect.bisect_right(other, known):]
+            other_slot = Slot.VECTOR if slot == Slot.ARRAY else Slot.ARRAY
+            other = issued[other_slot]
+            window = other[bisect.bisect_right(other, now[other_slot]):]
             free = bool(window) and not any((w or w2) and lo < hi2 and lo2 < hi for j in window
                                             for lo2, hi2, w2 in acc[j] for lo, hi, w in acc[i])
             issued[slot].append(i)
         if free:
             out[i] = ins.replace(overlap=1)
+            known = now
+        elif slot == Slot.ARRAY:        # it waits for the array to take the last MATMUL's last beat, not its rows
+            known = {Slot.ARRAY: now[Slot.ARRAY], Slot.VECTOR: previous}
         else:
-            known = previous
+            known = dict.fromkeys(known, previous)
         previous = i
     return out
 
 
+def _settled(issued: list[int], slot: Slot, own: bool) -> int:
+    """The latest of ``slot``'s ``issued`` instructions complete when a later compute instruction
+    starts, from that slot's order alone (-1: none); ``own``: the later one is of ``slot`` too.
+
+    Issue is in order, so the last one issued has started. The vector slot runs one instruction
+    at a time: the one before the last is complete (and the last, for the next vector
+    instruction). The array holds at most two MATMULs, one streaming while the one before
+    drains: the one two before the last is complete (one before, for the next MATMUL).
+    """
+    back = SLOT_DEPTH[slot] + (not own)
+    return issued[-back] if len(issued) >= back else -1
+
+
 def _happens_before(instructions: list[Instruction]) -> np.ndarray:
-    """``known[i, q]``: the latest instruction of queue ``q`` complete whenever ``i`` starts (-1: none)."""
+    """``known[i, lane]``: the latest instruction of each of ``LANES`` complete whenever ``i`` starts (-1: none).
+
+    The compute module's lanes are its array (with SYNC and END) and its vector units.
+    """
     n = len(instructions)
-    known = np.full((n, len(Queue)), -1, dtype=np.int64)
-    after = {q: np.full(len(Queue), -1, dtype=np.int64) for q in Queue}    # at the end of each queue's last
+    known = np.full((n, len(LANES)), -1, dtype=np.int64)
+    after = {q: np.full(len(LANES), -1, dtype=np.int64) for q in Queue}     # at the end of each queue's last
     pushed: dict[tuple, list[np.ndarray]] = {c: [] for c in COUNTERS}
     popped = dict.fromkeys(COUNTERS, 0)
     last_compute = -1
+    issued: dict[Slot, list[int]] = {Slot.ARRAY: [], Slot.VECTOR: []}
     for i, ins in enumerate(instructions):
         queue = QUEUE_OF[ins.opcode]
         now = after[queue].copy()
-        if queue == Queue.COMPUTE and ins.fields.get("overlap"):
-            now = known[last_compute].copy() if last_compute >= 0 else np.full(len(Queue), -1, dtype=np.int64)
+        if queue == Queue.COMPUTE:
+            own = SLOT_OF[ins.opcode]
+            before = known[last_compute] if last_compute >= 0 else np.full(len(LANES), -1, dtype=np.int64)
+            array = max(before[Queue.COMPUTE], _settled(issued[Slot.ARRAY], Slot.ARRAY, own == Slot.ARRAY))
+            if ins.fields.get("overlap"):
+                now = before.copy()
+                now[Queue.COMPUTE] = array
+                now[VECTOR_LANE] = max(now[VECTOR_LANE], _settled(issued[Slot.VECTOR], Slot.VECTOR,
+                                                                  own == Slot.VECTOR))
+            elif own == Slot.ARRAY:    # it waits for the array to take the last MATMUL's last beat, not its rows
+                now[Queue.COMPUTE] = array
         for counter in COUNTERS:
             producer, consumer = counter
             if consumer == queue and ins.fields.get("pop_prev" if producer < consumer else "pop_next"):
@@ -130,9 +167,12 @@ def _happens_before(instructions: list[Instruction]) -> np.ndarray:
         known[i] = now
         done = np.maximum(now, after[queue])            # tokens are pushed in order within a module
         done[queue] = i
-        after[queue] = done
         if queue == Queue.COMPUTE:
+            done[VECTOR_LANE] = i                       # retirement is in program order across both slots
             last_compute = i
+            if SLOT_OF[ins.opcode] != Slot.CONTROL:
+                issued[SLOT_OF[ins.opcode]].append(i)
+        after[queue] = done
         for counter in COUNTERS:
             producer, consumer = counter
             if producer == queue and ins.fields.get("push_next" if producer < consumer else "push_prev"):
@@ -157,13 +197,13 @@ def check_hazards(instructions: list[Instruction], geometry: Geometry) -> int:
         if not sel:
             continue
         index, lane, _, b0, b1, lo, hi, write = (np.array(col) for col in zip(*sel))
-        by_lane = {q: np.flatnonzero(lane == q) for q in LANE_QUEUE}
+        by_lane = {q: np.flatnonzero(lane == q) for q in LANES}
         for k in range(len(sel)):
             j = index[k]
             for q, rows in by_lane.items():
                 if q == lane[k] or not rows.size:
                     continue
-                first = np.searchsorted(index[rows], known[j, LANE_QUEUE[q]], side="right")
+                first = np.searchsorted(index[rows], known[j, q], side="right")
                 last = np.searchsorted(index[rows], j, side="left")
                 window = rows[first:last]
                 examined += window.size

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from intvit.compiler.codegen import compile_program
-from intvit.compiler.isa import Memory, Opcode
+from intvit.compiler.isa import Geometry, Instruction, Memory, Opcode
+from intvit.compiler.verify import check_hazards, mark_overlaps
 from intvit.quant.config import get_config
+from intvit.quant.errors import IntVitError
 from intvit.quant.model import ViT
 from intvit.quant.ptq import quantize_model
 from intvit.sim.config import AcceleratorConfig
@@ -96,3 +98,48 @@ def test_residual_add_after_a_chunked_matmul_runs_on_whole_rows(mnist):
                          buffers__param_bytes=4096)
     compiled = compile_program(program, small)
     assert not residual_adds(compiled, "blocks.0.mlp.fc2") and residual_adds(compiled, "blocks.0")
+
+
+def _ordered(reads_matmul: int, matmuls: int = 3, vector_overlap: int = 1) -> list:
+    """``matmuls`` MATMULs into disjoint ACC tiles, then a REQUANT of tile ``reads_matmul`` and END."""
+    stream = [Instruction(Opcode.MATMUL, k=4, acc_addr=4 * j, acc_stride=1, overlap=int(j > 0)) for j in range(matmuls)]
+    stream.append(Instruction(Opcode.REQUANT, src=4 * reads_matmul, dst=4 * reads_matmul, rows=4, length=4, stride=1,
+                              overlap=vector_overlap))
+    return stream + [Instruction(Opcode.END)]
+
+
+GEOMETRY = Geometry(rows=4, cols=4, a_depth=64, b_depth=64, acc_words=64, param_records=64,
+                    lanes=dict.fromkeys(("requant", "softmax", "gelu", "layernorm"), 4))
+
+
+@pytest.mark.parametrize("reads, matmuls, safe", [(0, 3, True), (1, 3, False), (2, 3, False), (0, 2, False)])
+def test_the_array_holds_two_matmuls(reads, matmuls, safe):
+    # When a MATMUL starts, the one two before it has delivered its rows (the array streams one
+    # fold while the previous drains): a vector instruction issued after MATMUL 2 may overlap it
+    # and read MATMUL 0's rows, not MATMUL 1's or 2's. Planted in the checker: knowing the last
+    # MATMUL (or the one before it) complete fails the unsafe cases.
+    stream = _ordered(reads, matmuls)
+    if safe:
+        check_hazards(stream, GEOMETRY)
+        assert mark_overlaps(stream, GEOMETRY)[matmuls].overlap == 1
+    else:
+        with pytest.raises(IntVitError, match=r"\(REQUANT\) may overtake instruction \d+ \(MATMUL\): both touch ACC"):
+            check_hazards(stream, GEOMETRY)
+        assert mark_overlaps([ins.replace(overlap=0) if "overlap" in ins.fields else ins for ins in stream],
+                             GEOMETRY)[matmuls].overlap == 0
+
+
+def test_the_vector_units_run_one_instruction_at_a_time():
+    # A MATMUL issued after two vector instructions may overwrite the ACC words of the first (it
+    # finished before the second started), not those of the second.
+    requant = dict(rows=4, length=4, stride=1, overlap=1)
+    head = [Instruction(Opcode.MATMUL, k=4, acc_addr=32, acc_stride=1),
+            Instruction(Opcode.REQUANT, src=0, dst=0, **requant), Instruction(Opcode.REQUANT, src=8, dst=8, **requant)]
+    for acc_addr, safe in ((0, True), (8, False)):
+        stream = head + [Instruction(Opcode.MATMUL, k=4, acc_addr=acc_addr, acc_stride=1, overlap=1),
+                         Instruction(Opcode.END)]
+        if safe:
+            check_hazards(stream, GEOMETRY)
+        else:
+            with pytest.raises(IntVitError, match=r"\(MATMUL\) may overtake instruction 2 \(REQUANT\)"):
+                check_hazards(stream, GEOMETRY)
