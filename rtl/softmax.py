@@ -1,16 +1,21 @@
 """Softmax unit: rows of Q.12 INT32 scores to INT8 Q.7 probabilities, bit for bit ``quant.softmax.int_softmax``.
 
-A row is buffered once and read twice, in four phases per row:
+Two stages work on two rows at once, each row in its own region of the row buffer
+(``ROW_BUFFERS`` regions), the row stage handing a row to the output stage when it is free:
 
-``LOAD``
-    one beat of ``lanes`` scores per cycle into the row buffer, keeping the running maximum;
-``EXP``
-    each beat is read back, ``int_exp(x - max)`` is computed in a 4-stage pipeline after the
-    read, written back over the score and added to the row total;
-``DIVIDE``
-    ``recip = 2**30 // total`` on the shared sequential divider (31 cycles);
-``OUT``
-    each beat of exponentials is read again and ``sat8(round(e * recip / 2**23))`` streamed out.
+row stage
+    ``LOAD``: one beat of ``lanes`` scores per cycle into the row's region, keeping the
+    running maximum; ``EXP``: each beat is read back, ``int_exp(x - max)`` is computed in a
+    4-stage pipeline after the read, written back over the score and added to the row total;
+    ``HOLD`` until taken.
+output stage
+    ``DIVIDE``: ``recip = 2**30 // total`` on the sequential divider (31 quotient bits),
+    issued on the edge that takes the row; ``OUT``: each beat of exponentials is read again
+    and ``sat8(round(e * recip / 2**23))`` streamed out.
+
+So one row's division and output run while the next row loads and exponentiates. One
+divider serves: a division per row is shorter than the row stage for rows of 30 beats and
+more, and a second would only serve two rows' divisions at once, which the stages never need.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from intvit.quant.softmax import (
 )
 from intvit.rtl.divider import Divider, divider_cycles
 
-__all__ = ["Softmax", "SOFTMAX_ROW_OVERHEAD_CYCLES"]
+__all__ = ["Softmax", "SOFTMAX_ROW_OVERHEAD_CYCLES", "ROW_BUFFERS", "softmax_period_cycles"]
 
 SCORE_BITS = 32
 PROB_BITS = 8
@@ -40,15 +45,27 @@ OUT_SHIFT = SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS
 EXP_READ_CYCLES = 1
 EXP_PIPELINE_CYCLES = 4
 OUT_PIPELINE_CYCLES = 2                             # buffer read, then the output register
-# Per row beyond the three passes over its beats, from this unit's own stages (the cycle
-# model composes the same figure from the widths: sim.softmax.softmax_latency; the benches
-# hold both to the measured cycles).
+ROW_BUFFERS = 2                                     # one row per stage
+# The first row beyond the three passes over its beats, from this unit's own stages: the EXP
+# drain, the hand-over to the output stage (which issues the division), the division, the OUT
+# fill. The cycle model composes the same figure from the widths: sim.softmax.softmax_latency;
+# the benches hold both to the measured cycles.
 SOFTMAX_ROW_OVERHEAD_CYCLES = (EXP_READ_CYCLES + EXP_PIPELINE_CYCLES + 1 + divider_cycles(DIVIDER_BITS)
                                + OUT_PIPELINE_CYCLES)
 
 
+def softmax_period_cycles(beats: int) -> int:
+    """Cycles between two rows' last outputs in a stream of rows of ``beats`` beats: the slower stage's cycle.
+
+    Row stage ``2 * beats + 6`` (LOAD, EXP and its drain, HOLD), output stage
+    ``beats + divider_cycles(31) + 2 + 1`` (the division, OUT and its fill, IDLE).
+    """
+    return max(2 * beats + EXP_READ_CYCLES + EXP_PIPELINE_CYCLES + 1,
+               beats + divider_cycles(DIVIDER_BITS) + OUT_PIPELINE_CYCLES + 1)
+
+
 class Softmax(wiring.Component):
-    """Row softmax over ``lanes`` scores per beat, with an internal row buffer.
+    """Row softmax over ``lanes`` scores per beat, two rows in flight.
 
     Parameters
     ----------
@@ -63,16 +80,17 @@ class Softmax(wiring.Component):
         Row length, sampled with the first beat of each row; must be in ``1..max_length``.
     i : In(stream.Signature(ArrayLayout(signed(32), lanes)))
         Q.12 scores, ``ceil(length / lanes)`` beats per row; lanes past ``length`` in the
-        last beat are ignored. ``i.ready`` is high only while a row is being loaded.
+        last beat are ignored. ``i.ready`` is high only while the row stage loads a row.
     o : Out(stream.Signature(StructLayout({"data": ArrayLayout(signed(8), lanes), "last": 1})))
         Q.7 probabilities in the same order, ``last`` on the row's final beat; lanes past
         ``length`` are 0.
 
-    Timing: rows are processed one at a time. With ``o.ready`` high and input offered
-    whenever asked for, a row of ``b = ceil(length / lanes)`` beats takes ``3 b + latency``
-    cycles, ``latency = SOFTMAX_ROW_OVERHEAD_CYCLES`` (40), from its first input edge to its
-    last output edge inclusive, and the next row's first beat is taken on the edge after
-    (``sim.softmax.softmax_cycles``).
+    Timing: up to ``ROW_BUFFERS`` rows in flight, one per stage. With ``o.ready`` high and
+    input offered whenever asked for, ``rows`` rows of ``b = ceil(length / lanes)`` beats take
+    ``3 b + latency + (rows - 1) * period`` cycles from the first input edge to the last output
+    edge inclusive: ``latency = SOFTMAX_ROW_OVERHEAD_CYCLES`` (40) for the first row and
+    ``period = softmax_period_cycles(b)`` (``b + 35`` up to 29 beats, then ``2 b + 6``) for each
+    further one (``sim.softmax.softmax_cycles``).
     """
 
     def __init__(self, lanes: int = 8, max_length: int = 256):
@@ -103,27 +121,43 @@ class Softmax(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles per row beyond three per beat (``SOFTMAX_ROW_OVERHEAD_CYCLES``)."""
+        """The first row's cycles beyond three per beat (``SOFTMAX_ROW_OVERHEAD_CYCLES``)."""
         return SOFTMAX_ROW_OVERHEAD_CYCLES
+
+    def period(self, length: int) -> int:
+        """Cycles per further row of ``length`` scores in a stream of rows (``softmax_period_cycles``)."""
+        return softmax_period_cycles(-(-length // self._lanes))
 
     def elaborate(self, platform):
         m = Module()
         lanes = self._lanes
         depth = -(-self._max_length // lanes)
+        regions = ROW_BUFFERS * depth
         m.submodules.divider = divider = Divider(DIVIDER_BITS)
-        m.submodules.buffer = buffer = Memory(shape=data.ArrayLayout(signed(SCORE_BITS), lanes), depth=depth,
+        # One region of ``depth`` words per row in flight: the row stage loads and rewrites its
+        # region while the output stage reads the other.
+        m.submodules.buffer = buffer = Memory(shape=data.ArrayLayout(signed(SCORE_BITS), lanes), depth=regions,
                                               init=[])
-        read = buffer.read_port()
+        exp_read = buffer.read_port()
+        out_read = buffer.read_port()
         write = buffer.write_port()
 
-        beats = Signal(range(depth + 1))            # beats of the current row, counted while loading
+        # Row stage: LOAD, EXP, then HOLD until the output stage takes the row.
+        r_base = Signal(range(regions))             # first word of the region being loaded
+        beats = Signal(range(depth + 1))            # beats of the row, counted while loading
         left = Signal(range(self._max_length + 1))  # scores of the row not yet loaded
         last_lanes = Signal(range(lanes + 1))        # valid lanes in the row's last beat
         first = Signal(init=1)
         row_max = Signal(signed(SCORE_BITS))
         total = Signal(range(self._max_length * EXP_MAX + 1))
+        r_issue = Signal(range(depth + 1))
+        # Output stage: the division, then the OUT pass.
+        o_base = Signal(range(regions))
+        o_beats = Signal(range(depth + 1))
         recip = Signal(DIVIDER_BITS)
-        issue = Signal(range(depth + 1))
+        o_issue = Signal(range(depth + 1))
+        r_hold, o_idle = Signal(), Signal()
+        to_out = r_hold & o_idle                    # the output stage takes the row stage's row
 
         # LOAD: lanes past the row end become INT32_MIN, which leaves the maximum alone;
         # EXP zeroes their exponentials, so they vanish from the total and the output.
@@ -151,7 +185,7 @@ class Softmax(wiring.Component):
             s3_square = Signal(range((EXP_POLY_B**2 >> SOFTMAX_INPUT_FRAC_BITS) + 1), name=f"s3_square{lane}")
             e = Signal(range(EXP_MAX + 1), name=f"s4_e{lane}")
             in_row = ~s3_last | (lane < last_lanes)
-            gap = row_max - read.data[lane]                         # >= 0, up to 2**32 - 1
+            gap = row_max - exp_read.data[lane]                     # >= 0, up to 2**32 - 1
             q = (s1_gap * EXP_DIV_MULT) >> EXP_DIV_SHIFT            # floor(gap / LN2) on the clamped range
             raw_poly = ((s3_square * EXP_POLY_A) >> EXP_POLY_A_SHIFT) + EXP_POLY_C
             poly = Mux(raw_poly > EXP_MAX, EXP_MAX, raw_poly)
@@ -174,20 +208,17 @@ class Softmax(wiring.Component):
         s0_out_last = Signal()
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
         for lane in range(lanes):
-            product = read.data[lane].as_unsigned()[:EXP_MAX.bit_length()] * recip
+            product = out_read.data[lane].as_unsigned()[:EXP_MAX.bit_length()] * recip
             rounded = (product + (1 << (OUT_SHIFT - 1))) >> OUT_SHIFT
             with m.If(advance):
                 m.d.sync += self.o.payload.data[lane].eq(Mux(rounded > 127, 127, rounded))
 
-        m.d.comb += [
-            divider.i.payload.dividend.eq(1 << SOFTMAX_RECIP_BITS),
-            divider.i.payload.divisor.eq(total),
-        ]
-        with m.FSM():
+        m.d.comb += [exp_read.addr.eq(r_base + r_issue), out_read.addr.eq(o_base + o_issue)]
+        with m.FSM(name="row_stage"):
             with m.State("LOAD"):
                 m.d.comb += [
                     self.i.ready.eq(1),
-                    write.addr.eq(beats),
+                    write.addr.eq(r_base + beats),
                 ]
                 for lane in range(lanes):
                     m.d.comb += write.data[lane].eq(loaded[lane])
@@ -200,15 +231,16 @@ class Softmax(wiring.Component):
                         row_max.eq(Mux(first | (beat_max > row_max), beat_max, row_max)),
                     ]
                     with m.If(left_now <= lanes):
-                        m.d.sync += [issue.eq(0), total.eq(0), last_lanes.eq(left_now)]
+                        m.d.sync += [r_issue.eq(0), total.eq(0), last_lanes.eq(left_now)]
                         m.next = "EXP"
             with m.State("EXP"):
-                m.d.comb += [read.addr.eq(issue), write.addr.eq(s4_addr)]
+                m.d.comb += write.addr.eq(r_base + s4_addr)
                 for lane in range(lanes):
                     m.d.comb += write.data[lane].eq(s4_e[lane])
-                with m.If(issue < beats):
+                with m.If(r_issue < beats):
                     m.d.sync += [
-                        issue.eq(issue + 1), s0_valid.eq(1), s0_addr.eq(issue), s0_last.eq(issue == beats - 1),
+                        r_issue.eq(r_issue + 1), s0_valid.eq(1), s0_addr.eq(r_issue),
+                        s0_last.eq(r_issue == beats - 1),
                     ]
                 with m.Else():
                     m.d.sync += s0_valid.eq(0)
@@ -216,28 +248,42 @@ class Softmax(wiring.Component):
                     m.d.comb += write.en.eq(1)
                     m.d.sync += total.eq(total + beat_total)
                     with m.If(s4_last):
-                        m.next = "START_DIVIDE"
-            with m.State("START_DIVIDE"):
-                m.d.comb += divider.i.valid.eq(1)
-                with m.If(divider.i.ready):
+                        m.next = "HOLD"
+            with m.State("HOLD"):
+                m.d.comb += r_hold.eq(1)
+                with m.If(to_out):
+                    m.d.sync += [beats.eq(0), first.eq(1),
+                                 r_base.eq(Mux(r_base == regions - depth, 0, r_base + depth))]
+                    m.next = "LOAD"
+
+        with m.FSM(name="out_stage"):
+            with m.State("IDLE"):
+                m.d.comb += [
+                    o_idle.eq(1),
+                    divider.i.valid.eq(to_out),
+                    divider.i.payload.dividend.eq(1 << SOFTMAX_RECIP_BITS),
+                    divider.i.payload.divisor.eq(total),
+                ]
+                with m.If(to_out):
+                    m.d.sync += [o_base.eq(r_base), o_beats.eq(beats)]
                     m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 m.d.comb += divider.o.ready.eq(1)
                 with m.If(divider.o.valid):
-                    m.d.sync += [recip.eq(divider.o.payload.quotient), issue.eq(0)]
+                    m.d.sync += [recip.eq(divider.o.payload.quotient), o_issue.eq(0)]
                     m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += [read.addr.eq(issue), read.en.eq(advance)]
+                m.d.comb += out_read.en.eq(advance)
                 with m.If(advance):
                     m.d.sync += [
-                        s0_out_valid.eq(issue < beats),
-                        s0_out_last.eq(issue == beats - 1),
+                        s0_out_valid.eq(o_issue < o_beats),
+                        s0_out_last.eq(o_issue == o_beats - 1),
                         self.o.valid.eq(s0_out_valid),
                         self.o.payload.last.eq(s0_out_last),
                     ]
-                    with m.If(issue < beats):
-                        m.d.sync += issue.eq(issue + 1)
+                    with m.If(o_issue < o_beats):
+                        m.d.sync += o_issue.eq(o_issue + 1)
                 with m.If(self.o.valid & self.o.ready & self.o.payload.last):
-                    m.d.sync += [beats.eq(0), first.eq(1), s0_out_valid.eq(0), self.o.valid.eq(0)]
-                    m.next = "LOAD"
+                    m.d.sync += [s0_out_valid.eq(0), self.o.valid.eq(0)]
+                    m.next = "IDLE"
         return m

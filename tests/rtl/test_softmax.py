@@ -9,10 +9,10 @@ from sim_streams import simulate_stream
 
 from intvit.quant.errors import IntVitError
 from intvit.quant.softmax import int_softmax
-from intvit.rtl.softmax import SOFTMAX_ROW_OVERHEAD_CYCLES, Softmax
+from intvit.rtl.softmax import SOFTMAX_ROW_OVERHEAD_CYCLES, Softmax, softmax_period_cycles
 
 SEED = 2024
-CYCLE_CASES = [[1, 1], [2, 50], [3, 197], [4, 8]]
+CYCLE_CASES = [[1, 1], [2, 50], [3, 197], [4, 8], [5, 50], [5, 197]]
 # (lanes, max_length, random rows): the shipped MNIST unit (8 lanes, 50 tokens) carries the
 # volume; DeiT's 197 tokens on 4 lanes and a 1-lane unit cover the other shapes. With the
 # 12 edge rows per run, 2,036 rows in all.
@@ -32,6 +32,7 @@ def test_rejects_bad_parameters(kwargs, message):
 def test_properties():
     unit = Softmax(lanes=4, max_length=100)
     assert (unit.lanes, unit.max_length, unit.latency) == (4, 100, SOFTMAX_ROW_OVERHEAD_CYCLES)
+    assert (unit.period(100), unit.period(97)) == (softmax_period_cycles(25), softmax_period_cycles(25))
     with pytest.raises(AttributeError):
         unit.max_length = 3
 
@@ -45,9 +46,10 @@ def test_bench_matches_int_softmax(bench, lanes, max_length, rows):
                         "rows": rows, "cycle_cases": cases})
     print(f"bench_softmax lanes={lanes} rows={run['rows']}: {run.wall_s:.2f} s")
     assert run["rows"] == rows + 12
-    # The RTL's declared per-row latency against its measured cycles.
+    # The RTL's declared first-row latency and period against its measured cycles.
     for record in run["records"]:
-        assert record["cycles"] == record["rows"] * (3 * -(-record["length"] // lanes) + unit.latency), record
+        assert record["cycles"] == (3 * -(-record["length"] // lanes) + unit.latency
+                                    + (record["rows"] - 1) * unit.period(record["length"])), record
     check_cycles("softmax", run["records"])
 
 

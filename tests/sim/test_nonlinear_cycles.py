@@ -7,7 +7,7 @@ import pytest
 from intvit.quant.errors import IntVitError
 from intvit.sim.gelu import gelu_cycles
 from intvit.sim.layernorm import layernorm_cycles, layernorm_latency, layernorm_period
-from intvit.sim.softmax import softmax_cycles
+from intvit.sim.softmax import softmax_cycles, softmax_latency, softmax_period
 
 
 def pipelined_schedule(beats: int, latency: int) -> int:
@@ -67,20 +67,33 @@ def test_gelu_matches_schedule(lanes, latency, elements):
     assert gelu_cycles(lanes, latency, elements) == pipelined_schedule(-(-elements // lanes), latency)
 
 
+def softmax_works(beats: int) -> list[int]:
+    """The Softmax RTL's states per stage: LOAD b, EXP b + 5 to HOLD; the division (32) from the take, OUT b + 2."""
+    return [beats + beats + 5, 32 + beats + 2]
+
+
 @pytest.mark.parametrize("lanes, latency, rows, length, expected", [
     (4, 40, 1, 1, 43),          # one beat: 3 passes + 40
-    (4, 40, 2, 50, 158),        # 13 beats: 2 * (39 + 40)
-    (8, 40, 197, 197, 197 * (3 * 25 + 40)),
-    (1, 0, 3, 5, 45),
+    (4, 40, 2, 50, 79 + 48),    # 13 beats: the output stage's b + 35 sets the period
+    (8, 40, 197, 197, 3 * 25 + 40 + 196 * 60),
+    (1, 40, 3, 197, 3 * 197 + 40 + 2 * (2 * 197 + 6)),  # the row stage's 2 b + 6
+    (1, 0, 3, 5, 15 + 2 * 40),
     (4, 40, 0, 10, 0),
 ])
 def test_softmax_hand_cases(lanes, latency, rows, length, expected):
     assert softmax_cycles(lanes, latency, rows, length) == expected
 
 
-@pytest.mark.parametrize("lanes, latency, rows, length", [(1, 40, 2, 3), (4, 40, 3, 197), (8, 12, 5, 64)])
-def test_softmax_matches_schedule(lanes, latency, rows, length):
-    assert softmax_cycles(lanes, latency, rows, length) == row_schedule(rows, -(-length // lanes), 3, latency)
+@pytest.mark.parametrize("lanes, rows, length", [(1, 2, 3), (4, 3, 197), (8, 5, 64), (1, 4, 50), (8, 197, 197)])
+def test_softmax_matches_schedule(lanes, rows, length):
+    beats = -(-length // lanes)
+    assert softmax_cycles(lanes, softmax_latency(), rows, length) == line_schedule(rows, softmax_works(beats))
+
+
+def test_softmax_period_follows_the_stages():
+    for beats in (1, 29, 30, 197):
+        works = softmax_works(beats)
+        assert softmax_period(beats) == line_schedule(3, works) - line_schedule(2, works) == max(works) + 1
 
 
 @pytest.mark.parametrize("lanes, latency, rows, width, expected", [

@@ -22,7 +22,7 @@ from intvit.sim.gelu import GELU_LATENCY, gelu_cycles
 from intvit.sim.layernorm import layernorm_cycles, layernorm_latency, layernorm_period, layernorm_stage_cycles
 from intvit.sim.matmul import compute_cycles
 from intvit.sim.requant import REQUANT_LATENCY, requant_cycles
-from intvit.sim.softmax import softmax_cycles, softmax_latency
+from intvit.sim.softmax import softmax_cycles, softmax_latency, softmax_period, softmax_stage_cycles
 
 CYCLES_DIR = Path(__file__).resolve().parents[1] / "rtl" / "cycles"
 REQUIRED_UNITS = ("matmul", "requant", "gelu", "softmax", "layernorm")
@@ -67,6 +67,9 @@ def test_default_config_uses_the_predicted_latencies():
 @pytest.mark.parametrize("call, expected", [
     (lambda: softmax_latency(), 5 + 1 + 32 + 2),
     (lambda: softmax_latency(recip_bits=20), 5 + 1 + 22 + 2),
+    (lambda: softmax_stage_cycles(25), (2 * 25 + 6, 32 + 25 + 2 + 1)),
+    (lambda: softmax_period(25), 60),
+    (lambda: softmax_period(30), 2 * 30 + 6),
     (lambda: layernorm_latency(), 6 + 5 * 17 + 1 + 32 + 4),
     (lambda: layernorm_latency(iterations=3, newton_bits=12, recip_bits=31), 6 + 3 * 13 + 1 + 32 + 4),
     (lambda: layernorm_stage_cycles(24), (2 * 24 + 6, 5 * 17 + 2, 32 + 24 + 4 + 1)),

@@ -31,6 +31,7 @@ from intvit.sim.config import AcceleratorConfig, config_from_dict
 from intvit.sim.layernorm import layernorm_period
 from intvit.sim.matmul import MatMulUnit
 from intvit.sim.simulator import simulate
+from intvit.sim.softmax import softmax_period
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 # Every dataflow, on arrays whose sides divide none of the models' K dimensions (partial K folds).
@@ -178,7 +179,7 @@ def test_elementwise_costs(mnist_shapes):
     # ceil(elements / 8 lanes) + latency; rows: 3 * ceil(width / 8) + latency + (rows - 1) * period.
     assert ops["blocks.0.mlp.gelu"].cycles == 50 * 128 // 8 + 4
     assert ops["blocks.0.mlp.act.requant"].exposed_cycles == 50 * 128 // 8 + 3
-    assert ops["blocks.0.attn.softmax"].cycles == 4 * 50 * (3 * math.ceil(50 / 8) + 8)
+    assert ops["blocks.0.attn.softmax"].cycles == 3 * 7 + 8 + (4 * 50 - 1) * softmax_period(7)
     assert ops["blocks.0.norm1"].cycles == 3 * 64 // 8 + 6 + 49 * layernorm_period(8)
     assert ops["norm"].cycles == 1 * (3 * 64 // 8 + 6)
     assert ops["blocks.0.residual"].unit == "requant"
