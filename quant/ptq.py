@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from intvit.quant.calibrate import ActivationRanges, batches, record_activations
+from intvit.quant.calibrate import ActivationRanges, calibration_ranges
 from intvit.quant.config import ViTConfig
 from intvit.quant.errors import IntVitError
 from intvit.quant.gelu import GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS, GELU_OUTPUT_FRAC_BITS
@@ -161,7 +161,8 @@ def _head(b: _Builder, cfg: ViTConfig, parameters: dict, x: str, s_x: float, sca
 
 
 def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = "minmax",
-                   percentile: float = 99.99, batch_size: int = 32, progress=None) -> IntProgram:
+                   percentile: float = 99.99, batch_size: int = 32, progress=None,
+                   workers: int | None = None) -> IntProgram:
     """Calibrate ``model`` on normalised images and build its integer program.
 
     Parameters
@@ -170,7 +171,13 @@ def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = 
     calibration_images : float array (N, C, H, W), normalised with ``quant.data.normalize``
     method : "minmax" or "percentile"
         Activation range: max |x| over the set, or the given percentile of |x|.
+    batch_size : int
+        Images per batch: percentile calibration samples each batch's activations; minmax ranges
+        do not depend on it.
     progress : optional callable wrapping the batch iterator (e.g. tqdm)
+    workers : int, optional
+        Threads running minmax calibration (default: torch's thread count); the program does not
+        depend on it (``quant.calibrate.calibration_ranges``).
     """
     cfg = model.config
     images = np.asarray(calibration_images, dtype=np.float32)
@@ -183,9 +190,7 @@ def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = 
                           f"{(cfg.in_chans, cfg.img_size, cfg.img_size)}")
     ranges = ActivationRanges(method, percentile, skip=UNSCALED_ACTIVATIONS)
     model.eval()
-    chunks = batches(images, batch_size)
-    for chunk in progress(chunks) if progress else chunks:
-        record_activations(model, chunk, ranges)
+    calibration_ranges(model, images, ranges, batch_size, progress, workers)
     parameters = {name: tensor.detach().numpy() for name, tensor in model.state_dict().items()}
     return assemble_program(cfg, parameters, ranges.range,
                             {"method": method, "images": int(len(images)),
