@@ -222,14 +222,21 @@ def build_program(args: argparse.Namespace, model: ViT, data: str, held_apart: b
                               f"({program.config.embed_dim}-wide, depth {program.config.depth}), "
                               f"not the {model.config.name!r} model given")
         return program
-    return calibrated_program(args, data, lambda: model, held_apart)
+    return calibrated_program(args, data, lambda: model, held_apart, model.config)
 
 
-def _calibrate(args: argparse.Namespace, model: ViT, data: str, held_apart: bool) -> IntProgram:
+def _calibrate(args: argparse.Namespace, model: Callable[[], ViT], config: ViTConfig, data: str,
+               held_apart: bool) -> IntProgram:
+    from concurrent.futures import ThreadPoolExecutor
+
     from intvit.quant.ptq import quantize_model
 
-    images, where = calibration_images(args, model.config, data, held_apart)
-    program = quantize_model(model, images, method=args.calib_method, percentile=args.percentile,
+    # The images load (numpy) while torch imports and the model is built, mostly outside the GIL.
+    with ThreadPoolExecutor(1, thread_name_prefix="intvit-images") as pool:
+        loading = pool.submit(calibration_images, args, config, data, held_apart)
+        float_model = model()
+        images, where = loading.result()
+    program = quantize_model(float_model, images, method=args.calib_method, percentile=args.percentile,
                              batch_size=args.batch_size,
                              progress=lambda it: progress(it, "calibrate", -(-len(images) // args.batch_size)))
     program.calibration["source"] = where
@@ -237,26 +244,30 @@ def _calibrate(args: argparse.Namespace, model: ViT, data: str, held_apart: bool
 
 
 def calibrated_program(args: argparse.Namespace, data: str, model: Callable[[], ViT],
-                       held_apart: bool = True) -> IntProgram:
+                       held_apart: bool = True, config: ViTConfig | None = None) -> IntProgram:
     """The model calibrated as ``build_program`` does, from the program cache when it holds it.
 
-    ``model()`` is called only when calibration runs, so a warm run builds no float model. The key
-    covers the weights' bytes, the model options, the calibration data and settings and the intvit
-    version (``intvit.cache``). Commands without ``--no-cache``, and ``--no-cache``, always calibrate.
+    ``model()`` is called only when calibration runs, so a warm run builds no float model; its
+    ``config`` (default: the options' ``model_spec``) sizes the calibration images, which load
+    meanwhile. The key covers the weights' bytes, the model options, the calibration data and
+    settings and the intvit version (``intvit.cache``). Commands without ``--no-cache``, and
+    ``--no-cache``, always calibrate.
     """
-    if getattr(args, "no_cache", True):
-        return _calibrate(args, model(), data, held_apart)
+    no_cache = getattr(args, "no_cache", True)
+    spec = None if no_cache and config is not None else model_spec(args)
+    config = config or spec.config
+    if no_cache:
+        return _calibrate(args, model, config, data, held_apart)
     from intvit.cache import cached, data_identity, program_key, weights_identity
 
     calib = getattr(args, "calib_data", None)
-    spec = model_spec(args)
     key = program_key({
         "config": repr(spec.config), "weights": weights_identity(spec.weights, args.seed, _embedded(spec)),
         "data": data_identity(calib or data, BUILTIN_DATA), "calib_data": bool(calib), "held_apart": held_apart,
         "calib_size": args.calib_size, "method": args.calib_method, "batch_size": args.batch_size,
         "percentile": args.percentile if args.calib_method == "percentile" else None,
     })
-    return cached(key, lambda: _calibrate(args, model(), data, held_apart), spec.config)
+    return cached(key, lambda: _calibrate(args, model, config, data, held_apart), spec.config)
 
 
 def shape_program(args: argparse.Namespace) -> IntProgram:
