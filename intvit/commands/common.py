@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -162,12 +163,23 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
 
 def load_model(args: argparse.Namespace, spec: ModelSpec | None = None) -> ViT:
     """The float model the options name (or ``spec``), in eval mode."""
+    _passive_openmp()
     from intvit.quant.checkpoint import load_embedded
 
     spec = spec or model_spec(args)
     if _embedded(spec):
         return load_embedded().eval()
     return spec.build(getattr(args, "seed", 0))
+
+
+def _passive_openmp() -> None:
+    """Idle OpenMP workers sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless set).
+
+    Read once, when torch first loads: called before that. With other jobs on the cores, spinning
+    workers slowed the seeded DeiT-Tiny's build (tens of short parallel regions) from 0.1 s to
+    2 s, and a cold functional DeiT-Tiny simulate took 1 s more CPU (load 6).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _embedded(spec: ModelSpec) -> bool:
@@ -232,6 +244,7 @@ def _calibrate(args: argparse.Namespace, model: Callable[[], ViT], config: ViTCo
     from intvit.quant.ptq import quantize_model
 
     # The images load (numpy) while torch imports and the model is built, mostly outside the GIL.
+    _passive_openmp()               # before the loading thread can import torch (to shrink images)
     with ThreadPoolExecutor(1, thread_name_prefix="intvit-images") as pool:
         loading = pool.submit(calibration_images, args, config, data, held_apart)
         float_model = model()

@@ -11,6 +11,7 @@ schedule's, for mnist).
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -19,7 +20,9 @@ import intvit
 import intvit.quant.ptq
 from intvit.cache import cache_dir
 from intvit.cli import build_parser, main
+from intvit.commands import common
 from intvit.commands.common import calibrated_program, load_model, shape_program
+from intvit.quant.errors import IntVitError
 from intvit.quant.program import load_program
 from intvit.sim.config import load_config
 from intvit.sim.simulator import simulate
@@ -171,6 +174,33 @@ def test_simulate_twice_prints_the_same_report_and_calibrates_once(calibrations,
     first = capsys.readouterr().out
     assert main(argv) == 0
     assert capsys.readouterr().out == first and len(calibrations) == 1
+
+
+def test_calibration_images_load_while_the_model_is_built(monkeypatch):
+    started, original = threading.Event(), common.calibration_images
+
+    def loading(*args, **kwargs):
+        started.set()
+        return original(*args, **kwargs)
+
+    def model():
+        assert started.wait(10), "the calibration images did not start loading before the model was built"
+        return load_model(args)
+
+    monkeypatch.setattr(common, "calibration_images", loading)
+    args = options(*CALIB, "--no-cache")
+    same_program(calibrated_program(args, args.data, model), program(options(*CALIB)))
+    with pytest.raises(IntVitError, match=r"^/nonexistent: no such directory$"):
+        calibrated_program(options(*CALIB, "--no-cache", "--data", "/nonexistent"), "/nonexistent", model)
+
+
+def test_openmp_workers_sleep_when_idle_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    load_model(options())
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    load_model(options())
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 # ------------------------------------------------------------------------------- cycle-only programs
