@@ -23,6 +23,7 @@ do early (the next B region's loads) is emitted early.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,7 @@ from intvit.compiler.isa import (
 )
 from intvit.compiler.emit import Buffers, Emitter
 from intvit.compiler.layout import MemoryMap, PatchSource, Place, plan_memory
+from intvit.compiler.pipeline import Step, TileSlots, VectorPipe
 from intvit.compiler.verify import mark_overlaps
 from intvit.quant.errors import IntVitError
 from intvit.quant.layernorm import layernorm_divisors
@@ -101,16 +103,40 @@ class CompiledProgram:
         return self.memory.places[self.manifest["output"]["name"]].matrix()
 
 
+@dataclass(frozen=True)
+class _Tile:
+    """A matmul tile: rows ``m0 ..`` of column blocks ``g0 ..``; ``x`` the MATMULs' ACC words and ``y``
+    the residual operand's (``(base, keys)``), rows ``pitch`` words apart, the tile's first column
+    at word ``col0`` of a row; ``slotted`` for the whole-row slots of ``TileSlots``."""
+
+    serial: int
+    g0: int
+    m0: int
+    rows: int
+    cols: int
+    cbs: int
+    x: tuple
+    y: tuple | None
+    pitch: int
+    col0: int
+    slotted: bool
+
+
 class _Compiler:
-    def __init__(self, program: IntProgram, geometry: Geometry):
+    def __init__(self, program: IntProgram, geometry: Geometry, cycles: Callable[[Instruction], int]):
         self.program = program
         self.geo = geometry
+        self.cycles = cycles                             # an instruction's duration (sim.schedule)
+        self.drain = cycles(Instruction(Opcode.MATMUL, k=1)) - 2
         self.out = Emitter()
         self.buffers = Buffers(geometry)
         self.consumers: dict[str, int] = {}
+        self.readers: dict[str, list[Op]] = {}
         for op in program.ops:
             for name in op.inputs:
                 self.consumers[name] = self.consumers.get(name, 0) + 1
+                self.readers.setdefault(name, []).append(op)
+        self.fused: set[str] = set()                     # LayerNorms run on a matmul's tiles
         self.params: dict[str, np.ndarray] = {}
         self.constants: dict[str, np.ndarray] = {}
         self.plan: list[tuple[str, Op, list[Op]]] = []
@@ -226,10 +252,15 @@ class _Compiler:
 
     def store_rows(self, keys, name: str, place: Place, row0: int, rows: int, col0: int, cols: int,
                    acc_addr: int, words: int) -> None:
+        self.out.emit(Opcode.STORE, reads=keys, **self._store(name, place, row0, rows, col0, cols, acc_addr, words))
+
+    def _store(self, name: str, place: Place, row0: int, rows: int, col0: int, cols: int, acc_addr: int,
+               words: int) -> dict:
+        """The fields (and ``writes`` keys) of a STORE of ``rows`` rows from ACC words ``words`` apart."""
         addr = place.addr + row0 * place.strides[0] + col0 * place.elem
-        self.out.emit(Opcode.STORE, reads=keys, writes=self.dram(name, addr, rows, place.strides[0], cols * place.elem),
-                      mem=Memory.ACC, elem=ELEM_CODE[place.elem], dram_addr=addr, x_count=cols, y_count=1,
-                      z_count=rows, z_stride=place.strides[0], sp_addr=acc_addr, sp_stride=words)
+        return dict(writes=self.dram(name, addr, rows, place.strides[0], cols * place.elem), mem=Memory.ACC,
+                    elem=ELEM_CODE[place.elem], dram_addr=addr, x_count=cols, y_count=1, z_count=rows,
+                    z_stride=place.strides[0], sp_addr=acc_addr, sp_stride=words)
 
     def dram(self, name: str, addr: int, rows: int, stride: int, row_bytes: int) -> tuple:
         """Hazard keys of ``rows`` rows of ``row_bytes`` in external memory, ``stride`` apart from ``addr``.
@@ -271,6 +302,8 @@ class _Compiler:
     # ------------------------------------------------------------------ jobs
     def run(self) -> None:
         for kind, op, chain in self.plan:
+            if op.name in self.fused:
+                continue
             self.out.current = op.name
             try:
                 {"matmul": self.matmul, "vector": self.vector, "concat": self.concat}[kind](op, chain)
@@ -348,6 +381,18 @@ class _Compiler:
         blocks = ([f"{op.name}.params.bias"] if len(op.inputs) > 2 else []) + \
                  [f"{rq.name}.params" for rq in chain if rq.kind in ("requant", "add")]
         group = min(half_acc // r_, self.buffers.half[Memory.PARAM] // (c_ * max(len(blocks), 1)))
+        # A LayerNorm of the residual ADD's output runs on the tiles that complete rows when two
+        # ACC slots of whole rows per tile, for this tile and the previous, fit, and its records
+        # fit beside the others in half of PARAM.
+        ln = self._layernorm_after(chain[-1]) if chain and chain[-1].kind == "add" else None
+        slots = None
+        if ln is not None:
+            ln_group = (self.buffers.half[Memory.PARAM] - n) // (c_ * len(blocks))
+            slots = TileSlots(geo.acc_words, self.buffers.chunk, r_ * n_cb)
+            if ln_group < 1 or len(slots) < 4:
+                ln = slots = None
+            else:
+                group = min(group, ln_group)
         if group < 1:
             raise IntVitError(f"compile: matmul {op.name!r}: one {r_}x{c_} tile does not fit half of ACC "
                               f"({half_acc} words) and PARAM")
@@ -362,8 +407,10 @@ class _Compiler:
         # groups outer (a group's B blocks resident while the row blocks pass) re-reads A once
         # per group unless all of A stays on chip. Take the cheaper; Softmax needs whole rows.
         b_whole = n_cb * k <= half_b
+        # Whole rows for a fused LayerNorm spread it over every tile: worth both halves of B.
+        b_both = ln is not None and not b_whole and group >= n_cb and n_cb * k <= geo.b_depth
         cols_outer = False
-        if not b_whole and n_kc == 1 and not any(step.kind == "softmax" for step in chain):
+        if not b_whole and not b_both and n_kc == 1 and not any(step.kind == "softmax" for step in chain):
             cols_group = min(group, half_b // k)
             a_reads = 1 if n_rb * k <= geo.a_depth else -(-n_cb // cols_group)
             # Bytes of A re-read against bytes of B re-read (per K); patch rows gather in runs
@@ -377,19 +424,24 @@ class _Compiler:
         if chain and chain[-1].kind == "add" and min(group * c_, n) < FUSED_ADD_MIN_ROW_BYTES:
             chain, deferred = chain[:-1], chain[-1]
             blocks.remove(f"{deferred.name}.params")
+            ln = slots = None
+        if ln is not None:
+            self.fused.add(ln[0].name)
         final = chain[-1].output if chain else op.output
         out_all = mem.places[final]
         # Resident blocks start on hazard-chunk boundaries where they still fit, so that loading
         # one never waits for the array to finish reading its neighbour.
         a_pitch = self.buffers.pitch(Memory.A, k, n_rb, half_a if n_rb * k <= half_a else geo.a_depth)
-        b_pitch = self.buffers.pitch(Memory.B, k, n_cb if b_whole else group, half_b)
+        b_pitch = self.buffers.pitch(Memory.B, k, n_cb if b_whole or b_both else group,
+                                     geo.b_depth if b_both else half_b)
         # An epoch computes with one resident B region: a head (all of B on chip) or a column
         # group of a head (cols_outer). The next epoch's B loads into the other half while this
         # one computes, its blocks emitted one by one between this epoch's tiles.
-        resident_b = b_whole or cols_outer
+        resident_b = b_whole or b_both or cols_outer
         epochs = [(h, [(g0, rb) for rb in range(n_rb)]) for h in range(heads) for g0 in groups] if cols_outer else \
             [(h, [(g0, rb) for rb in range(n_rb) for g0 in groups]) for h in range(heads)]
-        staged = finish = None
+        staged = None
+        pipe, serial, ring_tile, loads = VectorPipe(), -1, None, None
         for e, (h, order) in enumerate(epochs):
             if e == 0 or epochs[e - 1][0] != h:
                 a = a_all if isinstance(a_all, PatchSource) else a_all.matrix(h)
@@ -398,21 +450,35 @@ class _Compiler:
                 a_region = self.buffers.take(Memory.A) if n_rb * k <= half_a else \
                     self.buffers.whole(Memory.A) if cols_outer and n_rb * k <= geo.a_depth else None
             b = b_all.matrix(h)
-            b_region, b_loaded = staged or ((self.buffers.take(Memory.B), {}) if resident_b else (None, {}))
+            b_region, b_loaded = staged or ((self.buffers.whole(Memory.B) if b_both else self.buffers.take(Memory.B),
+                                             {}) if resident_b else (None, {}))
             staged, prefetch = None, {}
             if resident_b and e + 1 < len(epochs):
                 staged = (self.buffers.take(Memory.B), {})
                 prefetch = self._prefetch_b(op, epochs[e + 1], staged, len(order), b_all, transpose_b, n, k,
                                             k_chunk, cols_outer, group, b_pitch)
             for tile, (g0, rb) in enumerate(order):
+                serial += 1
+                pipe.flush(keep=serial - 1)              # the tile before the previous: its slots may be reused
                 b_first = g0 if cols_outer else 0
                 m0, rows = rb * r_, min(r_, m - rb * r_)
                 cbs = min(group, n_cb - g0)
                 cols = min(cbs * c_, n - g0 * c_)
-                params = self.params_for(op, [(blk, g0 * c_, cbs * c_) for blk in blocks])
-                acc_base, acc_keys = self.buffers.ring(r_ * cbs)
-                if finish is not None and finished_words[0] < acc_base + r_ * cbs and acc_base < finished_words[1]:
-                    finish = finish()                    # this tile overwrites the previous one's
+                ln_rows = None
+                if ln is not None and g0 == groups[-1]:
+                    lo, hi = max(m0, ln[1]), min(m0 + rows, ln[1] + ln[2])
+                    ln_rows = (lo, hi - lo) if lo < hi else None
+                params = self.params_for(op, [(blk, g0 * c_, cbs * c_) for blk in blocks] +
+                                         ([(f"{ln[0].name}.params", 0, n)] if ln_rows else []))
+                if slots is not None:                    # whole-row slots: this tile's columns at word g0
+                    x, y = slots.take(serial)
+                    pitch, col0 = n_cb, g0
+                else:
+                    x, y = self.buffers.ring(r_ * cbs), None
+                    pitch, col0 = cbs, 0
+                    if ring_tile is not None and ring_tile[0] < x[0] + r_ * cbs and x[0] < ring_tile[1]:
+                        pipe.flush()                     # this tile overwrites the previous one's
+                    ring_tile = (x[0], x[0] + r_ * cbs)
                 for kc in range(n_kc):
                     k0, kl = kc * k_chunk, min(k_chunk, k - kc * k_chunk)
                     a_off, a_keys = self._operand(a_loaded, (rb, kc), a_region, rb * a_pitch + k0, kl, Memory.A,
@@ -426,48 +492,121 @@ class _Compiler:
                         bias_key = (f"{op.name}.params.bias", g0 * c_, cbs * c_)
                         bias = kc == 0 and bias_key in params
                         p_off, p_keys = params[bias_key] if bias else (0, ())
-                        self.out.emit(Opcode.MATMUL, reads=a_keys + b_keys + p_keys, writes=acc_keys,
+                        self.out.emit(Opcode.MATMUL, reads=a_keys + b_keys + p_keys, writes=x[1],
                                       accumulate=int(kc > 0), bias=int(bias), a_addr=a_off, b_addr=b_off, k=kl,
-                                      acc_addr=acc_base + cb - g0, acc_stride=cbs, param_addr=p_off + (cb - g0) * c_)
-                # The tile's element-wise steps and STORE follow the next tile's MATMULs, so that
-                # the array computes that tile while the vector units work on this one.
-                if finish is not None:
-                    finish = finish()
-                finish = functools.partial(self._finish_tile, op, chain, params, g0, m0, rows, cbs, cols, out, final,
-                                           acc_base, acc_keys)
-                finished_words = (acc_base, acc_base + r_ * cbs)
-                # Not when K streams in chunks (the operand loads bound the tile; measured 6 % slower
-                # on DeiT-Tiny with small scratchpads), nor before a residual ADD (its operand's ACC
-                # tile is allocated on the way).
-                if n_kc > 1 or any(step.kind == "add" for step in chain):
-                    finish = finish()
+                                      acc_addr=x[0] + col0 + cb - g0, acc_stride=pitch,
+                                      param_addr=p_off + (cb - g0) * c_)
+                        if loads is not None:            # behind this tile's operands in the load queue
+                            loads = loads()
+                        pipe.matmul(kl)
+                # The tile's element-wise steps and STOREs follow among the next tile's MATMULs, so
+                # that the array computes that tile while the vector units work on this one. Not when
+                # K streams in chunks (the operand loads bound the tile; measured 6 % slower on
+                # DeiT-Tiny with small scratchpads), nor for a residual ADD without whole-row slots
+                # (its operand's ACC tile comes from the ring on the way).
+                adds = bool(chain) and chain[-1].kind == "add"
+                fused = ln_rows and (ln, ln_rows)
+                if n_kc > 1 or (adds and slots is None):
+                    pipe.flush()
+                    if adds:
+                        y = self.buffers.ring(r_ * cbs)
+                    t = _Tile(serial, g0, m0, rows, cols, cbs, x, y, pitch, col0, False)
+                    if adds:
+                        self._tile_loads(op, chain, t, out, None)
+                    for step in self._tile_steps(op, chain, params, t, out, final, None):
+                        step.emit()
+                else:
+                    t = _Tile(serial, g0, m0, rows, cols, cbs, x, y, pitch, col0, slots is not None)
+                    if adds:                             # emitted after the next tile's first MATMUL
+                        loads = functools.partial(self._tile_loads, op, chain, t, out, fused)
+                    pipe.queue(self._tile_steps(op, chain, params, t, out, final, fused))
                 for load in prefetch.get(tile, ()):
                     load()
-        if finish is not None:
-            finish()
+        if loads is not None:
+            loads()
+        pipe.flush()
         if deferred is not None:
             self.out.current = deferred.name
             self.vector(deferred, [])
 
-    def _finish_tile(self, op: Op, chain: list[Op], params: dict, g0: int, m0: int, rows: int, cbs: int, cols: int,
-                     out: Place, final: str, acc_base: int, acc_keys: tuple) -> None:
-        """A matmul tile's chain of element-wise steps over its ACC words, then its STORE."""
+    def _layernorm_after(self, add: Op):
+        """``(layernorm, first row, rows)`` when a LayerNorm reads ``add``'s output (or one row of it
+        through ``select_token``); else None. Other readers read the stored output as before."""
+        source, first = add.output, None
+        readers = self.readers.get(source, [])
+        view = next((r for r in readers if r.kind == "select_token"), None)
+        if view is not None:
+            source, first = view.output, view.attrs["index"]
+            readers = self.readers.get(source, [])
+        ln = next((r for r in readers if r.kind == "layernorm"), None)
+        if ln is None:
+            return None
+        rows = self._shape(add.output)[-2]
+        return (ln, 0, rows) if first is None else (ln, first, 1)
+
+    def _tile_loads(self, op: Op, chain: list[Op], t: _Tile, out: Place, ln) -> None:
+        """The residual ADD's other operand into ``y`` (the tile's columns) and, for a fused LayerNorm,
+        the columns of its rows that earlier column groups stored."""
+        add = chain[-1]
+        if ln is not None and t.g0 > 0:
+            row0, count = ln[1]
+            self.load_rows(t.y[1], add.output, out, row0, count, 0, t.g0 * self.geo.cols,
+                           t.y[0] + (row0 - t.m0) * t.pitch, t.pitch)
+        other = self._other_operand(op, chain)
+        self.load_rows(t.y[1], other, self.memory.places[other].matrix(), t.m0, t.rows, t.g0 * self.geo.cols,
+                       t.cols, t.y[0] + t.col0, t.pitch)
+
+    @staticmethod
+    def _other_operand(op: Op, chain: list[Op]) -> str:
+        """The residual ADD's (``chain[-1]``) input that is not the chain's own result."""
+        result = chain[-2].output if len(chain) > 1 else op.output
+        return next(name for name in chain[-1].inputs if name != result)
+
+    def _tile_steps(self, op: Op, chain: list[Op], params: dict, t: _Tile, out: Place, final: str,
+                    ln) -> list[Step]:
+        """A matmul tile's chain of element-wise steps over its ACC words, with its STOREs.
+
+        The first step reads the MATMULs' rows (it waits for the array to drain). In whole-row
+        slots a residual ADD writes its result over its operand in ``y``, from where it is stored,
+        and a fused LayerNorm then normalises those rows in place once that STORE has read them:
+        only ``y`` is ever stored, so the next LOAD into ``x`` needs no SYNC (``TileSlots``)."""
         c_ = self.geo.cols
-        words = self.geo.rows * cbs
-        result = op.output
+        x, y = t.x[0] + t.col0, t.y[0] + t.col0 if t.y else 0
+        specs, region = [], t.x
         for step in chain:
-            p_off, p_keys = params.get((f"{step.name}.params", g0 * c_, cbs * c_), (0, ()))
-            src, src_b, o_keys = acc_base, 0, ()
+            p_off, p_keys = params.get((f"{step.name}.params", t.g0 * c_, t.cbs * c_), (0, ()))
+            fields = dict(width=REQUANT_WIDTHS.index(step.attrs["bits"]) if step.kind == "requant" else 0,
+                          src=x, src_b=0, dst=x, rows=t.rows, length=t.cols, stride=t.pitch, param_addr=p_off)
+            reads, writes = t.x[1] + p_keys, t.x[1]
             if step.kind == "add":
-                other = next(name for name in step.inputs if name != result)
-                o_base, o_keys = self.buffers.ring(words)
-                self.load_rows(o_keys, other, self.memory.places[other].matrix(), m0, rows, g0 * c_, cols, o_base, cbs)
-                src, src_b = (o_base, acc_base) if step.inputs[0] == other else (acc_base, o_base)
-            self.out.emit(VECTOR_OPCODES[step.kind], reads=acc_keys + o_keys + p_keys, writes=acc_keys,
-                          width=REQUANT_WIDTHS.index(step.attrs["bits"]) if step.kind == "requant" else 0,
-                          src=src, src_b=src_b, dst=acc_base, rows=rows, length=cols, stride=cbs, param_addr=p_off)
-            result = step.output
-        self.store_rows(acc_keys, final, out, m0, rows, g0 * c_, cols, acc_base, cbs)
+                first_is_other = step.inputs[0] == self._other_operand(op, chain)
+                fields.update(src=y if first_is_other else x, src_b=x if first_is_other else y)
+                reads = t.x[1] + t.y[1] + p_keys
+                if t.slotted:
+                    fields["dst"], region, writes = y, t.y, t.y[1]
+            specs.append([VECTOR_OPCODES[step.kind], fields, reads, writes, 0, []])
+        store = self._store(final, out, t.m0, t.rows, t.g0 * c_, t.cols, region[0] + t.col0, t.pitch)
+        if not specs:                                    # a bare matmul: its STORE alone
+            return [Step(functools.partial(self.out.emit, Opcode.STORE, reads=region[1], **store), 0, t.serial)]
+        specs[-1][5].append((region[1], store))
+        if ln is not None:
+            (norm, first, _), (row0, count) = ln
+            n = self.geo.layernorm_width
+            p_off, p_keys = params[(f"{norm.name}.params", 0, n)]
+            at = t.y[0] + (row0 - t.m0) * t.pitch
+            wait = self.cycles(Instruction(Opcode.STORE, **{k: v for k, v in store.items() if k != "writes"}))
+            norm_out = self._store(norm.output, self.memory.places[norm.output].matrix(), row0 - first, count, 0, n,
+                                   at, t.pitch)
+            specs.append([Opcode.LAYERNORM, dict(src=at, dst=at, rows=count, length=n, stride=t.pitch,
+                                                 param_addr=p_off), t.y[1] + p_keys, t.y[1], wait,
+                          [(t.y[1], norm_out)]])
+        return [Step(functools.partial(self._emit_step, *spec), self.cycles(Instruction(spec[0], **spec[1])),
+                     t.serial, wait=spec[4], drain=self.drain if i == 0 else 0) for i, spec in enumerate(specs)]
+
+    def _emit_step(self, opcode: Opcode, fields: dict, reads: tuple, writes: tuple, wait: int, stores: list) -> None:
+        self.out.emit(opcode, reads=reads, writes=writes, **fields)
+        for keys, store in stores:
+            self.out.emit(Opcode.STORE, reads=keys, **store)
 
     def _prefetch_b(self, op: Op, epoch, staged, steps: int, b_all, transpose_b: bool, n: int, k: int,
                     k_chunk: int, cols_outer: bool, group: int, b_pitch: int) -> dict[int, list]:
@@ -560,8 +699,10 @@ def compile_program(program: IntProgram, config) -> CompiledProgram:
     IntVitError
         One line naming the op and the sizes when the program does not fit the config.
     """
+    from intvit.sim.schedule import instruction_cycles    # not at import: rtl.verilog imports geometry_for
+
     geometry = geometry_for(program, config)
-    compiler = _Compiler(program, geometry)
+    compiler = _Compiler(program, geometry, functools.partial(instruction_cycles, config=config))
     compiler.prepare()
     # A chain's intermediates stay in ACC, except the input of a residual ADD (``matmul`` may run it after).
     internal = {step.output for _, op, chain in compiler.plan for step in [op, *chain][:-1]
@@ -578,7 +719,8 @@ def compile_program(program: IntProgram, config) -> CompiledProgram:
     manifest = {
         "format": "intvit-compiled", "isa_version": ISA_VERSION, "model": program.config.name,
         "instructions": len(instructions), "image_bytes": memory.image_bytes, "memory_bytes": memory.size,
-        "input": {"addr": memory.regions["input"][0], "shape": list(memory.places["input"].shape), "dtype": "int8"},
+        "input": {"addr": memory.regions["input"][0], "shape": list(memory.places["input"].shape), "dtype": "int8",
+                  "image_shape": list(program.tensor_shapes(1)["input"][1:]), "patch": memory.input_patch},
         "output": {"name": program.output, "addr": out.addr, "shape": list(out.shape),
                    "dtype": "int32" if out.elem == 4 else "int8"},
         "geometry": {k: (dict(v) if isinstance(v, dict) else v) for k, v in geometry.__dict__.items()},

@@ -64,6 +64,8 @@ class Emitter:
             for index in self.readers.get(key, {}).values():
                 need(index)
         far = {Queue.LOAD: Queue.STORE, Queue.STORE: Queue.LOAD}.get(queue)
+        if far in deps and Queue.COMPUTE in deps and self.known_at[deps[Queue.COMPUTE]][far] >= deps[far]:
+            del deps[far]                                # the compute token it pops anyway implies it
         if far in deps:                                  # load <-> store meet through a SYNC in compute
             target = deps.pop(far)
             if queue == Queue.LOAD:
