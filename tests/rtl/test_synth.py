@@ -156,6 +156,20 @@ def test_tiny_unit_through_nextpnr():
     assert report["utilization"]["TRELLIS_IO"]["used"] == 5   # clk, rst, si, load, so
 
 
+def test_multiport_memory_through_the_ecp5_flow():
+    # The default suite's pass through the whole ECP5 flow (synth_ecp5, nextpnr router2, the timing
+    # report), on the FPGA form of an ACC-like memory: 3 writes, 4 reads, 32 words of 8 bits.
+    steps = []
+    report = synth_fpga(MultiPortMemory(width=8, depth=32, write_ports=3, read_ports=4), "mp", progress=steps.append)
+    assert steps[:3] == ["synth_ecp5", "packing", "placing (HeAP)"] and "timing report" in steps
+    assert report["router"] == "router2" and report["fmax_mhz"] > 50
+    # Every memory is LUT RAM of 16 x 4 bits, a copy per read port: 3 banks x 4 reads x 4 cells and
+    # 3 tag memories x (4 reads + 2 writes) x 2 cells. The live-value table holds no flip-flop: they
+    # are the scan shell's (3 x 14 + 4 x 6 in, 4 x 8 out) and the read registers (12 x 8 + 12 x 2).
+    assert report["lutrams"] == 3 * 4 * 4 + 3 * 6 * 2 and report["brams"] == 0
+    assert report["flipflops"] == (3 * 14 + 4 * 6 + 4 * 8) + (12 * 8 + 12 * 2)
+
+
 @pytest.mark.slow
 def test_pe_on_ecp5_uses_one_dsp():
     report = synth_fpga(ProcessingElement(), "pe")
@@ -274,14 +288,39 @@ def test_a_design_nextpnr_cannot_place_is_one_line(monkeypatch):
 
     real_run = synth._run
 
-    def run(launcher, args, cwd, timeout, what):
+    def run(launcher, args, cwd, timeout, what, on_line=None):
         if launcher == synth.NEXTPNR_LAUNCHER:        # the answer nextpnr gave the 4x4 System
+            on_line("Info: Running main analytical placer, max placement attempts per cell = 1234.")
             raise RuntimeError(f"{what} failed: Info: ...\nERROR: Unable to find legal placement for all cells, "
                                "design is probably at utilisation limit.\n0 warnings, 1 error")
-        return real_run(launcher, args, cwd, timeout, what)
+        return real_run(launcher, args, cwd, timeout, what, on_line)
 
     monkeypatch.setattr(synth, "_run", run)
     with pytest.raises(IntVitError, match=r"^acc does not place on an LFE5U-85F-CABGA381: Unable to find legal "
                                           r"placement for all cells, design is probably at utilisation limit\. "
-                                          r"\(LUT4 \d+, flip-flops \d+, DSP 0, block RAM 0, LUT RAM 0, carry \d+\)$"):
+                                          r"\(last step: placing \(HeAP\); LUT4 \d+, flip-flops \d+, DSP 0, block RAM 0, "
+                                          r"LUT RAM 0, carry \d+\)$"):
         synth_fpga(Accumulator(), "acc")
+
+
+def test_a_router_that_runs_out_of_time_is_one_line(monkeypatch):
+    # nextpnr is killed at PNR_TIMEOUT_S: the message names the step it was in and the netlist's counts.
+    from intvit.rtl import synth
+
+    monkeypatch.setattr(synth, "PNR_TIMEOUT_S", 1)
+    monkeypatch.setattr(synth, "NEXTPNR_LAUNCHER", "import time; print('Info:     iter=7 wires=5 overused=321 "
+                                                   "overuse=400 archfail=NA', flush=True); time.sleep(60)")
+    with pytest.raises(IntVitError, match=r"^acc does not route on an LFE5U-85F-CABGA381: nextpnr did not finish "
+                                          r"within 1 s \(last step: routing, iteration 7: 321 overused wires; LUT4 \d+, "):
+        synth_fpga(Accumulator(), "acc")
+
+
+def test_nextpnr_steps_are_told_apart():
+    from intvit.rtl.synth import _pnr_phase
+
+    assert _pnr_phase("Info: Running simulated annealing placer for refinement.") == "refining placement"
+    assert _pnr_phase("Info:     iter=12 wires=4000 overused=1234 overuse=2000 archfail=NA") == (
+        "routing, iteration 12: 1,234 overused wires")
+    assert _pnr_phase("Info:     257000 |    65766     191233 |  407   593 |    128977|       7.84     646.30|") == (
+        "routing: 128,977 arcs left")
+    assert _pnr_phase("Info: Checksum: 0x46b10587") is None
