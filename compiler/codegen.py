@@ -33,7 +33,7 @@ from intvit.compiler.isa import (
     pack_params,
 )
 from intvit.compiler.emit import Buffers, Emitter
-from intvit.compiler.layout import MemoryMap, PatchSource, Place, plan_memory
+from intvit.compiler.layout import MemoryMap, Place, plan_memory
 from intvit.compiler.pipeline import Step, TileSlots, VectorPipe
 from intvit.compiler.verify import mark_overlaps
 from intvit.quant.errors import IntVitError
@@ -361,16 +361,11 @@ class _Compiler:
         b_all = mem.places[op.inputs[1]]
         transpose_b = bool(op.attrs.get("transpose_b"))
         heads = a_all.shape[0] if isinstance(a_all, Place) and len(a_all.shape) == 3 else 1
-        m, k = a_all.shape if isinstance(a_all, PatchSource) else a_all.matrix().shape
+        m, k = a_all.matrix().shape
         n = self._matmul_n(op)
         n_rb, n_cb = -(-m // r_), -(-n // c_)
         half_a, half_b, half_acc = (self.buffers.half[x] for x in (Memory.A, Memory.B, Memory.ACC))
         k_chunk = min(k, half_a, half_b)
-        if isinstance(a_all, PatchSource):               # chunks of whole pixel rows of a patch
-            k_chunk = min(k, k_chunk // a_all.patch * a_all.patch)
-            if k_chunk < 1:
-                raise IntVitError(f"compile: matmul {op.name!r}: a patch row of {a_all.patch} bytes exceeds half an "
-                                  f"A or B bank ({min(half_a, half_b)})")
         n_kc = -(-k // k_chunk)
         # A residual ADD runs on the tiles, its other operand's tile loaded beside each, when K is
         # one chunk (chunked operands keep the load module busy already) and the tile rows are
@@ -413,9 +408,8 @@ class _Compiler:
         if not b_whole and not b_both and n_kc == 1 and not any(step.kind == "softmax" for step in chain):
             cols_group = min(group, half_b // k)
             a_reads = 1 if n_rb * k <= geo.a_depth else -(-n_cb // cols_group)
-            # Bytes of A re-read against bytes of B re-read (per K); patch rows gather in runs
-            # of a few bytes, far dearer per byte, so they are read once where possible.
-            cols_outer = a_reads * m < n_rb * n and (a_reads == 1 or isinstance(a_all, Place))
+            # Bytes of A re-read against bytes of B re-read (per K).
+            cols_outer = a_reads * m < n_rb * n
             if cols_outer:
                 group = cols_group
         n_groups = -(-n_cb // group)
@@ -444,7 +438,7 @@ class _Compiler:
         pipe, serial, ring_tile, loads = VectorPipe(), -1, None, None
         for e, (h, order) in enumerate(epochs):
             if e == 0 or epochs[e - 1][0] != h:
-                a = a_all if isinstance(a_all, PatchSource) else a_all.matrix(h)
+                a = a_all.matrix(h)
                 out = out_all.matrix(h)
                 a_loaded: dict = {}
                 a_region = self.buffers.take(Memory.A) if n_rb * k <= half_a else \
@@ -653,30 +647,10 @@ class _Compiler:
         loaded[key] = where
         return where
 
-    def _load_a(self, op: Op, a, m0: int, rows: int, k0: int, kl: int, offset: int, keys) -> None:
-        if isinstance(a, Place):
-            addr = a.addr + m0 * a.strides[0] + k0
-            self.load(Memory.A, keys, self.dram(op.inputs[0], addr, rows, a.strides[0], kl), addr, z=rows,
-                      z_stride=a.strides[0], x=kl, sp_addr=offset)
-            return
-        # Patch rows: a run of patches along one grid row is a plane per patch, a pixel row of
-        # the patch a row; one LOAD per run and channel, for the pixel rows of this K chunk.
-        grid, p = a.size // a.patch, a.patch
-        base, size = self.memory.regions["input"]
-        dram = self.dram("input", base, 1, 0, size)
-        m = m0
-        while m < m0 + rows:
-            gh, gw = divmod(m, grid)
-            run = min(grid - gw, m0 + rows - m)
-            q = k0 // p                                   # pixel row (channel * p + i) of the patch vector
-            while q < (k0 + kl) // p:
-                ch, i = divmod(q, p)
-                count = min(p - i, (k0 + kl) // p - q)
-                self.load(Memory.A, keys, dram, a.addr + ch * a.size * a.size + (gh * p + i) * a.size + gw * p,
-                          z=run, z_stride=p, y=count, y_stride=a.size, x=p, sp_addr=offset + q * p - k0,
-                          sp_bank=m - m0)
-                q += count
-            m += run
+    def _load_a(self, op: Op, a: Place, m0: int, rows: int, k0: int, kl: int, offset: int, keys) -> None:
+        addr = a.addr + m0 * a.strides[0] + k0
+        self.load(Memory.A, keys, self.dram(op.inputs[0], addr, rows, a.strides[0], kl), addr, z=rows,
+                  z_stride=a.strides[0], x=kl, sp_addr=offset)
 
     def _load_b(self, op: Op, b: Place, transpose_b: bool, n0: int, cv: int, k0: int, kl: int, offset: int,
                 keys) -> None:

@@ -267,7 +267,7 @@ def load_machine(compiled: CompiledProgram, x: np.ndarray) -> Machine:
         raise IntVitError(f"the compiled program takes one int8 image of {size} values, got {x.dtype} {x.shape}")
     machine = Machine(compiled.geometry, compiled.memory_bytes)
     machine.dram[:compiled.image.size] = compiled.image
-    machine.dram[addr:addr + size] = x.reshape(-1).view(np.uint8)
+    machine.dram[addr:addr + size] = compiled.memory.input_bytes(x)
     return machine
 
 

@@ -5,12 +5,12 @@ byte strides and an element size, like a numpy view. Tensors that ops only re-in
 views of another tensor's region, so they cost no instruction: ``split_heads`` outputs are
 column windows of the QKV tensor, the input of ``merge_heads`` is a column window of the
 context, the input of ``concat_token`` is rows 1.. of the token tensor and ``select_token``
-a row. The patch rows that ``patchify`` would make are never materialised: the patch
-embedding's LOADs gather them from the image (``PatchSource``).
+a row. The input region holds the image as the patch rows that ``patchify`` makes (the host
+rearranges it, ``MemoryMap.input_bytes``), so the patch embedding loads contiguous rows.
 
 The memory image is laid out as: constants (INT8 weights transposed to ``(N, K)``, so
 that a block of B is one contiguous run; the position embedding and class token), parameter-record blocks, the input
-image, then every activation and the logits. Regions are aligned to ``ALIGN`` bytes.
+(as patch rows), then every activation and the logits. Regions are aligned to ``ALIGN`` bytes.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from intvit.quant.errors import IntVitError
+from intvit.quant.executor import patch_rows
 from intvit.quant.program import IntProgram
 
-__all__ = ["ALIGN", "Place", "PatchSource", "MemoryMap", "plan_memory"]
+__all__ = ["ALIGN", "Place", "MemoryMap", "plan_memory"]
 
 ALIGN = 64
 
@@ -59,21 +60,6 @@ class Place:
         return Place(self.addr + index * self.strides[0], self.shape[1:], self.strides[1:], self.elem)
 
 
-@dataclass(frozen=True)
-class PatchSource:
-    """The patch rows of an INT8 image ``(channels, size, size)`` at ``addr``, cut into ``patch`` squares."""
-
-    addr: int
-    channels: int
-    size: int
-    patch: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        grid = self.size // self.patch
-        return grid * grid, self.channels * self.patch * self.patch
-
-
 def _dense(addr: int, shape: tuple[int, ...], elem: int) -> Place:
     strides = [elem] * len(shape)
     for i in range(len(shape) - 2, -1, -1):
@@ -87,13 +73,16 @@ class MemoryMap:
 
     Attributes
     ----------
-    places : dict of tensor or constant name -> Place or PatchSource
+    places : dict of tensor or constant name -> Place
     roots : dict of view name -> the tensor whose region it shares
     regions : dict of region name -> (addr, bytes); the manifest's address table
     size : int
         Bytes of external memory the program uses (image, input, activations, logits).
     image_bytes : int
         Bytes that the memory image file holds (everything before the activations).
+    input_patch : int
+        For a model that starts with patches: their size, and the input region holds the
+        image as patch rows (``input_bytes``); 0: the image as it is.
     """
 
     places: dict
@@ -101,6 +90,7 @@ class MemoryMap:
     roots: dict = field(default_factory=dict)
     size: int = 0
     image_bytes: int = 0
+    input_patch: int = 0
 
     def reserve(self, name: str, nbytes: int) -> int:
         """A fresh aligned region of ``nbytes``; returns its address."""
@@ -108,6 +98,18 @@ class MemoryMap:
         self.regions[name] = (addr, nbytes)
         self.size = addr + nbytes
         return addr
+
+    def input_bytes(self, x: np.ndarray) -> np.ndarray:
+        """The input region's contents for the INT8 image ``x`` (``IntProgram.quantize_input``).
+
+        Patch rows where the model starts with patches: the host rearranges the image (a
+        permutation, no arithmetic), so that the patch embedding loads rows of ``C*p*p``
+        contiguous bytes instead of gathering ``p``-byte pixel runs.
+        """
+        x = np.asarray(x)
+        if self.input_patch:
+            x = patch_rows(x, self.input_patch)
+        return x.reshape(-1).view(np.uint8)
 
 
 def _elem(program: IntProgram, name: str) -> int:
@@ -158,8 +160,11 @@ def plan_memory(program: IntProgram, constants: dict[str, np.ndarray],
         elif op.kind in ("merge_heads", "concat_token"):
             parent[op.inputs[0]] = (op.output, op)
         elif op.kind == "patchify":
-            memory.places[op.output] = PatchSource(input_addr, c.in_chans, c.img_size, op.attrs["patch"])
+            p = op.attrs["patch"]
+            rows = _dense(input_addr, ((c.img_size // p) ** 2, c.in_chans * p * p), 1)
+            memory.places["input"] = memory.places[op.output] = rows
             memory.roots[op.output] = "input"
+            memory.input_patch = p
 
     def place(name: str) -> Place:
         if name in memory.places:

@@ -26,15 +26,20 @@ from intvit.quant.program import IntProgram, Op
 from intvit.quant.requant import int_add, int_range, requantize
 from intvit.quant.softmax import int_softmax
 
-__all__ = ["FUSED", "KERNELS", "execute_op", "run_program", "saturation_counts"]
+__all__ = ["FUSED", "KERNELS", "execute_op", "patch_rows", "run_program", "saturation_counts"]
 
 
-def _patchify(op, x):
-    patch = op.attrs["patch"]
+def patch_rows(x: np.ndarray, patch: int) -> np.ndarray:
+    """Images ``(B, C, H, W)`` as rows of ``patch x patch`` squares ``(B, H/p * W/p, C*p*p)``, in the
+    order of the patch embedding's (convolution) weights: channel, pixel row, pixel column."""
     b, c, h, w = x.shape
     x = x.reshape(b, c, h // patch, patch, w // patch, patch)       # (B, C, gh, p, gw, p)
     x = x.transpose(0, 2, 4, 1, 3, 5)                               # (B, gh, gw, C, p, p): conv weight order
     return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def _patchify(op, x):
+    return patch_rows(x, op.attrs["patch"])
 
 
 def _concat_token(op, x, token):

@@ -161,6 +161,7 @@ def _system(args: argparse.Namespace, config: AcceleratorConfig, out: Path) -> l
         "insn_base": insn_base, "data_base": 0, "memory_bytes": memory_bytes,
         "instructions": len(compiled.instructions), "program_bytes": len(stream),
         "input": {"addr": input_addr, "bytes": input_bytes, "shape": compiled.manifest["input"]["shape"],
+                  "image_shape": compiled.manifest["input"]["image_shape"], "patch": compiled.manifest["input"]["patch"],
                   "dtype": "int8", "data": args.data, "split": "test", "index": args.image,
                   "label": int(labels[args.image])},
         "output": {"addr": logits.addr, "shape": list(logits.shape),

@@ -129,7 +129,12 @@ def test_manifest_and_image(mnist_embedded):
     m = compiled.manifest
     assert m["format"] == "intvit-compiled" and m["instructions"] == len(compiled.instructions)
     assert m["output"]["shape"] == [1, 10] and m["output"]["dtype"] == "int32"
-    assert m["input"]["shape"] == [1, 28, 28] and compiled.image.size == m["image_bytes"]
+    assert m["input"]["image_shape"] == [1, 28, 28] and compiled.image.size == m["image_bytes"]
+    # The host writes the image as patch rows (49 patches of 4 x 4 pixels), a permutation of its values.
+    assert m["input"]["shape"] == [49, 16] and m["input"]["patch"] == 4
+    x = np.arange(784, dtype=np.int16).astype(np.int8).reshape(1, 1, 28, 28)
+    rows = compiled.memory.input_bytes(x).view(np.int8).reshape(49, 16)
+    np.testing.assert_array_equal(rows[8], x[0, 0, 4:8, 4:8].reshape(-1))        # grid row 1, column 1
     addr, size = compiled.memory.regions["blocks.0.attn.qkv.weight"]
     np.testing.assert_array_equal(compiled.image[addr:addr + size].view(np.int8).reshape(192, 64),
                                   program.constants["blocks.0.attn.qkv.weight"].T)

@@ -226,9 +226,13 @@ def test_system_files_hold_the_compiled_program_and_memory(shipped):
     (x,), labels = quantized_test_images(program, "mnist", 1)
     assert np.array_equal(memory[:compiled.memory_bytes], load_machine(compiled, x).dram)
     addr, nbytes = compiled.input_region()
-    assert manifest["input"] == {"addr": addr, "bytes": nbytes, "shape": [1, 28, 28], "dtype": "int8",
-                                 "data": "mnist", "split": "test", "index": 0, "label": int(labels[0])}
-    assert memory[addr:addr + nbytes].view(np.int8).tolist() == x.reshape(-1).tolist()
+    assert manifest["input"] == {"addr": addr, "bytes": nbytes, "shape": [49, 16], "image_shape": [1, 28, 28],
+                                 "patch": 4, "dtype": "int8", "data": "mnist", "split": "test", "index": 0,
+                                 "label": int(labels[0])}
+    # As patch rows: patch (gh, gw) is row 7 gh + gw, its 4 x 4 pixels row by row.
+    rows = memory[addr:addr + nbytes].view(np.int8).reshape(49, 16)
+    assert rows[7 * 2 + 3].tolist() == x[0, 0, 8:12, 12:16].reshape(-1).tolist()
+    assert sorted(rows.reshape(-1).tolist()) == sorted(x.reshape(-1).tolist())
     assert not memory[compiled.image.size:compiled.memory_bytes].any()        # activations and logits: zero
     assert manifest["regions"]["blocks.0.attn.qkv.weight"] == compiled.manifest["regions"]["blocks.0.attn.qkv.weight"]
     out_place = compiled.output_place()
