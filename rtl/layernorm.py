@@ -20,8 +20,8 @@ output stage
     ``z = y * gamma + beta``, ``out = requant(z, multiplier, shift)`` to INT8.
 
 So one row's divisions run while the next row loads and the previous one streams out. The
-two dividers serve different stages (one per stage, so neither waits for the other): the
-narrow one saves 15 of the wide one's 32 cycles on each of the five Newton steps.
+two radix-4 dividers serve different stages (one per stage, so neither waits for the other):
+the narrow one saves 8 of the wide one's 17 cycles on each of the five Newton steps.
 
 Newton's quotients fit 16 bits: every estimate is at least ``s = floor(sqrt(var))`` (the
 start is ``>= sqrt(var)``, and ``(x + var // x) // 2 = floor((x + var / x) / 2) >= s`` by
@@ -75,7 +75,7 @@ def layernorm_period_cycles(beats: int) -> int:
     """Cycles between two rows' last outputs in a stream of rows: the slowest stage's cycle.
 
     Row stage ``2 * beats + 6`` (LOAD, MEAN, VAR and its drain, VAR_SCALE, HOLD), root stage
-    ``ISQRT_ITERATIONS * divider_cycles(16) + 2`` (the steps, HOLD, IDLE: 87), output stage
+    ``ISQRT_ITERATIONS * divider_cycles(16) + 2`` (the steps, HOLD, IDLE: 47), output stage
     ``beats + divider_cycles(31) + 4 + 1`` (the reciprocal, OUT and its fill, IDLE).
     """
     return max(2 * beats + 1 + 3 + 1 + 1, ISQRT_ITERATIONS * divider_cycles(NEWTON_QUOTIENT_BITS) + 2,
@@ -122,8 +122,8 @@ class LayerNorm(wiring.Component):
     Timing: up to ``ROW_BUFFERS`` rows in flight, one per stage. With ``o.ready`` high and
     input offered whenever asked for, ``rows`` rows of ``b = ceil(width / lanes)`` beats take
     ``3 b + latency + (rows - 1) * period`` cycles from the first input edge to the last output
-    edge inclusive: ``latency = LAYERNORM_ROW_OVERHEAD_CYCLES`` (128) for the first row, and
-    ``period = layernorm_period_cycles(b)`` (87 for ``b <= 40``, then ``2 b + 6``) for each
+    edge inclusive: ``latency = LAYERNORM_ROW_OVERHEAD_CYCLES`` (73) for the first row, and
+    ``period = layernorm_period_cycles(b)`` (47 for ``b <= 20``, then ``2 b + 6``) for each
     further one (``sim.layernorm.layernorm_cycles``).
     """
 

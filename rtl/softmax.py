@@ -1,21 +1,22 @@
 """Softmax unit: rows of Q.12 INT32 scores to INT8 Q.7 probabilities, bit for bit ``quant.softmax.int_softmax``.
 
-Two stages work on two rows at once, each row in its own region of the row buffer
-(``ROW_BUFFERS`` regions), the row stage handing a row to the output stage when it is free:
+Three stages work on three rows at once, each row in its own region of the row buffer
+(``ROW_BUFFERS`` regions), each stage handing its row on when the next one is free:
 
-row stage
+load stage
     ``LOAD``: one beat of ``lanes`` scores per cycle into the row's region, keeping the
-    running maximum; ``EXP``: each beat is read back, ``int_exp(x - max)`` is computed in a
-    4-stage pipeline after the read, written back over the score and added to the row total;
-    ``HOLD`` until taken.
+    running maximum; ``HOLD`` until taken.
+exponential stage
+    ``EXP``: each beat is read back, ``int_exp(x - max)`` is computed in a 4-stage pipeline
+    after the read, written back over the score (the buffer's second write port) and added to
+    the row total; ``HOLD`` until taken.
 output stage
-    ``DIVIDE``: ``recip = 2**30 // total`` on the sequential divider (31 quotient bits),
+    ``DIVIDE``: ``recip = 2**30 // total`` on the radix-4 divider (31 quotient bits, 17 cycles),
     issued on the edge that takes the row; ``OUT``: each beat of exponentials is read again
     and ``sat8(round(e * recip / 2**23))`` streamed out.
 
-So one row's division and output run while the next row loads and exponentiates. One
-divider serves: a division per row is shorter than the row stage for rows of 30 beats and
-more, and a second would only serve two rows' divisions at once, which the stages never need.
+So a row loads while the one before it exponentiates and the one before that divides and
+streams out. One divider serves: only the output stage divides, one division a row.
 """
 
 from __future__ import annotations
@@ -45,27 +46,28 @@ OUT_SHIFT = SOFTMAX_RECIP_BITS - SOFTMAX_OUTPUT_FRAC_BITS
 EXP_READ_CYCLES = 1
 EXP_PIPELINE_CYCLES = 4
 OUT_PIPELINE_CYCLES = 2                             # buffer read, then the output register
-ROW_BUFFERS = 2                                     # one row per stage
-# The first row beyond the three passes over its beats, from this unit's own stages: the EXP
-# drain, the hand-over to the output stage (which issues the division), the division, the OUT
-# fill. The cycle model composes the same figure from the widths: sim.softmax.softmax_latency;
-# the benches hold both to the measured cycles.
-SOFTMAX_ROW_OVERHEAD_CYCLES = (EXP_READ_CYCLES + EXP_PIPELINE_CYCLES + 1 + divider_cycles(DIVIDER_BITS)
+ROW_BUFFERS = 3                                     # one row per stage
+# The first row beyond the three passes over its beats, from this unit's own stages: the
+# hand-over to the exponential stage, the EXP drain, the hand-over to the output stage (which
+# issues the division), the division, the OUT fill. The cycle model composes the same figure
+# from the widths: sim.softmax.softmax_latency; the benches hold both to the measured cycles.
+SOFTMAX_ROW_OVERHEAD_CYCLES = (1 + EXP_READ_CYCLES + EXP_PIPELINE_CYCLES + 1 + divider_cycles(DIVIDER_BITS)
                                + OUT_PIPELINE_CYCLES)
 
 
 def softmax_period_cycles(beats: int) -> int:
-    """Cycles between two rows' last outputs in a stream of rows of ``beats`` beats: the slower stage's cycle.
+    """Cycles between two rows' last outputs in a stream of rows of ``beats`` beats: the slowest stage's cycle.
 
-    Row stage ``2 * beats + 6`` (LOAD, EXP and its drain, HOLD), output stage
-    ``beats + divider_cycles(31) + 2 + 1`` (the division, OUT and its fill, IDLE).
+    Load stage ``beats + 1`` (LOAD, HOLD), exponential stage ``beats + 7`` (IDLE, EXP and its
+    drain, HOLD), output stage ``beats + divider_cycles(31) + 2 + 1`` (the division, OUT and
+    its fill, IDLE: ``beats + 20``, always the slowest).
     """
-    return max(2 * beats + EXP_READ_CYCLES + EXP_PIPELINE_CYCLES + 1,
+    return max(beats + 1, 1 + beats + EXP_READ_CYCLES + EXP_PIPELINE_CYCLES + 1,
                beats + divider_cycles(DIVIDER_BITS) + OUT_PIPELINE_CYCLES + 1)
 
 
 class Softmax(wiring.Component):
-    """Row softmax over ``lanes`` scores per beat, two rows in flight.
+    """Row softmax over ``lanes`` scores per beat, three rows in flight.
 
     Parameters
     ----------
@@ -80,7 +82,7 @@ class Softmax(wiring.Component):
         Row length, sampled with the first beat of each row; must be in ``1..max_length``.
     i : In(stream.Signature(ArrayLayout(signed(32), lanes)))
         Q.12 scores, ``ceil(length / lanes)`` beats per row; lanes past ``length`` in the
-        last beat are ignored. ``i.ready`` is high only while the row stage loads a row.
+        last beat are ignored. ``i.ready`` is high only while the load stage loads a row.
     o : Out(stream.Signature(StructLayout({"data": ArrayLayout(signed(8), lanes), "last": 1})))
         Q.7 probabilities in the same order, ``last`` on the row's final beat; lanes past
         ``length`` are 0.
@@ -88,8 +90,8 @@ class Softmax(wiring.Component):
     Timing: up to ``ROW_BUFFERS`` rows in flight, one per stage. With ``o.ready`` high and
     input offered whenever asked for, ``rows`` rows of ``b = ceil(length / lanes)`` beats take
     ``3 b + latency + (rows - 1) * period`` cycles from the first input edge to the last output
-    edge inclusive: ``latency = SOFTMAX_ROW_OVERHEAD_CYCLES`` (40) for the first row and
-    ``period = softmax_period_cycles(b)`` (``b + 35`` up to 29 beats, then ``2 b + 6``) for each
+    edge inclusive: ``latency = SOFTMAX_ROW_OVERHEAD_CYCLES`` (26) for the first row and
+    ``period = softmax_period_cycles(b)`` (``b + 20``, the output stage's) for each
     further one (``sim.softmax.softmax_cycles``).
     """
 
@@ -134,30 +136,37 @@ class Softmax(wiring.Component):
         depth = -(-self._max_length // lanes)
         regions = ROW_BUFFERS * depth
         m.submodules.divider = divider = Divider(DIVIDER_BITS)
-        # One region of ``depth`` words per row in flight: the row stage loads and rewrites its
-        # region while the output stage reads the other.
+        # One region of ``depth`` words per row in flight: the load stage writes one, the
+        # exponential stage reads and rewrites another, the output stage reads the third.
         m.submodules.buffer = buffer = Memory(shape=data.ArrayLayout(signed(SCORE_BITS), lanes), depth=regions,
                                               init=[])
+        load = buffer.write_port()
         exp_read = buffer.read_port()
+        exp_write = buffer.write_port()
         out_read = buffer.read_port()
-        write = buffer.write_port()
 
-        # Row stage: LOAD, EXP, then HOLD until the output stage takes the row.
-        r_base = Signal(range(regions))             # first word of the region being loaded
+        # Load stage: LOAD, then HOLD until the exponential stage takes the row.
+        l_base = Signal(range(regions))             # first word of the region being loaded
         beats = Signal(range(depth + 1))            # beats of the row, counted while loading
         left = Signal(range(self._max_length + 1))  # scores of the row not yet loaded
         last_lanes = Signal(range(lanes + 1))        # valid lanes in the row's last beat
         first = Signal(init=1)
         row_max = Signal(signed(SCORE_BITS))
+        # Exponential stage: the EXP pass, then HOLD until the output stage takes the row.
+        e_base = Signal(range(regions))
+        e_beats = Signal(range(depth + 1))
+        e_last_lanes = Signal(range(lanes + 1))
+        e_max = Signal(signed(SCORE_BITS))
         total = Signal(range(self._max_length * EXP_MAX + 1))
-        r_issue = Signal(range(depth + 1))
+        e_issue = Signal(range(depth + 1))
         # Output stage: the division, then the OUT pass.
         o_base = Signal(range(regions))
         o_beats = Signal(range(depth + 1))
         recip = Signal(DIVIDER_BITS)
         o_issue = Signal(range(depth + 1))
-        r_hold, o_idle = Signal(), Signal()
-        to_out = r_hold & o_idle                    # the output stage takes the row stage's row
+        l_hold, e_idle, e_hold, o_idle = Signal(), Signal(), Signal(), Signal()
+        to_exp = l_hold & e_idle                    # the exponential stage takes the loaded row
+        to_out = e_hold & o_idle                    # the output stage takes the exponentiated row
 
         # LOAD: lanes past the row end become INT32_MIN, which leaves the maximum alone;
         # EXP zeroes their exponentials, so they vanish from the total and the output.
@@ -184,8 +193,8 @@ class Softmax(wiring.Component):
             s3_q = Signal(range(EXP_Q_MAX + 1), name=f"s3_q{lane}")
             s3_square = Signal(range((EXP_POLY_B**2 >> SOFTMAX_INPUT_FRAC_BITS) + 1), name=f"s3_square{lane}")
             e = Signal(range(EXP_MAX + 1), name=f"s4_e{lane}")
-            in_row = ~s3_last | (lane < last_lanes)
-            gap = row_max - exp_read.data[lane]                     # >= 0, up to 2**32 - 1
+            in_row = ~s3_last | (lane < e_last_lanes)
+            gap = e_max - exp_read.data[lane]                     # >= 0, up to 2**32 - 1
             q = (s1_gap * EXP_DIV_MULT) >> EXP_DIV_SHIFT            # floor(gap / LN2) on the clamped range
             raw_poly = ((s3_square * EXP_POLY_A) >> EXP_POLY_A_SHIFT) + EXP_POLY_C
             poly = Mux(raw_poly > EXP_MAX, EXP_MAX, raw_poly)
@@ -213,17 +222,19 @@ class Softmax(wiring.Component):
             with m.If(advance):
                 m.d.sync += self.o.payload.data[lane].eq(Mux(rounded > 127, 127, rounded))
 
-        m.d.comb += [exp_read.addr.eq(r_base + r_issue), out_read.addr.eq(o_base + o_issue)]
-        with m.FSM(name="row_stage"):
+        m.d.comb += [
+            load.addr.eq(l_base + beats),
+            exp_read.addr.eq(e_base + e_issue),
+            exp_write.addr.eq(e_base + s4_addr),
+            out_read.addr.eq(o_base + o_issue),
+        ]
+        m.d.comb += [load.data[lane].eq(loaded[lane]) for lane in range(lanes)]
+        m.d.comb += [exp_write.data[lane].eq(s4_e[lane]) for lane in range(lanes)]
+        with m.FSM(name="load_stage"):
             with m.State("LOAD"):
-                m.d.comb += [
-                    self.i.ready.eq(1),
-                    write.addr.eq(r_base + beats),
-                ]
-                for lane in range(lanes):
-                    m.d.comb += write.data[lane].eq(loaded[lane])
+                m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    m.d.comb += write.en.eq(1)
+                    m.d.comb += load.en.eq(1)
                     m.d.sync += [
                         beats.eq(beats + 1),
                         left.eq(left_now - lanes),
@@ -231,30 +242,39 @@ class Softmax(wiring.Component):
                         row_max.eq(Mux(first | (beat_max > row_max), beat_max, row_max)),
                     ]
                     with m.If(left_now <= lanes):
-                        m.d.sync += [r_issue.eq(0), total.eq(0), last_lanes.eq(left_now)]
-                        m.next = "EXP"
+                        m.d.sync += last_lanes.eq(left_now)
+                        m.next = "HOLD"
+            with m.State("HOLD"):
+                m.d.comb += l_hold.eq(1)
+                with m.If(to_exp):
+                    m.d.sync += [beats.eq(0), first.eq(1),
+                                 l_base.eq(Mux(l_base == regions - depth, 0, l_base + depth))]
+                    m.next = "LOAD"
+
+        with m.FSM(name="exp_stage"):
+            with m.State("IDLE"):
+                m.d.comb += e_idle.eq(1)
+                with m.If(to_exp):
+                    m.d.sync += [e_base.eq(l_base), e_beats.eq(beats), e_last_lanes.eq(last_lanes),
+                                 e_max.eq(row_max), e_issue.eq(0), total.eq(0)]
+                    m.next = "EXP"
             with m.State("EXP"):
-                m.d.comb += write.addr.eq(r_base + s4_addr)
-                for lane in range(lanes):
-                    m.d.comb += write.data[lane].eq(s4_e[lane])
-                with m.If(r_issue < beats):
+                with m.If(e_issue < e_beats):
                     m.d.sync += [
-                        r_issue.eq(r_issue + 1), s0_valid.eq(1), s0_addr.eq(r_issue),
-                        s0_last.eq(r_issue == beats - 1),
+                        e_issue.eq(e_issue + 1), s0_valid.eq(1), s0_addr.eq(e_issue),
+                        s0_last.eq(e_issue == e_beats - 1),
                     ]
                 with m.Else():
                     m.d.sync += s0_valid.eq(0)
                 with m.If(s4_valid):
-                    m.d.comb += write.en.eq(1)
+                    m.d.comb += exp_write.en.eq(1)
                     m.d.sync += total.eq(total + beat_total)
                     with m.If(s4_last):
                         m.next = "HOLD"
             with m.State("HOLD"):
-                m.d.comb += r_hold.eq(1)
+                m.d.comb += e_hold.eq(1)
                 with m.If(to_out):
-                    m.d.sync += [beats.eq(0), first.eq(1),
-                                 r_base.eq(Mux(r_base == regions - depth, 0, r_base + depth))]
-                    m.next = "LOAD"
+                    m.next = "IDLE"
 
         with m.FSM(name="out_stage"):
             with m.State("IDLE"):
@@ -265,7 +285,7 @@ class Softmax(wiring.Component):
                     divider.i.payload.divisor.eq(total),
                 ]
                 with m.If(to_out):
-                    m.d.sync += [o_base.eq(r_base), o_beats.eq(beats)]
+                    m.d.sync += [o_base.eq(e_base), o_beats.eq(e_beats)]
                     m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 m.d.comb += divider.o.ready.eq(1)

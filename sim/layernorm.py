@@ -7,17 +7,18 @@ buffer) and handing it on, in one cycle, when the next stage is free:
 
 * row stage: ``LOAD`` (b beats, summing), ``MEAN`` (1), the ``VAR`` pass (b beats and a
   3-cycle drain), ``VAR_SCALE`` (1), then ``HOLD`` until taken: ``2 b + 6`` per row;
-* root stage: ``ISQRT_ITERATIONS`` Newton steps on a divider of 16 quotient bits, each issued
-  on the edge that takes the previous quotient (the first on the take), ``HOLD``, ``IDLE``:
-  ``5 * 17 + 2 = 87`` per row;
-* output stage: the reciprocal ``2**30 // std`` on a divider of 31 quotient bits (issued on
-  the take), the ``OUT`` pass (b beats and a 4-cycle fill), ``IDLE``: ``b + 32 + 4 + 1``.
+* root stage: ``ISQRT_ITERATIONS`` Newton steps on a radix-4 divider of 16 quotient bits (9
+  cycles each), each issued on the edge that takes the previous quotient (the first on the
+  take), ``HOLD``, ``IDLE``: ``5 * 9 + 2 = 47`` per row;
+* output stage: the reciprocal ``2**30 // std`` on a radix-4 divider of 31 quotient bits (17
+  cycles, issued on the take), the ``OUT`` pass (b beats and a 4-cycle fill), ``IDLE``:
+  ``b + 17 + 4 + 1``.
 
 The first row goes through all three: ``latency`` is what it spends beyond its three passes
-over the beats, ``layernorm_latency`` states its composition from the unit's widths (128
+over the beats, ``layernorm_latency`` states its composition from the unit's widths (73
 cycles); every further row follows one ``period`` later, the slowest stage's cycle
-(``layernorm_period``: 87, Newton's, up to 40 beats a row, then the row stage's ``2 b + 6``).
-Before, one row at a time: ``rows * (3 b + 133)``. The RTL declares its own
+(``layernorm_period``: 47, Newton's, up to 20 beats a row, then the row stage's ``2 b + 6``).
+Before, one row at a time on a divider of one quotient bit a cycle: ``rows * (3 b + 133)``. The RTL declares its own
 (``rtl.layernorm.LAYERNORM_ROW_OVERHEAD_CYCLES``, ``layernorm_period_cycles``), the benches
 measure it, and ``tests/sim/test_rtl_cycles.py`` holds this prediction to the measured cycles
 exactly. The count runs from the first input handshake to the last output handshake, both
@@ -50,7 +51,7 @@ def layernorm_latency(iterations: int = ISQRT_ITERATIONS, newton_bits: int = NEW
     """The first row's cycles in the LayerNorm unit beyond its three passes over the row's beats.
 
     ``MEAN + VAR drain + VAR scale + hand-over + iterations * divider(newton_bits) + hand-over
-    + divider(recip_bits) + OUT fill`` = 1 + 3 + 1 + 1 + 5 * 17 + 1 + 32 + 4 = 128, with
+    + divider(recip_bits) + OUT fill`` = 1 + 3 + 1 + 1 + 5 * 9 + 1 + 17 + 4 = 73, with
     Newton's divisions on ``newton_bits`` quotient bits and the reciprocal ``2**30 // std`` on
     ``recip_bits`` (31: the quotient ``2**30 // 1`` needs them); each division issues on the
     edge that hands the row over or takes the previous quotient.
@@ -66,8 +67,8 @@ def layernorm_stage_cycles(beats: int, iterations: int = ISQRT_ITERATIONS, newto
     """Each stage's cycle per row for rows of ``beats`` beats: (row, root, output) stage.
 
     Row stage ``2 * beats + MEAN + VAR drain + VAR scale + hand-over`` (``2 b + 6``), root
-    stage ``iterations * divider(newton_bits) + hand-over + idle`` (87), output stage
-    ``divider(recip_bits) + beats + OUT fill + idle`` (``b + 37``; the output stage's hand-over
+    stage ``iterations * divider(newton_bits) + hand-over + idle`` (47), output stage
+    ``divider(recip_bits) + beats + OUT fill + idle`` (``b + 22``; the output stage's hand-over
     is its last output).
     """
     return (2 * beats + MEAN_CYCLES + VAR_DRAIN_CYCLES + VAR_SCALE_CYCLES + HANDOVER_CYCLES,
@@ -90,7 +91,7 @@ def layernorm_cycles(lanes: int, latency: int, rows: int, width: int) -> int:
     lanes : int
         Values per beat.
     latency : int
-        The first row's cycles beyond its three passes (``layernorm_latency()`` for the RTL: 128).
+        The first row's cycles beyond its three passes (``layernorm_latency()`` for the RTL: 73).
     rows : int
         Rows (tokens) to normalise; 0 costs nothing.
     width : int

@@ -24,12 +24,12 @@ ROW_PASSES = 3
 
 
 def divider_cycles(quotient_bits: int) -> int:
-    """One division on the row units' sequential divider, issue to result taken: ``quotient_bits + 1``.
+    """One division on the row units' sequential radix-4 divider, issue to result taken: ``ceil(quotient_bits / 2) + 1``.
 
-    The operands are registered on the issue edge, each of the next ``quotient_bits`` edges
-    retires one quotient bit, and the result is taken on the edge after the last one.
+    The operands are registered on the issue edge, each of the next ``ceil(quotient_bits / 2)``
+    edges retires two quotient bits, and the result is taken on the edge after the last one.
     """
-    return quotient_bits + 1
+    return -(-quotient_bits // 2) + 1
 
 
 def check_count(unit: str, name: str, value, minimum: int) -> None:

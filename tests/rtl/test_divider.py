@@ -6,7 +6,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from intvit.quant.errors import IntVitError
-from intvit.rtl.divider import Divider, divider_cycles
+from intvit.rtl.divider import Divider, divider_cycles, divider_steps
 from runner import require
 
 SEED = 2024
@@ -26,14 +26,15 @@ def test_rejects_bad_quotient_width(quotient_width):
 
 def test_properties():
     unit = Divider(31)
-    assert (unit.width, unit.quotient_width, unit.cycles, divider_cycles(31)) == (31, 31, 32, 32)
+    assert (unit.width, unit.quotient_width, unit.cycles, divider_cycles(31)) == (31, 31, 17, 17)
     narrow = Divider(31, 16)
-    assert (narrow.width, narrow.quotient_width, narrow.cycles) == (31, 16, 17)
+    assert (narrow.width, narrow.quotient_width, narrow.cycles) == (31, 16, 9)
     with pytest.raises(AttributeError):
         unit.width = 8
 
 
-@pytest.mark.parametrize("quotient_width, dividend, divisor", [(8, 200, 7), (5, 200, 7), (3, 200, 29)])
+@pytest.mark.parametrize("quotient_width, dividend, divisor", [(8, 200, 7), (5, 200, 7), (3, 200, 29), (1, 200, 101),
+                                                              (8, 0, 3), (8, 255, 1), (8, 254, 255)])
 def test_one_division_in_amaranth_sim(quotient_width, dividend, divisor):
     dut = Divider(8, quotient_width)
     seen = {}
@@ -56,8 +57,8 @@ def test_one_division_in_amaranth_sim(quotient_width, dividend, divisor):
     sim.add_clock(1e-6)
     sim.add_testbench(testbench)
     sim.run()
-    # Offered after `quotient_width` more edges, so taken one edge later still.
-    assert seen == {"result": divmod(dividend, divisor), "edges": quotient_width}
+    # Offered after ceil(quotient_width / 2) more edges (two quotient bits each), taken one edge later still.
+    assert seen == {"result": divmod(dividend, divisor), "edges": divider_steps(quotient_width)}
     assert divider_cycles(quotient_width) == seen["edges"] + 1
 
 

@@ -50,9 +50,9 @@ def line_schedule(rows: int, works: list[int]) -> int:
 
 def layernorm_works(beats: int, iterations: int = 5, newton_bits: int = 16) -> list[int]:
     """The LayerNorm RTL's states per stage: LOAD b, MEAN 1, VAR b + 3, VAR_SCALE 1 to HOLD; Newton's
-    steps of ``newton_bits + 1`` edges each from the take, HOLD; the reciprocal (32) from the take,
-    OUT b + 4."""
-    return [beats + 1 + beats + 3 + 1, iterations * (newton_bits + 1) + 1, 32 + beats + 4]
+    steps of ``ceil(newton_bits / 2) + 1`` edges each (two quotient bits a cycle) from the take,
+    HOLD; the reciprocal (16 steps + 1) from the take, OUT b + 4."""
+    return [beats + 1 + beats + 3 + 1, iterations * (-(-newton_bits // 2) + 1) + 1, 17 + beats + 4]
 
 
 @pytest.mark.parametrize("lanes, latency, elements, expected", [
@@ -68,17 +68,18 @@ def test_gelu_matches_schedule(lanes, latency, elements):
 
 
 def softmax_works(beats: int) -> list[int]:
-    """The Softmax RTL's states per stage: LOAD b, EXP b + 5 to HOLD; the division (32) from the take, OUT b + 2."""
-    return [beats + beats + 5, 32 + beats + 2]
+    """The Softmax RTL's states per stage: LOAD b to HOLD; EXP b + 5 from the take to HOLD; the
+    division (16 steps + 1) from the take, OUT b + 2."""
+    return [beats, beats + 5 + 1, 17 + beats + 2]
 
 
 @pytest.mark.parametrize("lanes, latency, rows, length, expected", [
-    (4, 40, 1, 1, 43),          # one beat: 3 passes + 40
-    (4, 40, 2, 50, 79 + 48),    # 13 beats: the output stage's b + 35 sets the period
-    (8, 40, 197, 197, 3 * 25 + 40 + 196 * 60),
-    (1, 40, 3, 197, 3 * 197 + 40 + 2 * (2 * 197 + 6)),  # the row stage's 2 b + 6
-    (1, 0, 3, 5, 15 + 2 * 40),
-    (4, 40, 0, 10, 0),
+    (4, 26, 1, 1, 29),          # one beat: 3 passes + 26
+    (4, 26, 2, 50, 39 + 26 + 33),   # 13 beats: the output stage's b + 20 sets the period
+    (8, 26, 197, 197, 3 * 25 + 26 + 196 * 45),
+    (1, 26, 3, 197, 3 * 197 + 26 + 2 * (197 + 20)),
+    (1, 0, 3, 5, 15 + 2 * 25),
+    (4, 26, 0, 10, 0),
 ])
 def test_softmax_hand_cases(lanes, latency, rows, length, expected):
     assert softmax_cycles(lanes, latency, rows, length) == expected
@@ -91,17 +92,17 @@ def test_softmax_matches_schedule(lanes, rows, length):
 
 
 def test_softmax_period_follows_the_stages():
-    for beats in (1, 29, 30, 197):
+    for beats in (1, 25, 197):
         works = softmax_works(beats)
         assert softmax_period(beats) == line_schedule(3, works) - line_schedule(2, works) == max(works) + 1
 
 
 @pytest.mark.parametrize("lanes, latency, rows, width, expected", [
-    (1, 128, 1, 1, 131),
-    (8, 128, 3, 192, 72 + 128 + 2 * 87),                # 24 beats: Newton's 87 sets the period
-    (8, 128, 197, 768, 288 + 128 + 196 * (2 * 96 + 6)),  # 96 beats: the row stage's 2 b + 6
-    (3, 128, 1, 10, 140),       # 4 beats, the last one a third full
-    (8, 128, 0, 192, 0),
+    (1, 73, 1, 1, 76),
+    (8, 73, 3, 64, 24 + 73 + 2 * 47),                  # 8 beats: Newton's 47 sets the period
+    (8, 73, 197, 192, 72 + 73 + 196 * (2 * 24 + 6)),   # 24 beats: the row stage's 2 b + 6
+    (3, 73, 1, 10, 85),         # 4 beats, the last one a third full
+    (8, 73, 0, 192, 0),
 ])
 def test_layernorm_hand_cases(lanes, latency, rows, width, expected):
     assert layernorm_cycles(lanes, latency, rows, width) == expected
@@ -116,7 +117,7 @@ def test_layernorm_matches_schedule(lanes, rows, width):
 
 def test_layernorm_latency_and_period_follow_the_stages():
     assert layernorm_latency(iterations=3, newton_bits=12) == line_schedule(1, layernorm_works(0, 3, 12))
-    for beats in (1, 40, 41, 96):
+    for beats in (1, 20, 21, 96):
         works = layernorm_works(beats)
         assert layernorm_period(beats) == line_schedule(3, works) - line_schedule(2, works) == max(works) + 1
 

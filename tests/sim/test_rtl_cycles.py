@@ -65,16 +65,15 @@ def test_default_config_uses_the_predicted_latencies():
 
 
 @pytest.mark.parametrize("call, expected", [
-    (lambda: softmax_latency(), 5 + 1 + 32 + 2),
-    (lambda: softmax_latency(recip_bits=20), 5 + 1 + 22 + 2),
-    (lambda: softmax_stage_cycles(25), (2 * 25 + 6, 32 + 25 + 2 + 1)),
-    (lambda: softmax_period(25), 60),
-    (lambda: softmax_period(30), 2 * 30 + 6),
-    (lambda: layernorm_latency(), 6 + 5 * 17 + 1 + 32 + 4),
-    (lambda: layernorm_latency(iterations=3, newton_bits=12, recip_bits=31), 6 + 3 * 13 + 1 + 32 + 4),
-    (lambda: layernorm_stage_cycles(24), (2 * 24 + 6, 5 * 17 + 2, 32 + 24 + 4 + 1)),
-    (lambda: layernorm_period(24), 87),
-    (lambda: layernorm_period(41), 2 * 41 + 6),
+    (lambda: softmax_latency(), 1 + 5 + 1 + 17 + 2),
+    (lambda: softmax_latency(recip_bits=20), 1 + 5 + 1 + 12 + 2),
+    (lambda: softmax_stage_cycles(25), (25 + 1, 1 + 25 + 5 + 1, 17 + 25 + 2 + 1)),
+    (lambda: softmax_period(25), 45),
+    (lambda: layernorm_latency(), 6 + 5 * 9 + 1 + 17 + 4),
+    (lambda: layernorm_latency(iterations=3, newton_bits=12, recip_bits=31), 6 + 3 * 7 + 1 + 17 + 4),
+    (lambda: layernorm_stage_cycles(24), (2 * 24 + 6, 5 * 9 + 2, 17 + 24 + 4 + 1)),
+    (lambda: layernorm_period(8), 47),
+    (lambda: layernorm_period(24), 2 * 24 + 6),
 ])
 def test_latency_compositions(call, expected):
     assert call() == expected

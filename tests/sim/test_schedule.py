@@ -70,10 +70,10 @@ def test_vector_cycles():
     assert instruction_cycles(vector(Opcode.REQUANT, 3, 20), CONFIG) == 1 + 9 + 3
     assert instruction_cycles(vector(Opcode.ADD, 3, 20), CONFIG) == 1 + 9 + 3
     assert instruction_cycles(vector(Opcode.GELU, 2, 16), CONFIG) == 1 + 4 + 4
-    assert instruction_cycles(vector(Opcode.SOFTMAX, 2, 50), CONFIG) == 1 + 3 * 7 + 40 + 42 == \
-        1 + softmax_cycles(8, 40, 2, 50)
-    assert instruction_cycles(vector(Opcode.LAYERNORM, 2, 64), CONFIG) == 1 + 8 + 3 * 8 + 128 + 87 == \
-        1 + 8 + layernorm_cycles(8, 128, 2, 64)
+    assert instruction_cycles(vector(Opcode.SOFTMAX, 2, 50), CONFIG) == 1 + 3 * 7 + 26 + 27 == \
+        1 + softmax_cycles(8, 26, 2, 50)
+    assert instruction_cycles(vector(Opcode.LAYERNORM, 2, 64), CONFIG) == 1 + 8 + 3 * 8 + 73 + 47 == \
+        1 + 8 + layernorm_cycles(8, 73, 2, 64)
     assert instruction_cycles(Instruction(Opcode.SYNC), CONFIG) == instruction_cycles(Instruction(Opcode.END), CONFIG) == 1
 
 
