@@ -8,7 +8,10 @@ instructions and STOREs of its tiles (``docs/isa.md``, "The compiler's conventio
   blocks of ``C``, K in chunks that fit half an A or B bank; A and B stay resident when the
   whole operand fits half its scratchpad, and are streamed (double-buffered) otherwise; a
   resident B region (a head's, or a column group's) is loaded into the other half while the
-  previous one computes, in pieces emitted between that one's tiles;
+  previous one computes, in pieces emitted between that one's tiles; a tile's element-wise steps
+  (``compiler.chains``) follow among the next tile's MATMULs (``compiler.pipeline.VectorPipe``);
+* a residual ADD's output that a LayerNorm reads is normalised on the tiles that complete its
+  rows, in whole-row ACC slots (``compiler.pipeline.TileSlots``), and the LayerNorm op emits nothing;
 * ``layernorm``, ``add`` and any element-wise op left over run row block by row block in ACC;
 * ``concat_token`` copies the class token through ACC; the other data-layout ops are views.
 
@@ -34,7 +37,8 @@ from intvit.compiler.isa import (
 )
 from intvit.compiler.emit import Buffers, Emitter
 from intvit.compiler.layout import MemoryMap, Place, plan_memory
-from intvit.compiler.pipeline import Step, TileSlots, VectorPipe
+from intvit.compiler.chains import VECTOR_OPCODES, Tile, TileChains
+from intvit.compiler.pipeline import TileSlots, VectorPipe
 from intvit.compiler.verify import mark_overlaps
 from intvit.quant.errors import IntVitError
 from intvit.quant.layernorm import layernorm_divisors
@@ -43,8 +47,6 @@ from intvit.quant.program import IntProgram, Op
 __all__ = ["CompiledProgram", "compile_program", "geometry_for"]
 
 CHAIN_KINDS = ("requant", "gelu", "softmax")
-VECTOR_OPCODES = {"requant": Opcode.REQUANT, "gelu": Opcode.GELU, "softmax": Opcode.SOFTMAX,
-                  "layernorm": Opcode.LAYERNORM, "add": Opcode.ADD}
 ELEM_CODE = {1: 0, 4: 1, 16: 2}
 FUSED_ADD_MIN_ROW_BYTES = 32
 
@@ -103,26 +105,7 @@ class CompiledProgram:
         return self.memory.places[self.manifest["output"]["name"]].matrix()
 
 
-@dataclass(frozen=True)
-class _Tile:
-    """A matmul tile: rows ``m0 ..`` of column blocks ``g0 ..``; ``x`` the MATMULs' ACC words and ``y``
-    the residual operand's (``(base, keys)``), rows ``pitch`` words apart, the tile's first column
-    at word ``col0`` of a row; ``slotted`` for the whole-row slots of ``TileSlots``."""
-
-    serial: int
-    g0: int
-    m0: int
-    rows: int
-    cols: int
-    cbs: int
-    x: tuple
-    y: tuple | None
-    pitch: int
-    col0: int
-    slotted: bool
-
-
-class _Compiler:
+class _Compiler(TileChains):
     def __init__(self, program: IntProgram, geometry: Geometry, cycles: Callable[[Instruction], int]):
         self.program = program
         self.geo = geometry
@@ -504,13 +487,13 @@ class _Compiler:
                     pipe.flush()
                     if adds:
                         y = self.buffers.ring(r_ * cbs)
-                    t = _Tile(serial, g0, m0, rows, cols, cbs, x, y, pitch, col0, False)
+                    t = Tile(serial, g0, m0, rows, cols, cbs, x, y, pitch, col0, False)
                     if adds:
                         self._tile_loads(op, chain, t, out, None)
                     for step in self._tile_steps(op, chain, params, t, out, final, None):
                         step.emit()
                 else:
-                    t = _Tile(serial, g0, m0, rows, cols, cbs, x, y, pitch, col0, slots is not None)
+                    t = Tile(serial, g0, m0, rows, cols, cbs, x, y, pitch, col0, slots is not None)
                     if adds:                             # emitted after the next tile's first MATMUL
                         loads = functools.partial(self._tile_loads, op, chain, t, out, fused)
                     pipe.queue(self._tile_steps(op, chain, params, t, out, final, fused))
@@ -522,85 +505,6 @@ class _Compiler:
         if deferred is not None:
             self.out.current = deferred.name
             self.vector(deferred, [])
-
-    def _layernorm_after(self, add: Op):
-        """``(layernorm, first row, rows)`` when a LayerNorm reads ``add``'s output (or one row of it
-        through ``select_token``); else None. Other readers read the stored output as before."""
-        source, first = add.output, None
-        readers = self.readers.get(source, [])
-        view = next((r for r in readers if r.kind == "select_token"), None)
-        if view is not None:
-            source, first = view.output, view.attrs["index"]
-            readers = self.readers.get(source, [])
-        ln = next((r for r in readers if r.kind == "layernorm"), None)
-        if ln is None:
-            return None
-        rows = self._shape(add.output)[-2]
-        return (ln, 0, rows) if first is None else (ln, first, 1)
-
-    def _tile_loads(self, op: Op, chain: list[Op], t: _Tile, out: Place, ln) -> None:
-        """The residual ADD's other operand into ``y`` (the tile's columns) and, for a fused LayerNorm,
-        the columns of its rows that earlier column groups stored."""
-        add = chain[-1]
-        if ln is not None and t.g0 > 0:
-            row0, count = ln[1]
-            self.load_rows(t.y[1], add.output, out, row0, count, 0, t.g0 * self.geo.cols,
-                           t.y[0] + (row0 - t.m0) * t.pitch, t.pitch)
-        other = self._other_operand(op, chain)
-        self.load_rows(t.y[1], other, self.memory.places[other].matrix(), t.m0, t.rows, t.g0 * self.geo.cols,
-                       t.cols, t.y[0] + t.col0, t.pitch)
-
-    @staticmethod
-    def _other_operand(op: Op, chain: list[Op]) -> str:
-        """The residual ADD's (``chain[-1]``) input that is not the chain's own result."""
-        result = chain[-2].output if len(chain) > 1 else op.output
-        return next(name for name in chain[-1].inputs if name != result)
-
-    def _tile_steps(self, op: Op, chain: list[Op], params: dict, t: _Tile, out: Place, final: str,
-                    ln) -> list[Step]:
-        """A matmul tile's chain of element-wise steps over its ACC words, with its STOREs.
-
-        The first step reads the MATMULs' rows (it waits for the array to drain). In whole-row
-        slots a residual ADD writes its result over its operand in ``y``, from where it is stored,
-        and a fused LayerNorm then normalises those rows in place once that STORE has read them:
-        only ``y`` is ever stored, so the next LOAD into ``x`` needs no SYNC (``TileSlots``)."""
-        c_ = self.geo.cols
-        x, y = t.x[0] + t.col0, t.y[0] + t.col0 if t.y else 0
-        specs, region = [], t.x
-        for step in chain:
-            p_off, p_keys = params.get((f"{step.name}.params", t.g0 * c_, t.cbs * c_), (0, ()))
-            fields = dict(width=REQUANT_WIDTHS.index(step.attrs["bits"]) if step.kind == "requant" else 0,
-                          src=x, src_b=0, dst=x, rows=t.rows, length=t.cols, stride=t.pitch, param_addr=p_off)
-            reads, writes = t.x[1] + p_keys, t.x[1]
-            if step.kind == "add":
-                first_is_other = step.inputs[0] == self._other_operand(op, chain)
-                fields.update(src=y if first_is_other else x, src_b=x if first_is_other else y)
-                reads = t.x[1] + t.y[1] + p_keys
-                if t.slotted:
-                    fields["dst"], region, writes = y, t.y, t.y[1]
-            specs.append([VECTOR_OPCODES[step.kind], fields, reads, writes, 0, []])
-        store = self._store(final, out, t.m0, t.rows, t.g0 * c_, t.cols, region[0] + t.col0, t.pitch)
-        if not specs:                                    # a bare matmul: its STORE alone
-            return [Step(functools.partial(self.out.emit, Opcode.STORE, reads=region[1], **store), 0, t.serial)]
-        specs[-1][5].append((region[1], store))
-        if ln is not None:
-            (norm, first, _), (row0, count) = ln
-            n = self.geo.layernorm_width
-            p_off, p_keys = params[(f"{norm.name}.params", 0, n)]
-            at = t.y[0] + (row0 - t.m0) * t.pitch
-            wait = self.cycles(Instruction(Opcode.STORE, **{k: v for k, v in store.items() if k != "writes"}))
-            norm_out = self._store(norm.output, self.memory.places[norm.output].matrix(), row0 - first, count, 0, n,
-                                   at, t.pitch)
-            specs.append([Opcode.LAYERNORM, dict(src=at, dst=at, rows=count, length=n, stride=t.pitch,
-                                                 param_addr=p_off), t.y[1] + p_keys, t.y[1], wait,
-                          [(t.y[1], norm_out)]])
-        return [Step(functools.partial(self._emit_step, *spec), self.cycles(Instruction(spec[0], **spec[1])),
-                     t.serial, wait=spec[4], drain=self.drain if i == 0 else 0) for i, spec in enumerate(specs)]
-
-    def _emit_step(self, opcode: Opcode, fields: dict, reads: tuple, writes: tuple, wait: int, stores: list) -> None:
-        self.out.emit(opcode, reads=reads, writes=writes, **fields)
-        for keys, store in stores:
-            self.out.emit(Opcode.STORE, reads=keys, **store)
 
     def _prefetch_b(self, op: Op, epoch, staged, steps: int, b_all, transpose_b: bool, n: int, k: int,
                     k_chunk: int, cols_outer: bool, group: int, b_pitch: int) -> dict[int, list]:
