@@ -191,15 +191,22 @@ def _bilinear_taps(in_size: int, out_size: int) -> list[tuple[int, np.ndarray]]:
 
 
 def _resample(images: np.ndarray, taps: list[tuple[int, np.ndarray]], axis: int) -> np.ndarray:
-    x = np.moveaxis(images, axis, -1)
-    out = np.empty((*x.shape[:-1], len(taps)), dtype=np.float32)
-    for i, (first, weights) in enumerate(taps):
-        total = x[..., first] * weights[0]
-        for j in range(1, len(weights)):
-            # A fused multiply-add: the float32 product is exact in float64, the sum rounds to float32.
-            total = (x[..., first + j].astype(np.float64) * weights[j] + total).astype(np.float32)
-        out[..., i] = total
-    return np.moveaxis(out, -1, axis)
+    # One gather per tap position for every output at once (a few large numpy calls, not one small
+    # call per output: a loading thread then hardly waits for the GIL); fewer taps keep the total.
+    count = np.array([len(w) for _, w in taps])
+    first = np.array([start for start, _ in taps])
+    weights = np.zeros((count.max(), len(taps)), dtype=np.float32)            # (tap, output)
+    for i, (_, w) in enumerate(taps):
+        weights[:len(w), i] = w
+    along = [len(taps) if d == axis % images.ndim else 1 for d in range(images.ndim)]  # broadcast on axis
+    total = np.take(images, first, axis=axis) * weights[0].reshape(along)
+    for j in range(1, len(weights)):
+        # A fused multiply-add: the float32 product is exact in float64, the sum rounds to float32.
+        tap = np.take(images, np.minimum(first + j, images.shape[axis] - 1), axis=axis).astype(np.float64)
+        with np.errstate(invalid="ignore"):                # 0 x inf on a padded tap, masked below
+            step = (tap * weights[j].reshape(along) + total).astype(np.float32)
+        total = np.where((count > j).reshape(along), step, total)
+    return total
 
 
 def _convert_channels(images: np.ndarray, in_chans: int) -> np.ndarray:

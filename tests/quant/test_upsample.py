@@ -73,3 +73,15 @@ def test_loading_mnist_for_deit_imports_no_torch():
               "x, _, _ = load_dataset('mnist', get_config('deit-tiny'), limit=2); print(x.shape, 'torch' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert run.stdout.split()[-1] == "False" and "224, 224)" in run.stdout
+
+
+def test_a_pixel_outside_an_outputs_taps_does_not_reach_it():
+    """Border outputs have one tap: the NaN or infinity next to it (column or row 1) must not reach them."""
+    images = np.random.default_rng(1).random((3, 2, 11, 11), dtype=np.float32)
+    images[0, 0, 5, 1], images[1, 1, 1, 6], images[2, 0, 9, 9] = np.nan, np.inf, -np.inf
+    images[2, 1] = -0.0
+    for size in (12, 37, 160):
+        ours, theirs = upsample_bilinear(images, size), torch_upsample(images, size)
+        assert np.array_equal(ours, theirs, equal_nan=True), size
+        assert np.array_equal(np.signbit(ours), np.signbit(theirs)), size
+        assert np.isfinite(ours[0, 0, :, 0]).all() and not np.isfinite(ours[0, 0]).all()
