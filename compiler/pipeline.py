@@ -37,7 +37,9 @@ class Step:
         Cycles after the previous step's end before it can start (a STORE it must let finish).
     drain : int
         For a tile's first step: cycles its MATMULs' last rows take to drain after their last
-        beat (it reads them, so it waits for the array to be idle); 0 otherwise.
+        beat; 0 otherwise. It reads those rows, so unless it follows two later MATMULs (the array
+        holds two at most: the second's start proves the tile's rows delivered, and
+        ``verify.mark_overlaps`` sets its ``overlap``), it waits for the array to be idle.
     """
 
     emit: Callable[[], None]
@@ -52,19 +54,23 @@ class VectorPipe:
 
     def __init__(self):
         self.array = 0                 # estimated cycle the array takes the next MATMUL's first beat
+        self.issued = 0                # ... and the last emitted MATMUL's: a step behind it starts no earlier
         self.vector = 0                # estimated cycle the vector units finish the last emitted step
-        self.steps: deque[tuple[Step, int]] = deque()
+        self.matmuls = 0               # MATMULs emitted
+        self.steps: deque[tuple[Step, int, int]] = deque()    # (step, ready cycle, MATMULs to follow)
 
     def matmul(self, beats: int) -> None:
         """A MATMUL of ``beats`` beats was emitted: emit the steps that can start before it ends."""
+        self.issued = self.array
         self.array += beats
-        while self.steps and self._start(*self.steps[0]) <= self.array:
+        self.matmuls += 1
+        while self.steps and self.steps[0][2] <= self.matmuls and self._start(*self.steps[0][:2]) <= self.array:
             self._emit()
 
     def queue(self, steps: list[Step]) -> None:
         """A tile's chain, ready once the MATMULs emitted so far have drained."""
         for step in steps:
-            self.steps.append((step, self.array if step.drain else 0))
+            self.steps.append((step, self.array + step.drain, self.matmuls + 2) if step.drain else (step, 0, 0))
 
     def flush(self, keep: int | None = None) -> None:
         """Emit every queued step, or those of tiles other than ``keep`` (the oldest first)."""
@@ -72,13 +78,13 @@ class VectorPipe:
             self._emit()
 
     def _start(self, step: Step, ready: int) -> int:
-        return max(self.vector + step.wait, ready)
+        return max(self.vector + step.wait, ready, self.issued)
 
     def _emit(self) -> None:
-        step, ready = self.steps.popleft()
+        step, ready, after = self.steps.popleft()
         start = self._start(step, ready)
-        if step.drain:                                   # it waits for the array to be idle
-            start = max(start, self.array) + step.drain
+        if after > self.matmuls:                         # it waits for the array to be idle
+            start = max(start, self.array + step.drain)
         step.emit()
         self.vector = start + step.cycles
         self.array = max(self.array, start)              # later MATMULs issue after it

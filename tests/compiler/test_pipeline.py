@@ -24,9 +24,10 @@ def test_steps_follow_the_matmul_during_which_they_can_start():
     run(pipe, log, 2)                                    # the tile's own MATMULs: array clock 200
     pipe.queue(steps(log, [150, 50, 120]))
     run(pipe, log, 6)
-    # The first step waits for the array to drain (mm2 ends at 300: it starts at 310), the second
-    # at 460 and the third at 510, both after mm4 (ends at 510); none holds a MATMUL back.
-    assert log == ["mm0", "mm1", "mm2", "t0s0", "mm3", "mm4", "t0s1", "t0s2", "mm5", "mm6", "mm7"]
+    # The first step reads the tile's rows: it follows the second MATMUL after them (whose start
+    # proves them delivered: no drain), starting at 300 as mm3 issues; the second at 450 and the
+    # third at 500, both after mm4 (ends at 500); none holds a MATMUL back.
+    assert log == ["mm0", "mm1", "mm2", "mm3", "t0s0", "mm4", "t0s1", "t0s2", "mm5", "mm6", "mm7"]
 
 
 def test_a_step_that_waits_for_a_store_lands_later():
@@ -35,8 +36,8 @@ def test_a_step_that_waits_for_a_store_lands_later():
     run(pipe, log, 1)
     pipe.queue(steps(log, [50, 300], waits=[0, 250]))
     run(pipe, log, 5)
-    # The first step runs 210..260; the second may start 250 later (510): after mm4 (ends 510).
-    assert log == ["mm0", "mm1", "t0s0", "mm2", "mm3", "mm4", "t0s1", "mm5"]
+    # The first step runs 200..250 (behind mm2); the second may start 250 later (500): after mm4.
+    assert log == ["mm0", "mm1", "mm2", "t0s0", "mm3", "mm4", "t0s1", "mm5"]
 
 
 def test_flush_keeps_only_the_latest_tile():
