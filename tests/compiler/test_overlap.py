@@ -63,15 +63,17 @@ def test_next_head_operands_load_under_this_heads_compute(mnist):
 
 
 def test_compute_waits_little_for_loads_in_the_blocks(mnist):
-    # Within the transformer blocks, the critical path runs through the load module for under a
-    # fifth of the cycles (the transposed V loads of 16-byte rows dominate what is left); before,
-    # it was more than a fifth.
+    # Within the transformer blocks, the critical path runs through the load module for about
+    # 31 k cycles (each op's first loads after the previous op's last STORE, and the transposed
+    # V loads of 16-byte rows). That was a fifth of the blocks' cycles; the faster Softmax,
+    # LayerNorm and fused chains since made the total shrink around it (to 116 k), so the bound
+    # is on the cycles themselves: a load module that falls behind compute again (a SYNC per
+    # tile, operands loaded after the tile that needs them) adds tens of thousands.
     _, compiled, report = mnist
     parts = dict(report.timeline(compiled.origins).critical_by_part())
     blocks = [cycles for part, cycles in parts.items() if part.startswith("blocks.")]
     load = sum(c["load"] for c in blocks)
-    total = sum(sum(c.values()) for c in blocks)
-    assert load < 0.2 * total, f"{load} of {total}"
+    assert load < 34_000, f"{load} of {sum(sum(c.values()) for c in blocks)}"
 
 
 def residual_adds(compiled, job: str) -> list:
