@@ -149,7 +149,7 @@ def _run(launcher: str, args: list[str], cwd: str, timeout: int, what: str,
             raise IntVitError(f"{what} did not finish within {timeout} s")
         output = "".join(tail)
     if returncode != 0:
-        raise RuntimeError(f"{what} failed: {output.strip()[-3000:]}")
+        raise RuntimeError(f"{what} failed: {output.strip()[-3000:] or f'exit status {returncode}, no output'}")
     return time.perf_counter() - start
 
 
