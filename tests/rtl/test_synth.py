@@ -270,6 +270,32 @@ def test_fpga_system_places_on_ecp5(capsys):
     assert report["fmax_mhz"] > 10
 
 
+def test_synth_command_ecp5_prints_and_records_the_figures(monkeypatch, capsys, tmp_path):
+    # The command's own part (the flow is covered above): what synth_fpga measured, printed and in the JSON.
+    from intvit.rtl import synth
+
+    measured = {"device": "LFE5U-85F-CABGA381", "luts": 27893, "flipflops": 9338, "dsps": 85, "brams": 71,
+                "carry": 3990, "lutrams": 2151, "by_type": {}, "utilization": {}, "fmax_mhz": 23.47,
+                "target_mhz": 200, "router": "router2", "synth_seconds": 469.0, "pnr_seconds": 2400.0}
+    steps = []
+
+    def fake(component, name, progress):
+        progress("routing, iteration 3: 1,234 overused wires")
+        steps.append(name)
+        return measured
+
+    monkeypatch.setattr(synth, "synth_fpga", fake)
+    out = tmp_path / "fpga.json"
+    assert main(["synth", "--config", str(FPGA), "--target", "ecp5", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert steps == ["intvit_system"]
+    assert printed[1] == "LUT4 27,893, flip-flops 9,338, DSP 85, block RAM 71, carry 3,990, LUT RAM 2,151"
+    assert printed[2] == ("post-route Fmax: 23.5 MHz (constraint 200 MHz, nextpnr router2); synthesis 469 s, "
+                          "place and route 2400 s")
+    report = json.loads(out.read_text())
+    assert report["fmax_mhz"] == 23.47 and report["luts"] == 27893 and report["params"]["rows"] == 8
+
+
 def test_synth_command_errors(capsys):
     assert main(["synth", "--target", "ecp5", "--abc"]) == 2
     assert "error: --abc and --unit apply to --target generic only" in capsys.readouterr().err
