@@ -14,8 +14,8 @@ port. How it is built depends on the target, told by the platform Amaranth passe
   live-value table (LVT) records which bank holds each word's latest value (LaForest and
   Steffan, "Efficient multi-ported memories for FPGAs", FPGA 2010). The LVT is itself a
   memory every write port writes; in flip-flops, an ACC lane (256 words, 3 writes, 4 reads)
-  took 4,015 LUT4 after ``synth_ecp5`` (scan shell included), four lanes 44 % of the 8x4
-  System's LUT4, and made it too congested to route. So the LVT is XOR-coded
+  took 4,015 LUT4 after ``synth_ecp5`` (scan shell included): four lanes about 44 % of the
+  8x4 System's 36,348 LUT4, which router1 could not route. So the LVT is XOR-coded
   (after LaForest et al., "Multi-ported memories for FPGAs via XOR", FPGA 2012): one tag
   memory of ``ceil(log2(write_ports))`` bits per write port, written by that port alone, so
   LUT RAM; the XOR of a word's tags is the index of its last writer. Write port ``i`` writes
