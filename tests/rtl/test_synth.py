@@ -252,7 +252,7 @@ def test_default_system_on_nangate45(capsys):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="issue 14: router2 did not converge on this design (overused wires 53,187 "
-                                       "-> 444 at iteration 36, back above 1,000 by iteration 49, after 20 min of "
+                                       "-> 444 at iteration 36, back up to 1,835 by iteration 53, after 20 min of "
                                        "placement); no post-route Fmax yet")
 def test_fpga_system_places_on_ecp5(capsys):
     # The whole System (controller, DMA, array, units, scratchpads) of docs/configs/fpga_8x4.toml,
