@@ -97,4 +97,4 @@ def layernorm_cycles(lanes: int, latency: int, rows: int, width: int) -> int:
     width : int
         Values per row (the embedding width D).
     """
-    return row_cycles("layernorm", lanes, latency, rows, width, layernorm_stage_cycles, "width")
+    return row_cycles("layernorm", lanes, latency, rows, width, layernorm_period, "width")

@@ -83,4 +83,4 @@ def softmax_cycles(lanes: int, latency: int, rows: int, length: int) -> int:
     length : int
         Scores per row.
     """
-    return row_cycles("softmax", lanes, latency, rows, length, softmax_stage_cycles)
+    return row_cycles("softmax", lanes, latency, rows, length, softmax_period)

@@ -14,7 +14,7 @@ the cocotb benches measure them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from intvit.quant.errors import IntVitError
 
@@ -48,11 +48,11 @@ def stream_cycles(unit: str, lanes: int, latency: int, elements: int) -> int:
 
 
 def row_cycles(unit: str, lanes: int, latency: int, rows: int, length: int,
-               stage_cycles: Callable[[int], Sequence[int]], length_name: str = "length") -> int:
-    """``3 * b + latency + (rows - 1) * max(stage_cycles(b))`` for ``b = ceil(length / lanes)``, 0 for no rows.
+               period: Callable[[int], int], length_name: str = "length") -> int:
+    """``3 * b + latency + (rows - 1) * period(b)`` for ``b = ceil(length / lanes)``, 0 for no rows.
 
-    ``stage_cycles(b)`` gives each stage's cycle per row (from taking a row to taking the next
-    when it never waits); the slowest sets the period.
+    ``period(b)`` is the unit's slowest stage's cycle per row (from taking a row to taking the
+    next when it never waits).
     """
     check_count(unit, "lanes", lanes, 1)
     check_count(unit, "latency", latency, 0)
@@ -61,4 +61,4 @@ def row_cycles(unit: str, lanes: int, latency: int, rows: int, length: int,
     if rows == 0:
         return 0
     beats = -(-length // lanes)
-    return ROW_PASSES * beats + latency + (rows - 1) * max(stage_cycles(beats))
+    return ROW_PASSES * beats + latency + (rows - 1) * period(beats)
