@@ -343,7 +343,7 @@ class _Compiler(TileChains):
         a_all = mem.places[op.inputs[0]]
         b_all = mem.places[op.inputs[1]]
         transpose_b = bool(op.attrs.get("transpose_b"))
-        heads = a_all.shape[0] if isinstance(a_all, Place) and len(a_all.shape) == 3 else 1
+        heads = a_all.shape[0] if len(a_all.shape) == 3 else 1
         m, k = a_all.matrix().shape
         n = self._matmul_n(op)
         n_rb, n_cb = -(-m // r_), -(-n // c_)
