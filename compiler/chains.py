@@ -47,8 +47,9 @@ class TileChains:
     ``_shape``)."""
 
     def _layernorm_after(self, add: Op):
-        """``(layernorm, first row, rows)`` when a LayerNorm reads ``add``'s output (or one row of it
-        through ``select_token``); else None. Other readers read the stored output as before."""
+        """``(layernorm, first row, rows, rows per image)`` of each image's rows when a LayerNorm reads ``add``'s output
+        (or one row of it through ``select_token``); else None. Other readers read the stored output
+        as before."""
         source, first = add.output, None
         readers = self.readers.get(source, [])
         view = next((r for r in readers if r.kind == "select_token"), None)
@@ -59,14 +60,30 @@ class TileChains:
         if ln is None:
             return None
         rows = self._shape(add.output)[-2]
-        return (ln, 0, rows) if first is None else (ln, first, 1)
+        return (ln, 0, rows, rows) if first is None else (ln, first, 1, rows)
+
+    def _layernorm_rows(self, ln, m0: int, rows: int) -> list[tuple[int, int, int]] | None:
+        """The rows of ``m0 .. m0 + rows`` (of all images' token rows) that the fused LayerNorm ``ln``
+        normalises, as ``(row, rows, its output's row)`` runs; None when there are none."""
+        _, first, count, period = ln
+        runs: list[list[int]] = []
+        for image in range(m0 // period, (m0 + rows - 1) // period + 1):
+            lo = max(m0, image * period + first)
+            hi = min(m0 + rows, image * period + first + count)
+            if lo >= hi:
+                continue
+            out = image * count + lo - image * period - first
+            if runs and runs[-1][0] + runs[-1][1] == lo and runs[-1][2] + runs[-1][1] == out:
+                runs[-1][1] += hi - lo
+            else:
+                runs.append([lo, hi - lo, out])
+        return [tuple(run) for run in runs] or None
 
     def _tile_loads(self, op: Op, chain: list[Op], t: Tile, out: Place, ln) -> None:
         """The residual ADD's other operand into ``y`` (the tile's columns) and, for a fused LayerNorm,
         the columns of its rows that earlier column groups stored."""
         add = chain[-1]
-        if ln is not None and t.g0 > 0:
-            row0, count = ln[1]
+        for row0, count, _ in ln[1] if ln is not None and t.g0 > 0 else ():
             self.load_rows(t.y[1], add.output, out, row0, count, 0, t.g0 * self.geo.cols,
                            t.y[0] + (row0 - t.m0) * t.pitch, t.pitch)
         other = self._other_operand(op, chain)
@@ -102,25 +119,31 @@ class TileChains:
                 if t.slotted:
                     fields["dst"], region, writes = y, t.y, t.y[1]
             specs.append([VECTOR_OPCODES[step.kind], fields, reads, writes, 0, []])
-        store = self._store(final, out, t.m0, t.rows, t.g0 * c_, t.cols, region[0] + t.col0, t.pitch)
-        if not specs:                                    # a bare matmul: its STORE alone
-            return [Step(functools.partial(self.out.emit, Opcode.STORE, reads=region[1], **store), 0, t.serial)]
-        specs[-1][5].append((region[1], store))
+        stores = [(region[1], store) for store in
+                  self._store(final, out, t.m0, t.rows, t.g0 * c_, t.cols, region[0] + t.col0, t.pitch)]
+        if not specs:                                    # a bare matmul: its STOREs alone
+            return [Step(functools.partial(self._emit_stores, stores), 0, t.serial)]
+        specs[-1][5].extend(stores)
         if ln is not None:
-            (norm, first, _), (row0, count) = ln
+            norm, runs = ln[0][0], ln[1]
             n = self.geo.layernorm_width
             p_off, p_keys = params[(f"{norm.name}.params", 0, n)]
-            at = t.y[0] + (row0 - t.m0) * t.pitch
-            wait = self.cycles(Instruction(Opcode.STORE, **{k: v for k, v in store.items() if k != "writes"}))
-            norm_out = self._store(norm.output, self.memory.places[norm.output].matrix(), row0 - first, count, 0, n,
-                                   at, t.pitch)
-            specs.append([Opcode.LAYERNORM, dict(src=at, dst=at, rows=count, length=n, stride=t.pitch,
-                                                 param_addr=p_off), t.y[1] + p_keys, t.y[1], wait,
-                          [(t.y[1], norm_out)]])
+            wait = sum(self.cycles(Instruction(Opcode.STORE, **{k: v for k, v in store.items() if k != "writes"}))
+                       for _, store in stores)
+            for row0, count, out_row in runs:
+                at = t.y[0] + (row0 - t.m0) * t.pitch
+                norm_out = self._store(norm.output, self.memory.places[norm.output].matrix(), out_row, count, 0, n,
+                                       at, t.pitch)
+                specs.append([Opcode.LAYERNORM, dict(src=at, dst=at, rows=count, length=n, stride=t.pitch,
+                                                     param_addr=p_off), t.y[1] + p_keys, t.y[1], wait,
+                              [(t.y[1], store) for store in norm_out]])
         return [Step(functools.partial(self._emit_step, *spec), self.cycles(Instruction(spec[0], **spec[1])),
                      t.serial, wait=spec[4], drain=self.drain if i == 0 else 0) for i, spec in enumerate(specs)]
 
     def _emit_step(self, opcode: Opcode, fields: dict, reads: tuple, writes: tuple, wait: int, stores: list) -> None:
         self.out.emit(opcode, reads=reads, writes=writes, **fields)
+        self._emit_stores(stores)
+
+    def _emit_stores(self, stores: list) -> None:
         for keys, store in stores:
             self.out.emit(Opcode.STORE, reads=keys, **store)

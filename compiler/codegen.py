@@ -49,6 +49,7 @@ __all__ = ["CompiledProgram", "compile_program", "geometry_for"]
 CHAIN_KINDS = ("requant", "gelu", "softmax")
 ELEM_CODE = {1: 0, 4: 1, 16: 2}
 FUSED_ADD_MIN_ROW_BYTES = 32
+ADDRESS_SPACE = 1 << 32                                  # dram_addr is 32 bits
 
 
 def geometry_for(program: IntProgram, config) -> Geometry:
@@ -228,22 +229,31 @@ class _Compiler(TileChains):
 
     def load_rows(self, keys, name: str, place: Place, row0: int, rows: int, col0: int, cols: int,
                   acc_addr: int, words: int) -> None:
-        """``rows`` rows of a matrix place into ACC words from ``acc_addr``, ``words`` per row."""
-        addr = place.addr + row0 * place.strides[0] + col0 * place.elem
-        self.load(Memory.ACC, keys, self.dram(name, addr, rows, place.strides[0], cols * place.elem), addr,
-                  elem=place.elem, z=rows, z_stride=place.strides[0], x=cols, sp_addr=acc_addr, sp_stride=words)
+        """``rows`` rows of a matrix place into ACC words from ``acc_addr``, ``words`` per row (a LOAD
+        per image the rows cross, ``Place.runs``)."""
+        for addr, first, count in place.runs(row0, rows):
+            addr += col0 * place.elem
+            self.load(Memory.ACC, keys, self.dram(name, addr, count, place.strides[0], cols * place.elem), addr,
+                      elem=place.elem, z=count, z_stride=place.strides[0], x=cols, sp_addr=acc_addr + first * words,
+                      sp_stride=words)
 
     def store_rows(self, keys, name: str, place: Place, row0: int, rows: int, col0: int, cols: int,
                    acc_addr: int, words: int) -> None:
-        self.out.emit(Opcode.STORE, reads=keys, **self._store(name, place, row0, rows, col0, cols, acc_addr, words))
+        for store in self._store(name, place, row0, rows, col0, cols, acc_addr, words):
+            self.out.emit(Opcode.STORE, reads=keys, **store)
 
     def _store(self, name: str, place: Place, row0: int, rows: int, col0: int, cols: int, acc_addr: int,
-               words: int) -> dict:
-        """The fields (and ``writes`` keys) of a STORE of ``rows`` rows from ACC words ``words`` apart."""
-        addr = place.addr + row0 * place.strides[0] + col0 * place.elem
-        return dict(writes=self.dram(name, addr, rows, place.strides[0], cols * place.elem), mem=Memory.ACC,
-                    elem=ELEM_CODE[place.elem], dram_addr=addr, x_count=cols, y_count=1, z_count=rows,
-                    z_stride=place.strides[0], sp_addr=acc_addr, sp_stride=words)
+               words: int) -> list[dict]:
+        """The fields (and ``writes`` keys) of the STOREs of ``rows`` rows from ACC words ``words`` apart:
+        one per image the rows cross."""
+        stores = []
+        for addr, first, count in place.runs(row0, rows):
+            addr += col0 * place.elem
+            stores.append(dict(writes=self.dram(name, addr, count, place.strides[0], cols * place.elem),
+                               mem=Memory.ACC, elem=ELEM_CODE[place.elem], dram_addr=addr, x_count=cols, y_count=1,
+                               z_count=count, z_stride=place.strides[0], sp_addr=acc_addr + first * words,
+                               sp_stride=words))
+        return stores
 
     def dram(self, name: str, addr: int, rows: int, stride: int, row_bytes: int) -> tuple:
         """Hazard keys of ``rows`` rows of ``row_bytes`` in external memory, ``stride`` apart from ``addr``.
@@ -296,14 +306,16 @@ class _Compiler(TileChains):
                 raise IntVitError(f"compile: {op.kind} {op.name!r}: {exc}") from None
 
     def concat(self, op: Op, chain) -> None:
+        """The class token, loaded once, stored as row 0 of each image's token rows."""
         token, out = op.inputs[1], op.output
+        images, n, width = self.memory.places[out].shape
         place = self.memory.places[out].matrix()
-        width = place.shape[1]
         words = -(-width // self.geo.cols)
         base, keys = self.buffers.ring(words)
         src = self.memory.places[token].matrix()
         self.load_rows(keys, token, src, 0, 1, 0, width, base, words)
-        self.store_rows(keys, out, place, 0, 1, 0, width, base, words)
+        for image in range(images):
+            self.store_rows(keys, out, place, image * n, 1, 0, width, base, words)
 
     def vector(self, op: Op, chain) -> None:
         geo = self.geo
@@ -330,6 +342,8 @@ class _Compiler(TileChains):
             src_b = base + n * words
             if op.kind == "add":
                 b = self.memory.places[op.inputs[1]].matrix()
+                if op.inputs[1] in self.program.constants:       # one image's rows (the position embedding)
+                    b = b.repeat(rows // b.shape[0])
                 self.load_rows(keys, op.inputs[1], b, row0, n, 0, length, src_b, words)
             self.out.emit(VECTOR_OPCODES[op.kind], reads=keys + param_keys, writes=keys,
                           width=REQUANT_WIDTHS.index(op.attrs["bits"]) if op.kind == "requant" else 0,
@@ -343,7 +357,7 @@ class _Compiler(TileChains):
         a_all = mem.places[op.inputs[0]]
         b_all = mem.places[op.inputs[1]]
         transpose_b = bool(op.attrs.get("transpose_b"))
-        heads = a_all.shape[0] if len(a_all.shape) == 3 else 1
+        heads = a_all.count                               # images x heads for attention, else 1
         m, k = a_all.matrix().shape
         n = self._matmul_n(op)
         n_rb, n_cb = -(-m // r_), -(-n // c_)
@@ -441,10 +455,7 @@ class _Compiler(TileChains):
                 m0, rows = rb * r_, min(r_, m - rb * r_)
                 cbs = min(group, n_cb - g0)
                 cols = min(cbs * c_, n - g0 * c_)
-                ln_rows = None
-                if ln is not None and g0 == groups[-1]:
-                    lo, hi = max(m0, ln[1]), min(m0 + rows, ln[1] + ln[2])
-                    ln_rows = (lo, hi - lo) if lo < hi else None
+                ln_rows = self._layernorm_rows(ln, m0, rows) if ln is not None and g0 == groups[-1] else None
                 params = self.params_for(op, [(blk, g0 * c_, cbs * c_) for blk in blocks] +
                                          ([(f"{ln[0].name}.params", 0, n)] if ln_rows else []))
                 if slots is not None:                    # whole-row slots: this tile's columns at word g0
@@ -552,9 +563,10 @@ class _Compiler(TileChains):
         return where
 
     def _load_a(self, op: Op, a: Place, m0: int, rows: int, k0: int, kl: int, offset: int, keys) -> None:
-        addr = a.addr + m0 * a.strides[0] + k0
-        self.load(Memory.A, keys, self.dram(op.inputs[0], addr, rows, a.strides[0], kl), addr, z=rows,
-                  z_stride=a.strides[0], x=kl, sp_addr=offset)
+        for addr, first, count in a.runs(m0, rows):     # a row per bank
+            addr += k0
+            self.load(Memory.A, keys, self.dram(op.inputs[0], addr, count, a.strides[0], kl), addr, z=count,
+                      z_stride=a.strides[0], x=kl, sp_addr=offset, sp_bank=first)
 
     def _load_b(self, op: Op, b: Place, transpose_b: bool, n0: int, cv: int, k0: int, kl: int, offset: int,
                 keys) -> None:
@@ -569,23 +581,33 @@ class _Compiler(TileChains):
                       z_stride=b.strides[0], x=cv, sp_addr=offset, transpose=1)
 
 
-def compile_program(program: IntProgram, config) -> CompiledProgram:
-    """Compile ``program`` for the accelerator ``config`` (an ``AcceleratorConfig``), batch 1.
+def compile_program(program: IntProgram, config, batch: int = 1) -> CompiledProgram:
+    """Compile ``program`` for the accelerator ``config`` (an ``AcceleratorConfig``) and ``batch`` images.
+
+    The images' token rows are stacked, so that each weight tile, loaded once, streams against
+    the rows of every image; attention runs per image and head (``docs/isa.md``, "Batches").
+    Batch 1 is the same program as ever.
 
     Raises
     ------
     IntVitError
-        One line naming the op and the sizes when the program does not fit the config.
+        One line naming the op and the sizes when the program does not fit the config, or the
+        batch and the limit when the batch does not fit the 32-bit address space.
     """
     from intvit.sim.schedule import instruction_cycles    # not at import: rtl.verilog imports geometry_for
 
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise IntVitError(f"compile: batch must be a positive integer, not {batch!r}")
     geometry = geometry_for(program, config)
     compiler = _Compiler(program, geometry, functools.partial(instruction_cycles, config=config))
     compiler.prepare()
     # A chain's intermediates stay in ACC, except the input of a residual ADD (``matmul`` may run it after).
     internal = {step.output for _, op, chain in compiler.plan for step in [op, *chain][:-1]
                 if chain[-1].kind != "add" or step is not ([op, *chain][-2])}
-    compiler.memory, contents = plan_memory(program, compiler.constants, compiler.params, internal)
+    compiler.memory, contents = plan_memory(program, compiler.constants, compiler.params, internal, batch)
+    if compiler.memory.size > ADDRESS_SPACE:
+        raise IntVitError(f"compile: batch {batch}: the program's memory map takes {compiler.memory.size:,} bytes, "
+                          f"beyond the 32-bit address space ({ADDRESS_SPACE:,} bytes)")
     compiler.run()
     instructions = mark_overlaps(compiler.out.finish(), geometry)
     memory = compiler.memory
@@ -597,7 +619,8 @@ def compile_program(program: IntProgram, config) -> CompiledProgram:
     manifest = {
         "format": "intvit-compiled", "isa_version": ISA_VERSION, "model": program.config.name,
         "instructions": len(instructions), "image_bytes": memory.image_bytes, "memory_bytes": memory.size,
-        "input": {"addr": memory.regions["input"][0], "shape": list(memory.places["input"].shape), "dtype": "int8",
+        "batch": batch,
+        "input": {"addr": memory.regions["input"][0], "shape": list(memory.places["input"].shape[1:]), "dtype": "int8",
                   "image_shape": list(program.tensor_shapes(1)["input"][1:]), "patch": memory.input_patch},
         "output": {"name": program.output, "addr": out.addr, "shape": list(out.shape),
                    "dtype": "int32" if out.elem == 4 else "int8"},

@@ -235,7 +235,8 @@ class Machine:
 
 
 def execute(compiled: CompiledProgram, x: np.ndarray, *, progress=None, timing=None) -> np.ndarray:
-    """Run a compiled program on one INT8 image ``(1, C, H, W)`` or ``(C, H, W)``; INT32 logits ``(1, classes)``.
+    """Run a compiled program on its batch of INT8 images ``(B, C, H, W)`` (or one ``(C, H, W)``); INT32
+    logits ``(B, classes)``.
 
     Parameters
     ----------
@@ -260,11 +261,13 @@ def execute(compiled: CompiledProgram, x: np.ndarray, *, progress=None, timing=N
 
 
 def load_machine(compiled: CompiledProgram, x: np.ndarray) -> Machine:
-    """A machine whose external memory holds the image and the input ``x``."""
+    """A machine whose external memory holds the image and the input ``x`` (the program's batch of images)."""
     x = np.asarray(x)
     addr, size = compiled.input_region()
+    batch = compiled.manifest.get("batch", 1)
     if x.dtype != np.int8 or x.size != size:
-        raise IntVitError(f"the compiled program takes one int8 image of {size} values, got {x.dtype} {x.shape}")
+        raise IntVitError(f"the compiled program takes {batch} int8 image{'s' if batch > 1 else ''} of {size // batch} "
+                          f"values each, got {x.dtype} {x.shape}")
     machine = Machine(compiled.geometry, compiled.memory_bytes)
     machine.dram[:compiled.image.size] = compiled.image
     machine.dram[addr:addr + size] = compiled.memory.input_bytes(x)

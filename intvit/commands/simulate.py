@@ -5,8 +5,9 @@ Three paths:
 * a model (default): quantise it (or load ``--program``), run a batch of images through
   ``sim.simulator.simulate`` and print a per-op table, totals, cycles per unit and the
   predicted classes; ``--json`` and ``--plot`` write the report and a chart;
-* ``--compiled``: compile the model (``compiler.codegen``) and evaluate the instruction
-  stream's schedule (``sim.schedule``), the cycles the RTL counts;
+* ``--compiled``: compile the model (``compiler.codegen``) for ``--batch`` images (their
+  token rows stacked, so that each weight is loaded once for all of them) and evaluate the
+  instruction stream's schedule (``sim.schedule``), the cycles the RTL counts, per image;
 * a SCALE-Sim topology (``--topology``, with ``--scalesim-config`` or ``--config``): run the
   MatMul model over its GEMMs and write SCALE-Sim's three reports plus intvit's own.
 
@@ -60,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="cycles only: skip computing the tensors (no prediction)")
     parser.add_argument("--compiled", action="store_true",
                         help="model the compiled instruction stream instead (sim.schedule: AXI bursts, "
-                             "scratchpads, the controller's overlap), as the RTL runs it; batch 1")
+                             "scratchpads, the controller's overlap), as the RTL runs it; --batch N compiles one "
+                             "program for N images (weights loaded once for all) and reports cycles per image")
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE",
                         help="write the report as JSON to FILE, or alone: print it instead of the tables")
     parser.add_argument("--plot", metavar="FILE.png",
@@ -258,38 +260,58 @@ def _run_model(args: argparse.Namespace) -> int:
 def _run_compiled(args: argparse.Namespace) -> int:
     """The cycle model of the compiled schedule (``sim.schedule``), as the RTL runs it.
 
-    Prints total cycles, cycles per instruction class, per unit busy, exposed and critical-path
-    cycles; unless ``--no-functional``, also runs the first test image through the
-    instruction-level executor and prints its predicted class.
+    Prints total cycles (and, for a batch, cycles per image), cycles per instruction class, per
+    unit busy, exposed and critical-path cycles; unless ``--no-functional``, also runs the first
+    ``--batch`` test images through the instruction-level executor, checks their logits against
+    the golden executor's bit for bit and prints the predicted classes.
     """
     from intvit.compiler.codegen import compile_program
     from intvit.compiler.executor import execute
+    from intvit.quant.executor import run_program
     from intvit.sim.schedule import program_macs, schedule
 
-    if args.batch != 1 or args.image:
-        raise IntVitError("--compiled simulates one test image of --data: --batch and --image do not apply")
+    if args.image:
+        raise IntVitError("--compiled simulates test images of --data: --image does not apply")
+    batch = args.batch
     config = load_config(args.config)
     # Cycles depend on shapes only: a cycle-only run compiles the uncalibrated shape program.
     program = build_program(args, load_model(args), args.data) if args.functional else shape_program(args)
-    compiled = compile_program(program, config)
-    report = schedule(compiled.instructions, config, macs=program_macs(program))
+    try:
+        compiled = compile_program(program, config, batch)
+    except IntVitError as exc:
+        prefix = f"compile: batch {batch}:"
+        if str(exc).startswith(prefix):                  # the batch is what the user can change
+            raise IntVitError(f"--batch {batch}:{str(exc)[len(prefix):]}") from None
+        raise
+    report = schedule(compiled.instructions, config, macs=batch * program_macs(program))
     timeline = report.timeline(compiled.origins)
-    data = {"model": program.config.name, "compiled": True, **report.as_dict(), "timeline": timeline.as_dict(),
+    data = {"model": program.config.name, "compiled": True, "batch": batch, **report.as_dict(),
+            "cycles_per_image": report.total_cycles / batch, "timeline": timeline.as_dict(),
             "accelerator": dataclasses.asdict(config)}
     if args.functional:
-        images, _, _ = load_images(args.data, program.config, "test", 1)
-        logits = execute(compiled, program.quantize_input(images[:1]),
+        images, _, _ = load_images(args.data, program.config, "test", batch)
+        if len(images) < batch:
+            raise IntVitError(f"--batch {batch}: {args.data} has only {len(images)} test images")
+        x = program.quantize_input(images[:batch])
+        logits = execute(compiled, x,
                          progress=lambda it: progress(it, "execute", len(compiled.instructions), unit="instr"))
+        golden = run_program(program, x)
+        if not np.array_equal(logits, golden):
+            bad = [i for i in range(batch) if not np.array_equal(logits[i], golden[i])]
+            raise IntVitError(f"the compiled program's logits differ from the golden executor's on image(s) "
+                              f"{', '.join(map(str, bad))} of the batch")
         data["logits"] = logits.tolist()
         data["predicted_class"] = int(np.argmax(logits[0]))
+        data["predicted_classes"] = [int(c) for c in np.argmax(logits, axis=1)]
     if args.json:
         write_json(data, args.json)
     if args.json != "-":
         total = report.total_cycles
+        images = f", batch {batch}: {format_count(round(total / batch))} cycles per image" if batch > 1 else ""
         print(f"{program.config.name} compiled for a {data['array']} accelerator: {len(compiled.instructions):,} "
-              f"instructions, {format_count(total)} cycles ({report.latency_us:,.1f} µs at {config.clock_mhz:g} MHz), "
-              f"MAC utilisation {100 * report.mac_utilization:.1f}%, DRAM read {format_count(report.dram_read_bytes)} "
-              f"/ written {format_count(report.dram_write_bytes)} bytes\n")
+              f"instructions, {format_count(total)} cycles ({report.latency_us:,.1f} µs at {config.clock_mhz:g} MHz)"
+              f"{images}, MAC utilisation {100 * report.mac_utilization:.1f}%, DRAM read "
+              f"{format_count(report.dram_read_bytes)} / written {format_count(report.dram_write_bytes)} bytes\n")
         print(format_table(["class", "count", "busy cycles", "of total"],
                            [[name, format_count(e["count"]), format_count(e["busy_cycles"]),
                              f"{100 * e['busy_cycles'] / total:.1f}%"] for name, e in report.classes.items()],
@@ -297,7 +319,11 @@ def _run_compiled(args: argparse.Namespace) -> int:
         print()
         _print_timeline(timeline)
         if args.functional:
-            print(f"\nimage 0: predicted class {data['predicted_class']} (logits {data['logits'][0]})")
+            print()
+            for i, logits in enumerate(data["logits"]):
+                print(f"image {i}: predicted class {data['predicted_classes'][i]} (logits {logits})")
+            print(f"{batch} image{'s' if batch > 1 else ''}: the compiled program's logits equal the golden "
+                  "executor's bit for bit")
     if args.plot:
         m = config.matmul
         plot_timeline(timeline, args.plot,
