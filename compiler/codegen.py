@@ -604,10 +604,16 @@ def compile_program(program: IntProgram, config, batch: int = 1) -> CompiledProg
     # A chain's intermediates stay in ACC, except the input of a residual ADD (``matmul`` may run it after).
     internal = {step.output for _, op, chain in compiler.plan for step in [op, *chain][:-1]
                 if chain[-1].kind != "add" or step is not ([op, *chain][-2])}
-    compiler.memory, contents = plan_memory(program, compiler.constants, compiler.params, internal, batch)
+    plan = functools.partial(plan_memory, program, compiler.constants, compiler.params, internal)
+    compiler.memory, contents = plan(batch)
     if compiler.memory.size > ADDRESS_SPACE:
+        # Regions grow by a batch's images, ALIGN-rounded: the largest batch that fits, from the first two.
+        one, two = plan(1)[0].size, plan(2)[0].size
+        fits = (ADDRESS_SPACE - (2 * one - two)) // (two - one)
+        while fits > 0 and plan(fits)[0].size > ADDRESS_SPACE:
+            fits -= 1
         raise IntVitError(f"compile: batch {batch}: the program's memory map takes {compiler.memory.size:,} bytes, "
-                          f"beyond the 32-bit address space ({ADDRESS_SPACE:,} bytes)")
+                          f"beyond the 32-bit address space ({ADDRESS_SPACE:,} bytes); at most batch {fits} fits")
     compiler.run()
     instructions = mark_overlaps(compiler.out.finish(), geometry)
     memory = compiler.memory

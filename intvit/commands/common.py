@@ -25,7 +25,7 @@ if TYPE_CHECKING:       # torch and the numba kernels load only in the commands 
 __all__ = [
     "add_model_arguments", "add_calibration_arguments", "add_compile_arguments", "add_calib_data_argument", "model_spec", "load_model",
     "load_images", "calibration_images", "build_program", "calibrated_program", "shape_program",
-    "compile_model", "quantized_test_images",
+    "compile_model", "compile_batch", "quantized_test_images",
     "progress", "positive_int", "seed_int", "write_json", "check_output_file",
 ]
 
@@ -298,13 +298,25 @@ def shape_program(args: argparse.Namespace) -> IntProgram:
     return program_of_shapes(model_spec(args).config)
 
 
-def compile_model(args: argparse.Namespace, config, data: str):
+def compile_model(args: argparse.Namespace, config, data: str, batch: int = 1):
     """``(program, compiled)``: ``build_program``'s program (``--program`` or the calibrated model)
-    compiled for the accelerator ``config`` (``compiler.codegen.compile_program``)."""
+    compiled for the accelerator ``config`` and ``batch`` images (``compile_batch``)."""
+    program = build_program(args, load_model(args), data)
+    return program, compile_batch(program, config, batch)
+
+
+def compile_batch(program: IntProgram, config, batch: int = 1):
+    """``compiler.codegen.compile_program`` for ``batch`` images; a batch that the memory map cannot
+    hold is refused naming ``--batch``, the option the user can change."""
     from intvit.compiler.codegen import compile_program
 
-    program = build_program(args, load_model(args), data)
-    return program, compile_program(program, config)
+    try:
+        return compile_program(program, config, batch)
+    except IntVitError as exc:
+        prefix = f"compile: batch {batch}:"
+        if str(exc).startswith(prefix):
+            raise IntVitError(f"--batch {batch}:{str(exc)[len(prefix):]}") from None
+        raise
 
 
 def quantized_test_images(program: IntProgram, data: str, count: int) -> tuple[list[np.ndarray], np.ndarray]:

@@ -9,6 +9,10 @@ instruction class. ``--json`` holds ``images``: per image ``logits``, ``golden_l
 ``rtl_cycles`` and ``sim_cycles``; it holds no wall-clock times (printed with the text), so a
 run gives the same file on any number of workers.
 
+``--batch B`` compiles one program for ``B`` images (``compiler.codegen.compile_program``: each
+weight loaded once for all of them) and runs the ``--images`` in runs of ``B``; an image's
+``rtl_cycles`` and ``sim_cycles`` are then its run's, for ``B`` images.
+
 ``--workers N``/``--cluster ADDRESS`` run the images on a Dask cluster (``intvit.cluster``):
 the model is built once here and every worker runs images on it, each in its own folder of
 the work folder, which the workers must see at the same path (a shared file system for
@@ -44,7 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cycle model's prediction.",
     )
     add_compile_arguments(parser)
-    parser.add_argument("--images", type=positive_int, default=1, metavar="N", help="test images to run (default: 1)")
+    parser.add_argument("--images", type=positive_int, metavar="N",
+                        help="test images to run, a multiple of --batch (default: one batch)")
+    parser.add_argument("--batch", type=positive_int, default=1, metavar="B",
+                        help="images per compiled program and RTL run, weights loaded once for all (default: 1)")
     parser.add_argument("--work-dir", metavar="DIR",
                         help="build and run folder, kept: a later run with the same accelerator skips the build "
                              "(default: a temporary one; needed with --cluster, on a file system the workers share)")
@@ -64,34 +71,43 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.json)
     if uses_cluster(args) and args.cluster is not None and not args.work_dir:
         raise IntVitError("--cluster needs --work-dir: a folder the cluster's workers see at the same path")
+    batch = args.batch
+    count = args.images or batch
+    if count % batch:
+        raise IntVitError(f"--images {count} is not a multiple of --batch {batch}")
     config = load_config(args.config)
     reason = verilator_missing()
     if reason is not None:
         raise IntVitError(reason)
-    program, compiled = compile_model(args, config, args.data)
-    report = schedule(compiled.instructions, config, macs=program_macs(program))
-    xs, labels = quantized_test_images(program, args.data, args.images)
+    program, compiled = compile_model(args, config, args.data, batch)
+    report = schedule(compiled.instructions, config, macs=batch * program_macs(program))
+    images, labels = quantized_test_images(program, args.data, count)
+    xs = [np.concatenate(images[i:i + batch]) for i in range(0, count, batch)]
     with tempfile.TemporaryDirectory(prefix="intvit-rtl-") as scratch, \
             cluster_mapper(args, "rtl", "image") as map_images:
         work = args.work_dir or scratch
         model = build_system(compiled, config, work)
         results = run_images(compiled, config, xs, work, model=model, map_images=map_images,
-                             progress=lambda it: progress(it, "rtl", len(xs), unit="image"))
+                             progress=lambda it: progress(it, "rtl", len(xs), unit="batch" if batch > 1 else "image"))
     rows = []
-    for i, (x, result) in enumerate(zip(xs, results)):
+    for run_index, (x, result) in enumerate(zip(xs, results)):
         golden = run_program(program, x)
-        rows.append({"image": i, "label": int(labels[i]), "logits": result.logits.tolist(),
-                     "golden_logits": np.asarray(golden).tolist(), "bit_exact": bool(np.array_equal(result.logits, golden)),
-                     "predicted_class": int(np.argmax(result.logits[0])), "rtl_cycles": result.cycles,
-                     "sim_cycles": report.total_cycles})
-    data = {"model": program.config.name, "instructions": len(compiled.instructions), "images": rows,
+        for j in range(batch):
+            i = run_index * batch + j
+            logits, expected = result.logits[j:j + 1], golden[j:j + 1]
+            rows.append({"image": i, "label": int(labels[i]), "logits": logits.tolist(),
+                         "golden_logits": expected.tolist(), "bit_exact": bool(np.array_equal(logits, expected)),
+                         "predicted_class": int(np.argmax(logits[0])), "rtl_cycles": result.cycles,
+                         "sim_cycles": report.total_cycles})
+    data = {"model": program.config.name, "batch": batch, "instructions": len(compiled.instructions), "images": rows,
             "classes": report.classes, "config": dataclasses.asdict(config)}
     if args.json:
         write_json(data, args.json)
     if args.json != "-":
         print(f"{program.config.name} on the RTL: {len(compiled.instructions):,} instructions, "
               f"Verilator build {model.build_s:.0f} s")
-        for row, result in zip(rows, results):
+        for row in rows:
+            result = results[row["image"] // batch]
             error = 100 * (row["rtl_cycles"] - row["sim_cycles"]) / row["sim_cycles"]
             print(f"image {row['image']} (label {row['label']}): class {row['predicted_class']}, logits "
                   f"{row['logits'][0]}, bit-exact vs golden: {'yes' if row['bit_exact'] else 'NO'}; "

@@ -26,8 +26,8 @@ import numpy as np
 
 from intvit.quant.errors import IntVitError
 from intvit.commands.common import (
-    add_compile_arguments, build_program, calibrated_program, load_images, load_model,
-    positive_int, progress, shape_program, write_json,
+    add_compile_arguments, build_program, calibrated_program, compile_batch, compile_model, load_images,
+    load_model, positive_int, progress, shape_program, write_json,
 )
 from intvit.quant.atomic import check_output_file, check_output_folder
 from intvit.sim.config import load_config
@@ -265,7 +265,6 @@ def _run_compiled(args: argparse.Namespace) -> int:
     ``--batch`` test images through the instruction-level executor, checks their logits against
     the golden executor's bit for bit and prints the predicted classes.
     """
-    from intvit.compiler.codegen import compile_program
     from intvit.compiler.executor import execute
     from intvit.quant.executor import run_program
     from intvit.sim.schedule import program_macs, schedule
@@ -275,14 +274,11 @@ def _run_compiled(args: argparse.Namespace) -> int:
     batch = args.batch
     config = load_config(args.config)
     # Cycles depend on shapes only: a cycle-only run compiles the uncalibrated shape program.
-    program = build_program(args, load_model(args), args.data) if args.functional else shape_program(args)
-    try:
-        compiled = compile_program(program, config, batch)
-    except IntVitError as exc:
-        prefix = f"compile: batch {batch}:"
-        if str(exc).startswith(prefix):                  # the batch is what the user can change
-            raise IntVitError(f"--batch {batch}:{str(exc)[len(prefix):]}") from None
-        raise
+    if args.functional:
+        program, compiled = compile_model(args, config, args.data, batch)
+    else:
+        program = shape_program(args)
+        compiled = compile_batch(program, config, batch)
     report = schedule(compiled.instructions, config, macs=batch * program_macs(program))
     timeline = report.timeline(compiled.origins)
     data = {"model": program.config.name, "compiled": True, "batch": batch, **report.as_dict(),
