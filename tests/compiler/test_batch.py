@@ -150,3 +150,15 @@ def test_simulate_compiled_batch(capsys):
     assert main(["simulate", "--compiled", "--no-functional", "--model", "mnist", "--batch", "100000"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--batch 100000: " in err and "at most batch" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_compile_batch_check(tmp_path, mnist, capsys):
+    path = tmp_path / "mnist.npz"
+    mnist.save(path)
+    out = tmp_path / "out"
+    assert main(["compile", "--program", str(path), "--batch", "2", "--check", "--out", str(out), "--json", "-"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["check"]["bit_exact"] and len(summary["check"]["logits"]) == 2
+    assert summary["check"]["logits"][0] != summary["check"]["logits"][1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["batch"] == 2 and manifest["output"]["shape"] == [2, 10]
