@@ -4,7 +4,9 @@
 to a callback under the integer program's tensor name (``blocks.0.norm1``,
 ``blocks.0.attn.q`` ...). Calibration (``ActivationRanges``) and the per-layer SQNR
 report both consume that one stream; ``calibration_ranges`` runs a calibration set through it,
-minmax on one thread per core.
+minmax on one thread per core, and ``calibrate`` checks the set and returns the ranges with the
+float parameters: all that ``quant.ptq.assemble_program`` needs. Nothing here loads the integer
+kernels (numba), so a process that only calibrates stays light.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,9 +25,13 @@ from intvit.quant.errors import IntVitError
 if TYPE_CHECKING:
     from intvit.quant.model import ViT
 
-__all__ = ["record_activations", "calibration_ranges", "ActivationRanges", "batches", "CALIBRATION_METHODS"]
+__all__ = ["record_activations", "calibration_ranges", "calibrate", "Calibration", "ActivationRanges", "batches",
+           "CALIBRATION_METHODS", "UNSCALED_ACTIVATIONS"]
 
 CALIBRATION_METHODS = ("minmax", "percentile")
+# Activations whose float range sets no scale: Q.12 scores, Q.7 probabilities and the Q.10 GELU input
+# are fixed-point formats, the logits stay INT32. Calibration does not record them (the largest tensors).
+UNSCALED_ACTIVATIONS = (".attn.scores", ".attn.probs", ".mlp.fc1", "logits")
 PERCENTILE_SAMPLES = 1 << 16        # values kept per activation per batch for percentile calibration
 # Images one calibration thread runs at once. DeiT-Tiny's largest activation is 9.7 MB for 16 images,
 # under glibc's 32 MB mmap threshold, so buffers are reused instead of mapped and faulted in afresh by
@@ -90,6 +97,42 @@ def calibration_ranges(model: ViT, images: np.ndarray, ranges: ActivationRanges,
     for part in parts:
         ranges.update(part)
     return ranges
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a calibration run yields: the activation ranges, the float parameters and the settings.
+
+    ``settings`` is the program's ``calibration`` record (``method``, ``images``, ``percentile``).
+    """
+
+    ranges: ActivationRanges
+    parameters: dict[str, np.ndarray]
+    settings: dict
+
+
+def calibrate(model: ViT, calibration_images: np.ndarray, *, method: str = "minmax", percentile: float = 99.99,
+              batch_size: int = 32, progress=None, workers: int | None = None,
+              skip: tuple[str, ...] = UNSCALED_ACTIVATIONS) -> Calibration:
+    """Check the calibration set against ``model`` and record its activation ranges.
+
+    Options as ``quant.ptq.quantize_model``; ``skip`` names the activations not recorded.
+    """
+    cfg = model.config
+    images = np.asarray(calibration_images, dtype=np.float32)
+    if images.size == 0:
+        raise IntVitError("the calibration set is empty")
+    if images.ndim != 4:
+        raise IntVitError("calibration images must be (N, C, H, W)")
+    if images.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size):
+        raise IntVitError(f"calibration images are {images.shape[1:]}, model {cfg.name!r} takes "
+                          f"{(cfg.in_chans, cfg.img_size, cfg.img_size)}")
+    ranges = ActivationRanges(method, percentile, skip=skip)
+    model.eval()
+    calibration_ranges(model, images, ranges, batch_size, progress, workers)
+    parameters = {name: tensor.detach().numpy() for name, tensor in model.state_dict().items()}
+    return Calibration(ranges, parameters, {"method": method, "images": int(len(images)),
+                                            **({"percentile": percentile} if method == "percentile" else {})})
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from intvit.quant.calibrate import ActivationRanges, calibration_ranges
+from intvit.quant.calibrate import UNSCALED_ACTIVATIONS, calibrate
 from intvit.quant.config import ViTConfig
 from intvit.quant.errors import IntVitError
 from intvit.quant.gelu import GELU_INPUT_BITS, GELU_INPUT_FRAC_BITS, GELU_OUTPUT_FRAC_BITS
@@ -34,9 +34,6 @@ if TYPE_CHECKING:       # torch loads only when a float model is calibrated: the
 __all__ = ["quantize_model", "quantize_weight", "assemble_program", "shape_program"]
 
 INT8_LEVELS = 127
-# Activations whose float range sets no scale: Q.12 scores, Q.7 probabilities and the Q.10 GELU input
-# are fixed-point formats, the logits stay INT32. Calibration does not record them (the largest tensors).
-UNSCALED_ACTIVATIONS = (".attn.scores", ".attn.probs", ".mlp.fc1", "logits")
 
 
 def quantize_weight(weight: np.ndarray, per_channel: bool = True,
@@ -179,22 +176,9 @@ def quantize_model(model: ViT, calibration_images: np.ndarray, *, method: str = 
         Threads running minmax calibration (default: torch's thread count); the program does not
         depend on it (``quant.calibrate.calibration_ranges``).
     """
-    cfg = model.config
-    images = np.asarray(calibration_images, dtype=np.float32)
-    if images.size == 0:
-        raise IntVitError("the calibration set is empty")
-    if images.ndim != 4:
-        raise IntVitError("calibration images must be (N, C, H, W)")
-    if images.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size):
-        raise IntVitError(f"calibration images are {images.shape[1:]}, model {cfg.name!r} takes "
-                          f"{(cfg.in_chans, cfg.img_size, cfg.img_size)}")
-    ranges = ActivationRanges(method, percentile, skip=UNSCALED_ACTIVATIONS)
-    model.eval()
-    calibration_ranges(model, images, ranges, batch_size, progress, workers)
-    parameters = {name: tensor.detach().numpy() for name, tensor in model.state_dict().items()}
-    return assemble_program(cfg, parameters, ranges.range,
-                            {"method": method, "images": int(len(images)),
-                             **({"percentile": percentile} if method == "percentile" else {})})
+    result = calibrate(model, calibration_images, method=method, percentile=percentile, batch_size=batch_size,
+                       progress=progress, workers=workers, skip=UNSCALED_ACTIVATIONS)
+    return assemble_program(model.config, result.parameters, result.ranges.range, result.settings)
 
 
 def shape_program(config: ViTConfig) -> IntProgram:

@@ -238,39 +238,48 @@ def build_program(args: argparse.Namespace, model: ViT, data: str, held_apart: b
 
 
 def _calibrate(args: argparse.Namespace, model: Callable[[], ViT], config: ViTConfig, data: str,
-               held_apart: bool) -> IntProgram:
-    from concurrent.futures import ThreadPoolExecutor
+               held_apart: bool, meanwhile: Callable[[], object]) -> IntProgram:
+    """Calibrate in a forked child (torch loads there) while ``meanwhile`` runs here (``intvit.forked``)."""
+    from intvit.forked import run_beside
 
-    from intvit.quant.ptq import quantize_model
+    def calibration():
+        from concurrent.futures import ThreadPoolExecutor
 
-    # The images load (numpy) while torch imports and the model is built, mostly outside the GIL.
-    _passive_openmp()               # before the loading thread can import torch (to shrink images)
-    with ThreadPoolExecutor(1, thread_name_prefix="intvit-images") as pool:
-        loading = pool.submit(calibration_images, args, config, data, held_apart)
-        float_model = model()
-        images, where = loading.result()
-    program = quantize_model(float_model, images, method=args.calib_method, percentile=args.percentile,
-                             batch_size=args.batch_size,
-                             progress=lambda it: progress(it, "calibrate", -(-len(images) // args.batch_size)))
-    program.calibration["source"] = where
-    return program
+        from intvit.quant.calibrate import calibrate
+
+        # The images load (numpy) while torch imports and the model is built, mostly outside the GIL.
+        with ThreadPoolExecutor(1, thread_name_prefix="intvit-images") as pool:
+            loading = pool.submit(calibration_images, args, config, data, held_apart)
+            float_model = model()
+            images, where = loading.result()
+        return calibrate(float_model, images, method=args.calib_method, percentile=args.percentile,
+                         batch_size=args.batch_size,
+                         progress=lambda it: progress(it, "calibrate", -(-len(images) // args.batch_size))), where
+
+    _passive_openmp()               # before torch loads in either process
+    result, where = run_beside(calibration, meanwhile, "calibration")
+    from intvit.quant.ptq import assemble_program
+
+    return assemble_program(config, result.parameters, result.ranges.range, {**result.settings, "source": where})
 
 
 def calibrated_program(args: argparse.Namespace, data: str, model: Callable[[], ViT],
-                       held_apart: bool = True, config: ViTConfig | None = None) -> IntProgram:
+                       held_apart: bool = True, config: ViTConfig | None = None,
+                       meanwhile: Callable[[], object] = lambda: None) -> IntProgram:
     """The model calibrated as ``build_program`` does, from the program cache when it holds it.
 
     ``model()`` is called only when calibration runs, so a warm run builds no float model; its
     ``config`` (default: the options' ``model_spec``) sizes the calibration images, which load
-    meanwhile. The key covers the weights' bytes, the model options, the calibration data and
-    settings and the intvit version (``intvit.cache``). Commands without ``--no-cache``, and
-    ``--no-cache``, always calibrate.
+    meanwhile. A process without torch calibrates in a forked child and runs ``meanwhile()``
+    (what the command needs next: imports, kernels) during it. The key covers the weights'
+    bytes, the model options, the calibration data and settings and the intvit version
+    (``intvit.cache``). Commands without ``--no-cache``, and ``--no-cache``, always calibrate.
     """
     no_cache = getattr(args, "no_cache", True)
     spec = None if no_cache and config is not None else model_spec(args)
     config = config or spec.config
     if no_cache:
-        return _calibrate(args, model, config, data, held_apart)
+        return _calibrate(args, model, config, data, held_apart, meanwhile)
     from intvit.cache import cached, data_identity, program_key, weights_identity
 
     calib = getattr(args, "calib_data", None)
@@ -280,7 +289,7 @@ def calibrated_program(args: argparse.Namespace, data: str, model: Callable[[], 
         "calib_size": args.calib_size, "method": args.calib_method, "batch_size": args.batch_size,
         "percentile": args.percentile if args.calib_method == "percentile" else None,
     })
-    return cached(key, lambda: _calibrate(args, model, config, data, held_apart), spec.config)
+    return cached(key, lambda: _calibrate(args, model, config, data, held_apart, meanwhile), spec.config)
 
 
 def shape_program(args: argparse.Namespace) -> IntProgram:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import intvit
-import intvit.quant.ptq
+import intvit.quant.calibrate
 from intvit.cache import cache_dir
 from intvit.cli import build_parser, main
 from intvit.commands import common
@@ -36,15 +36,15 @@ def options(*argv):
 
 @pytest.fixture
 def calibrations(monkeypatch):
-    """Counts quantize_model calls (calibrations) while keeping their results."""
+    """Counts calibrations (``quant.calibrate.calibrate`` calls) while keeping their results."""
     calls = []
-    original = intvit.quant.ptq.quantize_model
+    original = intvit.quant.calibrate.calibrate
 
     def counted(*args, **kwargs):
         calls.append(kwargs.get("method"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(intvit.quant.ptq, "quantize_model", counted)
+    monkeypatch.setattr(intvit.quant.calibrate, "calibrate", counted)
     return calls
 
 
