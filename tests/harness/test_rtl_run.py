@@ -1,9 +1,10 @@
 """``intvit rtl-run``: the embedded MNIST ViT, whole inference, on the accelerator's RTL (Verilator + AxiRam).
 
 The default run builds the small 8x8 accelerator (``docs/configs/small_8x8.toml``) and runs
-one test image: logits equal to the golden executor's, RTL cycles within 2 % of
-``sim.schedule``. The full-size accelerator (8 images), the small-scratchpad and narrow-AXI
-configs, and ``--workers 2`` against ``--workers 1`` are ``slow``.
+two test images as one batch-2 program (``--batch 2``, which exercises batch 1's code paths as
+well): logits equal to the golden executor's, RTL cycles within 2 % of ``sim.schedule``. Batch 1
+on the same accelerator, the full-size accelerator (8 images), the small-scratchpad and
+narrow-AXI configs, and ``--workers 2`` against ``--workers 1`` are ``slow``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def small_work(tmp_path_factory):
 
 @pytest.mark.parametrize("args, message", [
     (["--images", "0"], "--images"),
+    (["--images", "3", "--batch", "2"], "--images 3 is not a multiple of --batch 2"),
     (["--config", "no-such.toml"], "no-such.toml"),
     (["--workers", "2", "--cluster", "tcp://127.0.0.1:1"], "--workers and --cluster"),
     (["--cluster", "tcp://127.0.0.1:1"], "--cluster needs --work-dir"),
@@ -57,21 +59,24 @@ def check_claims(data: dict, images: int) -> None:
             f"image {row['image']}: RTL {row['rtl_cycles']} cycles, predicted {row['sim_cycles']}"
 
 
-@pytest.mark.parametrize("config, images", [
-    (SMALL, 1),
-    pytest.param(None, 8, marks=pytest.mark.slow),
-    pytest.param("docs/configs/small_scratchpads.toml", 1, marks=pytest.mark.slow),
-    pytest.param("docs/configs/narrow_axi.toml", 1, marks=pytest.mark.slow),
+@pytest.mark.parametrize("config, images, batch", [
+    (SMALL, 2, 2),
+    pytest.param(SMALL, 1, 1, marks=pytest.mark.slow),
+    pytest.param(None, 8, 1, marks=pytest.mark.slow),
+    pytest.param("docs/configs/small_scratchpads.toml", 1, 1, marks=pytest.mark.slow),
+    pytest.param("docs/configs/narrow_axi.toml", 1, 1, marks=pytest.mark.slow),
 ])
-def test_mnist_on_rtl_is_bit_exact_and_within_two_percent(capsys, tmp_path, small_work, config, images):
+def test_mnist_on_rtl_is_bit_exact_and_within_two_percent(capsys, tmp_path, small_work, config, images, batch):
     work = small_work if config == SMALL else tmp_path / "work"
-    args = ["--images", str(images), "--calib-size", "256", "--json", str(tmp_path / "out.json"),
-            "--work-dir", str(work)]
+    args = ["--images", str(images), "--batch", str(batch), "--calib-size", "256",
+            "--json", str(tmp_path / "out.json"), "--work-dir", str(work)]
     if config:
         args += ["--config", config]
     code, out, err = rtl_run(capsys, *args)
     assert code == 0, err
-    check_claims(json.loads((tmp_path / "out.json").read_text()), images)
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["batch"] == batch
+    check_claims(data, images)
 
 
 @pytest.mark.slow
