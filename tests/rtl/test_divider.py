@@ -62,7 +62,9 @@ def test_one_division_in_amaranth_sim(quotient_width, dividend, divisor):
     assert divider_cycles(quotient_width) == seen["edges"] + 1
 
 
-@pytest.mark.parametrize("width, quotient_width, vectors", [(31, 31, 1500), (8, 8, 500), (31, 16, 1500)])
+@pytest.mark.parametrize("width, quotient_width, vectors", [(31, 31, 1500),
+                                                                pytest.param(8, 8, 500, marks=pytest.mark.slow),
+                                                                (31, 16, 1500)])
 def test_bench_matches_divmod(bench, width, quotient_width, vectors):
     run = bench(Divider(width, quotient_width), toplevel="divider", test_module="bench_divider",
                 params={"width": width, "quotient_width": quotient_width, "seed": SEED + width + quotient_width,

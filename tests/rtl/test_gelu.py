@@ -28,7 +28,8 @@ def test_properties():
         unit.lanes = 2
 
 
-@pytest.mark.parametrize("lanes, vectors", [(1, 600), (4, 4000), (8, 1200)])
+@pytest.mark.parametrize("lanes, vectors", [pytest.param(1, 600, marks=pytest.mark.slow), (4, 4000),
+                                             pytest.param(8, 1200, marks=pytest.mark.slow)])
 def test_bench_matches_int_gelu(bench, lanes, vectors):
     unit = Gelu(lanes)
     run = bench(unit, toplevel="gelu", test_module="bench_gelu",

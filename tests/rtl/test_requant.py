@@ -13,8 +13,8 @@ from runner import check_cycles
 
 # (lanes, widths, residual, random beats): the top's unit (the program's widths 8, 17, 32 and residual
 # adds), the same widths without the residual input, a lone width (no width field) and two widths.
-BENCH_CASES = [(4, PROGRAM_WIDTHS, True, 600), (3, PROGRAM_WIDTHS, False, 400), (2, (32,), False, 300),
-               (4, (8, 17), False, 300)]
+BENCH_CASES = [(4, PROGRAM_WIDTHS, True, 600), (3, PROGRAM_WIDTHS, False, 400),
+               pytest.param(2, (32,), False, 300, marks=pytest.mark.slow), (4, (8, 17), False, 300)]
 CYCLE_LENGTHS = (1, 7, 64, 197)
 WIDTHS_MESSAGE = r"^widths must be a non-empty tuple of increasing integers in \[2, 32\], not "
 

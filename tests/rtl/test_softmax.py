@@ -37,7 +37,8 @@ def test_properties():
         unit.max_length = 3
 
 
-@pytest.mark.parametrize("lanes, max_length, rows", [(8, 50, 1600), (4, 197, 340), (1, 200, 60)])
+@pytest.mark.parametrize("lanes, max_length, rows", [(8, 50, 1600), (4, 197, 340),
+                                                          pytest.param(1, 200, 60, marks=pytest.mark.slow)])
 def test_bench_matches_int_softmax(bench, lanes, max_length, rows):
     unit = Softmax(lanes, max_length=max_length)
     cases = [[count, length] for count, length in CYCLE_CASES if length <= max_length]

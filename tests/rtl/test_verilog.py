@@ -154,14 +154,16 @@ def test_top_forwards_the_requantiser_at_every_program_width():
     assert len({tuple(y) for y in got}) == len(PROGRAM_WIDTHS)     # 1000 * 2**18 saturates at 8 and 17 bits only
 
 
-def test_verilog_and_synth_commands(tmp_path, capsys):
+def test_verilog_and_synth_commands(verilator, tmp_path, capsys):
     config = tmp_path / "small.toml"
     config.write_text(SMALL_TOML)
     out = tmp_path / "v"
-    assert main(["verilog", "--units", "--config", str(config), "--out", str(out)]) == 0
+    assert main(["verilog", "--units", "--config", str(config), "--out", str(out), "--lint"]) == 0
     captured = capsys.readouterr()
-    assert str(out / "intvit_top.v") in captured.out
+    assert str(out / "intvit_top.v") in captured.out and captured.out.rstrip().endswith("lint: clean")
     assert "warning: matmul.latency is 2 in the config, 1 in the RTL" in captured.err
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        [f"{name}.v" for name in UNITS] + [f"{TOP_NAME}.v", "manifest.json"])
     assert json.loads((out / "manifest.json").read_text())["params"]["max_length"] == 50      # mnist tokens
     report = tmp_path / "synth.json"
     assert main(["synth", "--config", str(config), "--unit", "intvit_pe", "--json", str(report)]) == 0
@@ -180,16 +182,6 @@ def test_verilog_command_sizes_the_top_from_the_model(tmp_path, capsys):
     params = json.loads((out / "manifest.json").read_text())["params"]
     assert (params["max_length"], params["width"]) == (197, 192)
     assert "intvit_layernorm.v" in {path.name for path in out.iterdir()}
-
-
-def test_verilog_command_lints_clean(verilator, tmp_path, capsys):
-    config = tmp_path / "small.toml"
-    config.write_text(SMALL_TOML.replace("latency = 2", "latency = 1"))
-    out = tmp_path / "v"
-    assert main(["verilog", "--units", "--config", str(config), "--out", str(out), "--lint"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("lint: clean")
-    assert sorted(path.name for path in out.iterdir()) == sorted(
-        [f"{name}.v" for name in UNITS] + [f"{TOP_NAME}.v", "manifest.json"])
 
 
 # ------------------------------------------------------------ the complete accelerator (intvit verilog)
