@@ -111,7 +111,7 @@ def _input_images(args: argparse.Namespace, config) -> tuple[np.ndarray, np.ndar
     return images, labels, classes
 
 
-def _warm_up(args: argparse.Namespace, config) -> None:
+def _warm_up(args: argparse.Namespace) -> None:
     """Load the simulator and the integer kernels (numba's cache) while calibration runs apart.
 
     One block of the model's shape program on a zero image calls every kernel that the real run
@@ -123,18 +123,17 @@ def _warm_up(args: argparse.Namespace, config) -> None:
 
     program = program_of_shapes(dataclasses.replace(model_spec(args).config, depth=1))
     c = program.config
-    simulate(program, config, np.zeros((1, c.in_chans, c.img_size, c.img_size), np.int8), batch=1)
+    simulate(program, load_config(args.config), np.zeros((1, c.in_chans, c.img_size, c.img_size), np.int8), batch=1)
 
 
 def _simulate_model(args: argparse.Namespace):
-    config = load_config(args.config)
     if not args.functional:                  # cycles need shapes only: no weights, no data, no calibration
         program = shape_program(args)
     elif args.program:
         program = build_program(args, load_model(args), args.data)
-    else:
-        program = calibrated_program(args, args.data, lambda: load_model(args),
-                                     meanwhile=lambda: _warm_up(args, config))
+    else:                                    # the config loads (numba with it) beside a calibration, if one runs
+        program = calibrated_program(args, args.data, lambda: load_model(args), meanwhile=lambda: _warm_up(args))
+    config = load_config(args.config)
     from intvit.sim.simulator import simulate
 
     x, labels, classes = None, None, []
