@@ -7,7 +7,9 @@ A program is stored in the user cache folder (``$XDG_CACHE_HOME/intvit``, else
   MNIST weights' bytes, or, for seeded random weights, the seed and the torch version that drew them;
 * the model preset, the calibration data (a built-in set by name; a directory by the path,
   size and modification time of every file under it) and every calibration option;
-* the intvit version and the program format version.
+* the intvit version and the source of the integer semantics: the bytes of every module of
+  ``intvit.quant`` (the program format version with them), so a changed rounding or a new format
+  in a checkout that keeps its version number calibrates again instead of reusing a stale program.
 
 Entries are written atomically (``IntProgram.save`` writes a temporary file and renames it) and
 read back through ``load_program``, which checks every field: a damaged entry is reported on
@@ -33,10 +35,13 @@ if TYPE_CHECKING:
     from intvit.quant.config import ViTConfig
     from intvit.quant.program import IntProgram
 
-__all__ = ["cache_dir", "program_key", "weights_identity", "data_identity", "cached", "EMBEDDED_FILES"]
+__all__ = ["cache_dir", "program_key", "weights_identity", "data_identity", "source_identity", "cached",
+           "EMBEDDED_FILES"]
 
-# What the embedded default model is made of (quant.checkpoint.EMBEDDED_WEIGHTS and its sidecar).
-EMBEDDED_FILES = tuple(Path(intvit.quant.__file__).parent / "weights" / name
+# The integer semantics' source, and what the embedded default model is made of
+# (quant.checkpoint.EMBEDDED_WEIGHTS and its sidecar).
+QUANT_SOURCE = Path(intvit.quant.__file__).parent
+EMBEDDED_FILES = tuple(QUANT_SOURCE / "weights" / name
                        for name in ("mnist.safetensors", "mnist.json"))
 HASH_BLOCK = 1 << 20
 
@@ -89,11 +94,20 @@ def data_identity(data: str, builtin: tuple[str, ...]) -> str:
     return "dir:" + digest.hexdigest()
 
 
-def program_key(parts: dict) -> str:
-    """Hex key of a calibrated program: a hash of ``parts`` plus the intvit and program format versions."""
-    from intvit.quant.program import FORMAT_VERSION
+def source_identity(package: Path = QUANT_SOURCE) -> str:
+    """A digest of the bytes of every Python module in ``package`` (by default ``intvit.quant``).
 
-    text = json.dumps({**parts, "intvit": intvit.__version__, "format": FORMAT_VERSION}, sort_keys=True)
+    Read as files, not imported: computing a key loads none of the integer kernels (numba).
+    """
+    digest = hashlib.sha256()
+    for path in sorted(package.glob("*.py")):
+        digest.update(f"{path.name}\0{_file_digest(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def program_key(parts: dict) -> str:
+    """Hex key of a calibrated program: a hash of ``parts``, the intvit version and the quant source."""
+    text = json.dumps({**parts, "intvit": intvit.__version__, "quant": source_identity()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -103,10 +117,10 @@ def cached(key: str, build: Callable[[], IntProgram], config: ViTConfig | None =
     An entry that ``load_program`` refuses, or whose model is not ``config``, is reported on
     stderr and rebuilt. A cache folder that cannot be written only costs the next run its time.
     """
-    from intvit.quant.program import load_program
-
     path = cache_dir() / f"program-{key}.npz"
     if path.is_file():
+        from intvit.quant.program import load_program       # numba with it: not before a calibration
+
         try:
             program = load_program(path)
             if config is None or program.config == config:

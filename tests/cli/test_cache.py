@@ -121,6 +121,19 @@ def test_weights_bytes_and_intvit_version_change_the_key(calibrations, tmp_path,
     assert len(calibrations) == 3
 
 
+def test_a_changed_quant_source_changes_the_key(tmp_path):
+    from intvit.cache import QUANT_SOURCE, source_identity
+
+    copy = tmp_path / "quant"
+    copy.mkdir()
+    for path in QUANT_SOURCE.glob("*.py"):
+        (copy / path.name).write_bytes(path.read_bytes())
+    assert source_identity(copy) == source_identity()
+    requant = copy / "requant.py"
+    requant.write_text(requant.read_text() + "\n# a changed rounding\n")
+    assert source_identity(copy) != source_identity()
+
+
 def test_no_cache_calibrates_and_stores_nothing(calibrations):
     program(options(*CALIB))
     program(options(*CALIB, "--no-cache"))
