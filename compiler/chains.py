@@ -47,9 +47,9 @@ class TileChains:
     ``_shape``)."""
 
     def _layernorm_after(self, add: Op):
-        """``(layernorm, first row, rows, rows per image)`` of each image's rows when a LayerNorm reads ``add``'s output
-        (or one row of it through ``select_token``); else None. Other readers read the stored output
-        as before."""
+        """``(layernorm, first row, rows, rows per image)``, the rows of each image, when a LayerNorm
+        reads ``add``'s output (or one row of it through ``select_token``); else None. Other readers
+        read the stored output as before."""
         source, first = add.output, None
         readers = self.readers.get(source, [])
         view = next((r for r in readers if r.kind == "select_token"), None)

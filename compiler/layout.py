@@ -8,8 +8,9 @@ head (``docs/isa.md``, "Batches"). Tensors that ops only re-index are
 views of another tensor's region, so they cost no instruction: ``split_heads`` outputs are
 column windows of the QKV tensor, the input of ``merge_heads`` is a column window of the
 context, the input of ``concat_token`` is rows 1.. of each image's token rows and ``select_token``
-a row of each image. The input region holds the image as the patch rows that ``patchify`` makes (the host
-rearranges it, ``MemoryMap.input_bytes``), so the patch embedding loads contiguous rows.
+a row of each image. The input region holds each image as the patch rows that ``patchify``
+makes (the host rearranges it, ``MemoryMap.input_bytes``), so the patch embedding loads
+contiguous rows.
 
 The memory image is laid out as: constants (INT8 weights transposed to ``(N, K)``, so
 that a block of B is one contiguous run; the position embedding and class token), parameter-record blocks, the input
