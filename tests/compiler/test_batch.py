@@ -21,6 +21,7 @@ from intvit.cli import main
 from intvit.compiler.codegen import compile_program
 from intvit.compiler.executor import execute
 from intvit.compiler.isa import Memory, Opcode
+from intvit.compiler.layout import Place
 from intvit.compiler.verify import check_hazards
 from intvit.quant.config import ViTConfig, get_config
 from intvit.quant.errors import IntVitError
@@ -162,3 +163,21 @@ def test_compile_batch_check(tmp_path, mnist, capsys):
     assert summary["check"]["logits"][0] != summary["check"]["logits"][1]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["batch"] == 2 and manifest["output"]["shape"] == [2, 10]
+    assert main(["simulate", "--compiled", "--program", str(path), "--batch", "2", "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["logits"] == summary["check"]["golden_logits"] and len(report["predicted_classes"]) == 2
+
+
+def test_place_rows_cut_at_image_boundaries():
+    """``Place.runs``: the patch rows of 3 images' token rows (5 a image after a class row, 16-byte
+    rows) and a constant repeated for each image; a dense token tensor is one matrix."""
+    gapped = Place(1016, (3, 5, 16), (96, 16, 1), 1).matrix()
+    assert gapped.shape == (15, 16) and (gapped.period, gapped.image_stride) == (5, 96)
+    assert gapped.runs(3, 8) == [(1016 + 3 * 16, 0, 2), (1016 + 96, 2, 5), (1016 + 192, 7, 1)]
+    assert gapped.runs(5, 5) == [(1016 + 96, 0, 5)]
+    repeated = Place(64, (5, 16), (16, 1), 1).repeat(3)
+    assert repeated.runs(4, 3) == [(64 + 64, 0, 1), (64, 1, 2)]
+    dense = Place(0, (3, 6, 16), (96, 16, 1), 1).matrix()
+    assert dense.period == 0 and dense.runs(4, 10) == [(64, 0, 10)]
+    heads = Place(0, (2, 3, 6, 4), (288, 4, 48, 1), 1)
+    assert heads.count == 6 and heads.matrix(4) == Place(288 + 4, (6, 4), (48, 1), 1)
