@@ -428,13 +428,28 @@ def test_manifest_that_is_not_utf8_json_or_an_object(saved, text, message):
         load_program(saved)
 
 
-def test_corrupt_deflate_stream(saved):
+@pytest.mark.parametrize("deflated", [False, True])
+def test_corrupt_member_data(saved, deflated):
+    if deflated:                                  # as intvit wrote programs before they were stored
+        manifest, arrays = read_archive(saved)
+        with open(saved, "wb") as handle:
+            np.savez_compressed(handle, **{MANIFEST_KEY: np.frombuffer(json.dumps(manifest).encode(), np.uint8)},
+                                **arrays)
     data = bytearray(saved.read_bytes())
     middle = len(data) // 3
-    data[middle:middle + 64] = bytes(64)          # inside a compressed member, headers intact
+    data[middle:middle + 64] = bytes(64)          # inside a member's data, headers intact
     saved.write_bytes(bytes(data))
     with error_for(saved, r": not a readable intvit program \(truncated or corrupt: .+\)$"):
         load_program(saved)
+
+
+def test_a_deflated_program_file_still_loads(program, saved):
+    manifest, arrays = read_archive(saved)
+    with open(saved, "wb") as handle:
+        np.savez_compressed(handle, **{MANIFEST_KEY: np.frombuffer(json.dumps(manifest).encode(), np.uint8)}, **arrays)
+    loaded = load_program(saved)
+    assert loaded.manifest() == program.manifest()
+    assert all(np.array_equal(loaded.constants[k], v) for k, v in program.constants.items())
 
 
 def test_declared_size_over_the_limit(saved, monkeypatch):
