@@ -2,7 +2,7 @@
 
 ``MultiPortMemory`` behaves as one ``amaranth.lib.memory.Memory`` with ``write_ports`` write
 ports and ``read_ports`` synchronous read ports, every read port transparent for every write
-port. How it is built depends on the target, told by the platform Amaranth passes to
+port, or (``transparent=False``) for none. How it is built depends on the target, told by the platform Amaranth passes to
 ``elaborate`` (``rtl.synth.synth_fpga`` passes ``FPGA``):
 
 * plain (simulation, Verilog, the ASIC flow): that one Amaranth memory;
@@ -21,7 +21,8 @@ port. How it is built depends on the target, told by the platform Amaranth passe
   LUT RAM; the XOR of a word's tags is the index of its last writer. Write port ``i`` writes
   ``i`` XOR the other ports' tags of its word, read combinationally in that cycle (LUT RAM
   reads are asynchronous). A read returns the bank that its tags name: banks and tags are read
-  with the same address, enable and transparency, so they are consistent.
+  with the same address, enable and transparency, so they are consistent (without transparency,
+  the tags as they were name the bank whose old word was the latest).
 
 Both give the same values cycle for cycle in simulation (``tests/rtl/test_multiport.py``),
 including when two write ports write one word in the same cycle: the later port's value is
@@ -66,8 +67,8 @@ class MultiPortMemory(wiring.Component):
     Timing: a write port writes ``data`` to ``addr`` at the clock edge where ``en`` is high.
     A read port presents the word at ``addr`` on ``data`` one cycle after an edge where ``en``
     is high, and holds it while ``en`` is low; a word written in that same cycle by any write
-    port is read with its new value (transparent). Of two write ports writing the same word in
-    one cycle, the later one's value is kept.
+    port is read with its new value (transparent), or its old one with ``transparent=False``.
+    Of two write ports writing the same word in one cycle, the later one's value is kept.
 
     Parameters
     ----------
@@ -79,6 +80,8 @@ class MultiPortMemory(wiring.Component):
         How many of each.
     scratchpad : bool
         A scratchpad (an SRAM macro in an ASIC): its memories carry ``SCRATCHPAD_ATTRIBUTE``.
+    transparent : bool
+        Whether reads see the same cycle's writes (default) or the words as they were.
 
     Attributes
     ----------
@@ -88,13 +91,16 @@ class MultiPortMemory(wiring.Component):
         ``en``, ``addr`` in and ``data`` out of each read port.
     """
 
-    def __init__(self, *, width: int, depth: int, write_ports: int, read_ports: int, scratchpad: bool = False):
+    def __init__(self, *, width: int, depth: int, write_ports: int, read_ports: int, scratchpad: bool = False,
+                 transparent: bool = True):
         for name, value in (("width", width), ("depth", depth), ("write_ports", write_ports),
                             ("read_ports", read_ports)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise IntVitError(f"{name} must be a positive integer, not {value!r}")
-        if not isinstance(scratchpad, bool):
-            raise IntVitError(f"scratchpad must be True or False, not {scratchpad!r}")
+        for name, value in (("scratchpad", scratchpad), ("transparent", transparent)):
+            if not isinstance(value, bool):
+                raise IntVitError(f"{name} must be True or False, not {value!r}")
+        self._transparent = transparent
         self._width, self._depth = width, depth
         self._write_ports, self._read_ports = write_ports, read_ports
         self._attrs = {SCRATCHPAD_ATTRIBUTE: 1} if scratchpad else {}
@@ -123,10 +129,9 @@ class MultiPortMemory(wiring.Component):
             m.d.comb += [read.data.eq(value) for read, value in zip(self.read, data)]
         return m
 
-    @staticmethod
-    def _connect(m: Module, memory: Memory, writes, reads) -> list:
+    def _connect(self, m: Module, memory: Memory, writes, reads) -> list:
         """Ports of ``memory`` for ``writes`` (``(en, addr, data)``) and ``reads`` (ports with ``en``
-        and ``addr``), every read transparent for every write; the read ports' data."""
+        and ``addr``), every read transparent for every write (or for none); the read ports' data."""
         ports = []
         for en, addr, value in writes:
             port = memory.write_port()
@@ -134,7 +139,7 @@ class MultiPortMemory(wiring.Component):
             ports.append(port)
         data = []
         for read in reads:
-            port = memory.read_port(transparent_for=ports)
+            port = memory.read_port(transparent_for=ports if self._transparent else ())
             m.d.comb += [port.en.eq(read.en), port.addr.eq(read.addr)]
             data.append(port.data)
         return data

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from intvit.quant.errors import IntVitError
@@ -33,6 +32,7 @@ from intvit.quant.softmax import (
     SOFTMAX_INPUT_FRAC_BITS, SOFTMAX_OUTPUT_FRAC_BITS, SOFTMAX_RECIP_BITS,
 )
 from intvit.rtl.divider import Divider, divider_cycles
+from intvit.rtl.multiport import MultiPortMemory
 
 __all__ = ["Softmax", "SOFTMAX_ROW_OVERHEAD_CYCLES", "ROW_BUFFERS", "softmax_period_cycles"]
 
@@ -137,13 +137,16 @@ class Softmax(wiring.Component):
         regions = ROW_BUFFERS * depth
         m.submodules.divider = divider = Divider(DIVIDER_BITS)
         # One region of ``depth`` words per row in flight: the load stage writes one, the
-        # exponential stage reads and rewrites another, the output stage reads the third.
-        m.submodules.buffer = buffer = Memory(shape=data.ArrayLayout(signed(SCORE_BITS), lanes), depth=regions,
-                                              init=[])
-        load = buffer.write_port()
-        exp_read = buffer.read_port()
-        exp_write = buffer.write_port()
-        out_read = buffer.read_port()
+        # exponential stage reads and rewrites another, the output stage reads the third. Two
+        # write ports: on an FPGA, banks and a live-value table in block and LUT RAM
+        # (rtl.multiport), which Yosys would otherwise build from flip-flops and wide muxes.
+        row = data.ArrayLayout(signed(SCORE_BITS), lanes)
+        m.submodules.buffer = buffer = MultiPortMemory(width=row.size, depth=regions, write_ports=2,
+                                                       read_ports=2, transparent=False)
+        load, exp_write = buffer.write
+        exp_read, out_read = buffer.read
+        load_data, exp_write_data, exp_data, out_data = (row(port.data) for port in (*buffer.write, *buffer.read))
+        m.d.comb += exp_read.en.eq(1)
 
         # Load stage: LOAD, then HOLD until the exponential stage takes the row.
         l_base = Signal(range(regions))             # first word of the region being loaded
@@ -194,7 +197,7 @@ class Softmax(wiring.Component):
             s3_square = Signal(range((EXP_POLY_B**2 >> SOFTMAX_INPUT_FRAC_BITS) + 1), name=f"s3_square{lane}")
             e = Signal(range(EXP_MAX + 1), name=f"s4_e{lane}")
             in_row = ~s3_last | (lane < e_last_lanes)
-            gap = e_max - exp_read.data[lane]                     # >= 0, up to 2**32 - 1
+            gap = e_max - exp_data[lane]                          # >= 0, up to 2**32 - 1
             q = (s1_gap * EXP_DIV_MULT) >> EXP_DIV_SHIFT            # floor(gap / LN2) on the clamped range
             raw_poly = ((s3_square * EXP_POLY_A) >> EXP_POLY_A_SHIFT) + EXP_POLY_C
             poly = Mux(raw_poly > EXP_MAX, EXP_MAX, raw_poly)
@@ -217,7 +220,7 @@ class Softmax(wiring.Component):
         s0_out_last = Signal()
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
         for lane in range(lanes):
-            product = out_read.data[lane].as_unsigned()[:EXP_MAX.bit_length()] * recip
+            product = out_data[lane].as_unsigned()[:EXP_MAX.bit_length()] * recip
             rounded = (product + (1 << (OUT_SHIFT - 1))) >> OUT_SHIFT
             with m.If(advance):
                 m.d.sync += self.o.payload.data[lane].eq(Mux(rounded > 127, 127, rounded))
@@ -228,8 +231,8 @@ class Softmax(wiring.Component):
             exp_write.addr.eq(e_base + s4_addr),
             out_read.addr.eq(o_base + o_issue),
         ]
-        m.d.comb += [load.data[lane].eq(loaded[lane]) for lane in range(lanes)]
-        m.d.comb += [exp_write.data[lane].eq(s4_e[lane]) for lane in range(lanes)]
+        m.d.comb += [load_data[lane].eq(loaded[lane]) for lane in range(lanes)]
+        m.d.comb += [exp_write_data[lane].eq(s4_e[lane]) for lane in range(lanes)]
         with m.FSM(name="load_stage"):
             with m.State("LOAD"):
                 m.d.comb += self.i.ready.eq(1)

@@ -157,9 +157,13 @@ class System(wiring.Component):
             ours, theirs = getattr(self.dmem, name), getattr(source, name)
             m.d.comb += ours.eq(theirs) if member.flow == Out else theirs.eq(ours)
 
+        # On an FPGA the scratchpads go to block RAM even when small: Yosys would put A's and PARAM's
+        # short memories in LUT RAM, whose read multiplexers and write fan-out crowd the routing.
+        block = {"ram_style": "block"}
         for name, banks, words in (("a", p.rows, g.a_words), ("b", p.cols, g.b_words)):
             for t in range(banks * w):
-                sram = m.submodules[f"{name}_bank{t // w}_lane{t % w}"] = SRAM(shape=8, depth=words, init=[])
+                sram = m.submodules[f"{name}_bank{t // w}_lane{t % w}"] = SRAM(shape=8, depth=words, init=[],
+                                                                              attrs=block)
                 _wire(m, sram, [(getattr(load, f"{name}_we")[t], getattr(load, f"{name}_addr")[t],
                                  getattr(load, f"{name}_data")[t])],
                       [(getattr(compute, f"{name}_ren"), getattr(compute, f"{name}_raddr")[t // w],
@@ -175,7 +179,7 @@ class System(wiring.Component):
                      (compute.acc_ren, compute.acc_raddr, compute.acc_rdata[lane]),
                      (compute.acc_ren, compute.acc_rbaddr, compute.acc_rbdata[lane])]
             _wire(m, acc, writes, reads)
-            param = m.submodules[f"param_lane{lane}"] = SRAM(shape=128, depth=g.param_words, init=[])
+            param = m.submodules[f"param_lane{lane}"] = SRAM(shape=128, depth=g.param_words, init=[], attrs=block)
             _wire(m, param, [(load.param_we[lane], load.param_addr[lane], load.param_data[lane])],
                   [(compute.mm_param_ren, compute.mm_param_raddr[lane], compute.mm_param_rdata[lane]),
                    (compute.param_ren, compute.param_raddr[lane], compute.param_rdata[lane])])
