@@ -308,9 +308,13 @@ def shape_program(args: argparse.Namespace) -> IntProgram:
 
 
 def compile_model(args: argparse.Namespace, config, data: str, batch: int = 1):
-    """``(program, compiled)``: ``build_program``'s program (``--program`` or the calibrated model)
-    compiled for the accelerator ``config`` and ``batch`` images (``compile_batch``)."""
-    program = build_program(args, load_model(args), data)
+    """``(program, compiled)``: ``--program`` (checked against the model) or the calibrated model,
+    compiled for the accelerator ``config`` and ``batch`` images (``compile_batch``). The float
+    model is built only when calibration runs (not for a cached program)."""
+    if getattr(args, "program", None):
+        program = build_program(args, load_model(args), data)
+    else:
+        program = calibrated_program(args, data, lambda: load_model(args))
     return program, compile_batch(program, config, batch)
 
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from intvit.commands.common import (
-    DEFAULT_MODEL, add_compile_arguments, compile_model, model_spec, progress,
+    DEFAULT_MODEL, add_compile_arguments, compile_model, model_spec, positive_int, progress,
     quantized_test_images,
 )
 from intvit.quant.atomic import atomic_folder, check_output_folder
@@ -68,13 +68,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write the complete accelerator's Verilog with a compiled model (program, memory image, manifest)",
         description="Compile a model for --config and write the whole accelerator (rtl.system.System: controller, "
         "AXI4 load/store, units, scratchpad memories) as intvit_system.v, the instruction stream (program.bin), "
-        "the external-memory image with one quantised test image (memory.bin) and manifest.json (addresses, "
-        "ports, protocol, the golden logits and predicted cycles of that image). --units writes the units side by "
-        "side instead.",
+        "the external-memory image with the quantised test images of one batch (memory.bin) and manifest.json "
+        "(addresses, ports, protocol, the golden logits and predicted cycles of that batch). --units writes the "
+        "units side by side instead.",
     )
     add_compile_arguments(parser)
     parser.add_argument("--image", type=int, default=0, metavar="I",
-                        help="index of the test image placed in memory.bin (default: %(default)s)")
+                        help="index of the (first) test image placed in memory.bin (default: %(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=1, metavar="B",
+                        help="compile for B images at once (each weight loaded once for all of them), test images "
+                             "I .. I+B-1 in memory.bin (default: %(default)s)")
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to write into (created if missing)")
     parser.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall on the Verilog")
     parser.add_argument("--units", action="store_true",
@@ -146,9 +149,10 @@ def _system(args: argparse.Namespace, config: AcceleratorConfig, out: Path) -> l
 
     params = system_params(config, model_spec(args).config)
     params.sp_geometry      # refuses shapes the RTL does not build (one line) before calibration and elaboration
-    program, compiled = compile_model(args, config, args.data)
-    xs, labels = quantized_test_images(program, args.data, args.image + 1)
-    x = xs[args.image]
+    program, compiled = compile_model(args, config, args.data, args.batch)
+    images = range(args.image, args.image + args.batch)
+    xs, labels = quantized_test_images(program, args.data, images.stop)
+    x = np.concatenate([xs[i] for i in images])
     golden = np.asarray(run_program(program, x))
     insn_base, memory = external_memory(compiled, x)
     stream, memory_bytes = compiled.stream(), memory.size
@@ -156,17 +160,17 @@ def _system(args: argparse.Namespace, config: AcceleratorConfig, out: Path) -> l
     logits = compiled.output_place()
     manifest = {
         "format": "intvit-accelerator", "isa_version": compiled.manifest["isa_version"], "top": SYSTEM_NAME,
-        "model": program.config.name,
+        "model": program.config.name, "batch": args.batch,
         "files": {"verilog": f"{SYSTEM_NAME}.v", "program": PROGRAM_NAME, "memory": MEMORY_NAME},
         "insn_base": insn_base, "data_base": 0, "memory_bytes": memory_bytes,
         "instructions": len(compiled.instructions), "program_bytes": len(stream),
         "input": {"addr": input_addr, "bytes": input_bytes, "shape": compiled.manifest["input"]["shape"],
                   "image_shape": compiled.manifest["input"]["image_shape"], "patch": compiled.manifest["input"]["patch"],
                   "dtype": "int8", "data": args.data, "split": "test", "index": args.image,
-                  "label": int(labels[args.image])},
+                  "labels": [int(labels[i]) for i in images]},
         "output": {"addr": logits.addr, "shape": list(logits.shape),
                    "dtype": "int32" if logits.elem == 4 else "int8", "row_stride_bytes": logits.strides[0]},
-        "expected": {"logits": golden.tolist(), "class": int(np.argmax(golden[0])),
+        "expected": {"logits": golden.tolist(), "classes": np.argmax(golden, axis=-1).tolist(),
                      "cycles": predict_cycles(compiled.instructions, config),
                      "cycles_assume": {"read_latency_cycles": config.memory.read_latency_cycles,
                                        "write_latency_cycles": config.memory.write_latency_cycles,
@@ -186,6 +190,6 @@ def _system(args: argparse.Namespace, config: AcceleratorConfig, out: Path) -> l
                 (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{program.config.name} on {SYSTEM_NAME}: {len(compiled.instructions):,} instructions at insn_base "
           f"{insn_base:#x}, memory image {memory_bytes:,} bytes, input at {input_addr:#x}, logits at {logits.addr:#x}; "
-          f"test image {args.image} (label {manifest['input']['label']}): class {manifest['expected']['class']}, "
-          f"{manifest['expected']['cycles']:,} cycles predicted")
+          f"test images {args.image}..{images[-1]} (labels {manifest['input']['labels']}): classes "
+          f"{manifest['expected']['classes']}, {manifest['expected']['cycles']:,} cycles predicted")
     return [out / name for name in (f"{SYSTEM_NAME}.v", PROGRAM_NAME, MEMORY_NAME, MANIFEST_NAME)]

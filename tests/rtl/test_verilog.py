@@ -187,7 +187,8 @@ def test_verilog_command_sizes_the_top_from_the_model(tmp_path, capsys):
 # ------------------------------------------------------------ the complete accelerator (intvit verilog)
 SMALL_8X8 = str(Path(__file__).resolve().parents[2] / "docs" / "configs" / "small_8x8.toml")
 # Calibration size does not matter to what is checked here; a small one keeps the run short.
-SYSTEM_ARGV = ["verilog", "--config", SMALL_8X8, "--calib-size", "8"]
+# Two images in one batch-2 program (each weight loaded once for both): batch 1's paths and the batch's.
+SYSTEM_ARGV = ["verilog", "--config", SMALL_8X8, "--calib-size", "8", "--batch", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +201,7 @@ def shipped(tmp_path_factory):
         argv = [*SYSTEM_ARGV, "--out", str(out)]
         assert main(argv) == 0
         config = load_config(SMALL_8X8)
-        program, compiled = compile_model(build_parser().parse_args(argv), config, "mnist")
+        program, compiled = compile_model(build_parser().parse_args(argv), config, "mnist", batch=2)
     return out, json.loads((out / "manifest.json").read_text()), program, compiled, config
 
 
@@ -215,23 +216,24 @@ def test_system_files_hold_the_compiled_program_and_memory(shipped):
     assert (manifest["insn_base"], manifest["data_base"], manifest["memory_bytes"]) == (insn_base, 0, size)
     assert memory.size == size and memory[insn_base:insn_base + len(stream)].tobytes() == stream
     # Constants (weights, biases, records) as compiled, the input as quantised: compiler.executor's memory.
-    (x,), labels = quantized_test_images(program, "mnist", 1)
+    xs, labels = quantized_test_images(program, "mnist", 2)
+    x = np.concatenate(xs)
     assert np.array_equal(memory[:compiled.memory_bytes], load_machine(compiled, x).dram)
     addr, nbytes = compiled.input_region()
-    assert manifest["input"] == {"addr": addr, "bytes": nbytes, "shape": [49, 16], "image_shape": [1, 28, 28],
-                                 "patch": 4, "dtype": "int8", "data": "mnist", "split": "test", "index": 0,
-                                 "label": int(labels[0])}
-    # As patch rows: patch (gh, gw) is row 7 gh + gw, its 4 x 4 pixels row by row.
-    rows = memory[addr:addr + nbytes].view(np.int8).reshape(49, 16)
-    assert rows[7 * 2 + 3].tolist() == x[0, 0, 8:12, 12:16].reshape(-1).tolist()
-    assert sorted(rows.reshape(-1).tolist()) == sorted(x.reshape(-1).tolist())
+    assert manifest["batch"] == 2 and manifest["input"] == {
+        "addr": addr, "bytes": 2 * 49 * 16, "shape": [49, 16], "image_shape": [1, 28, 28], "patch": 4, "dtype": "int8",
+        "data": "mnist", "split": "test", "index": 0, "labels": labels[:2].tolist()}
+    # As patch rows, image after image: patch (gh, gw) is row 7 gh + gw, its 4 x 4 pixels row by row.
+    rows = memory[addr:addr + nbytes].view(np.int8).reshape(2, 49, 16)
+    assert rows[1, 7 * 2 + 3].tolist() == x[1, 0, 8:12, 12:16].reshape(-1).tolist()
+    assert [sorted(r.reshape(-1).tolist()) for r in rows] == [sorted(i.reshape(-1).tolist()) for i in x]
     assert not memory[compiled.image.size:compiled.memory_bytes].any()        # activations and logits: zero
     assert manifest["regions"]["blocks.0.attn.qkv.weight"] == compiled.manifest["regions"]["blocks.0.attn.qkv.weight"]
     out_place = compiled.output_place()
-    assert manifest["output"] == {"addr": out_place.addr, "shape": [1, 10], "dtype": "int32", "row_stride_bytes": 40}
+    assert manifest["output"] == {"addr": out_place.addr, "shape": [2, 10], "dtype": "int32", "row_stride_bytes": 40}
     expected = manifest["expected"]
     assert expected["logits"] == run_program(program, x).tolist()
-    assert expected["class"] == int(np.argmax(expected["logits"][0]))
+    assert expected["classes"] == [int(np.argmax(row)) for row in expected["logits"]]
     assert expected["cycles"] == predict_cycles(compiled.instructions, config)
     assert expected["cycles_assume"]["read_latency_cycles"] == config.memory.read_latency_cycles
 
