@@ -255,7 +255,7 @@ def _ecp5(args, config, params) -> dict:
         raise IntVitError(f"the {params.rows}x{params.cols} accelerator does not fit an {ECP5_DEVICE['name']}: at "
                           f"least {params.rows * params.cols} DSPs needed (one MULT18X18D per PE), "
                           f"{ECP5_DEVICE['dsps']} available; try a smaller array, e.g. --config "
-                          "docs/configs/fpga_8x4.toml")
+                          "docs/configs/fpga_4x4.toml")
     if args.json != "-":
         print(f"{_describe(params)}; synth_ecp5 + nextpnr-ecp5 (the first run compiles the WebAssembly "
               "tools once: about 80 s of CPU)", file=sys.stderr)
