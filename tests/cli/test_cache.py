@@ -165,7 +165,7 @@ def test_a_failed_write_leaves_no_entry_and_no_temporary_file(calibrations, caps
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np, "savez_compressed", fail)
+    monkeypatch.setattr(np, "savez", fail)
     program(options(*CALIB))
     assert "intvit: cannot write the program cache" in capsys.readouterr().err
     assert entries() == []

@@ -228,7 +228,7 @@ def test_interrupt_while_saving_leaves_nothing(capsys, tmp_path, monkeypatch):
         handle.write(b"PK\x03\x04 the first 11 kB of a program")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(program_module.np, "savez_compressed", interrupted)
+    monkeypatch.setattr(program_module.np, "savez", interrupted)
     out = tmp_path / "prog.npz"
     assert main(["quantize", "--calib-size", "2", "--no-cache", "-o", str(out)]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == "intvit: interrupted"
