@@ -6,14 +6,13 @@ loading) spends seconds on one core of a machine that has two. ``run_beside`` fo
 is loaded: the child imports torch and calibrates, the parent meanwhile loads what it needs next,
 and the child's result comes back through a pipe (pickled: numpy arrays and floats).
 
-Where ``os.fork`` does not exist, or torch is already loaded in this process (a fork would copy
-its thread pools, and the import it would hide is already paid), the work runs here, after the
-``meanwhile`` job.
+Off Linux (no ``fork`` on Windows; on macOS a fork is unsafe once system frameworks run threads),
+or where torch is already loaded in this process (a fork would copy its thread pools, and the
+import it would hide is already paid), the work runs here, after the ``meanwhile`` job.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -38,7 +37,7 @@ def run_beside(work: Callable[[], T], meanwhile: Callable[[], object], what: str
     dies without a result gives one line naming ``what`` and the exit status. Ctrl-C reaches both
     processes; the child then exits quietly and the parent sees ``KeyboardInterrupt``.
     """
-    if not hasattr(os, "fork") or "torch" in sys.modules:
+    if not sys.platform.startswith("linux") or "torch" in sys.modules:
         meanwhile()
         return work()
     import multiprocessing
