@@ -239,28 +239,35 @@ def build_program(args: argparse.Namespace, model: ViT, data: str, held_apart: b
 
 def _calibrate(args: argparse.Namespace, model: Callable[[], ViT], config: ViTConfig, data: str,
                held_apart: bool, meanwhile: Callable[[], object]) -> IntProgram:
-    """Calibrate in a forked child (torch loads there) while ``meanwhile`` runs here (``intvit.forked``)."""
-    from intvit.forked import run_beside
+    """Calibrate in a forked child (torch loads there, ``intvit.forked``) while this process loads the
+    images and hands them over in shared memory, then runs ``meanwhile``. The images load here,
+    not beside the child's torch import: in one process the two contended for the interpreter
+    lock, and the calibration pass started 0.8 s later."""
+    from intvit.forked import Handover, run_beside
+
+    images = Handover(args.calib_size * config.in_chans * config.img_size ** 2 * np.dtype(np.float32).itemsize)
+    where = []
 
     def calibration():
-        from concurrent.futures import ThreadPoolExecutor
-
         from intvit.quant.calibrate import calibrate
 
-        # The images load (numpy) while torch imports and the model is built, mostly outside the GIL.
-        with ThreadPoolExecutor(1, thread_name_prefix="intvit-images") as pool:
-            loading = pool.submit(calibration_images, args, config, data, held_apart)
-            float_model = model()
-            images, where = loading.result()
-        return calibrate(float_model, images, method=args.calib_method, percentile=args.percentile,
+        float_model = model()
+        chosen = images.get()
+        return calibrate(float_model, chosen, method=args.calib_method, percentile=args.percentile,
                          batch_size=args.batch_size,
-                         progress=lambda it: progress(it, "calibrate", -(-len(images) // args.batch_size))), where
+                         progress=lambda it: progress(it, "calibrate", -(-len(chosen) // args.batch_size)))
+
+    def beside():
+        loaded, text = calibration_images(args, config, data, held_apart)
+        images.put(loaded.astype(np.float32, copy=False))
+        where.append(text)
+        meanwhile()
 
     _passive_openmp()               # before torch loads in either process
-    result, where = run_beside(calibration, meanwhile, "calibration")
+    result = run_beside(calibration, beside, "calibration")
     from intvit.quant.ptq import assemble_program
 
-    return assemble_program(config, result.parameters, result.ranges.range, {**result.settings, "source": where})
+    return assemble_program(config, result.parameters, result.ranges.range, {**result.settings, "source": where[0]})
 
 
 def calibrated_program(args: argparse.Namespace, data: str, model: Callable[[], ViT],

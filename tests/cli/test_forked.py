@@ -1,4 +1,4 @@
-"""``intvit.forked.run_beside``: the work runs in a forked child while the parent does its own.
+"""``intvit.forked``: the work runs in a forked child while the parent does its own and hands it an array.
 
 The test process has torch loaded (so ``run_beside`` runs in-process there); the forked path
 is checked in fresh interpreters without torch: results and errors come back intact, a child
@@ -11,21 +11,27 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+import pytest
+
 from intvit.cli import main
-from intvit.forked import run_beside
+from intvit.forked import Handover, run_beside
 from intvit.quant.errors import IntVitError
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
     import numpy as np
-    from intvit.forked import run_beside
+    from intvit.forked import Handover, run_beside
     from intvit.quant.errors import IntVitError
 
     parent, seen = os.getpid(), []
     case = sys.argv[1]
+    handover = Handover(64)
     def work():
         if case == "value":
             return os.getpid(), {"w": np.arange(6, dtype=np.int8).reshape(2, 3)}
+        if case == "handover":
+            return os.getpid(), {"w": handover.get() * 2}
         if case == "intvit":
             raise IntVitError("images/: no images found")
         if case == "oserror":
@@ -36,6 +42,8 @@ SCRIPT = textwrap.dedent("""
             import time; time.sleep(30)
     def meanwhile():
         seen.append(os.getpid())
+        if case == "handover":
+            handover.put(np.arange(6, dtype=np.int16).reshape(2, 3))
         if case == "slow":
             raise IntVitError("meanwhile failed")
     try:
@@ -56,6 +64,19 @@ def forked(case: str) -> dict:
 
 def test_the_work_runs_in_a_child_and_its_result_comes_back():
     assert forked("value") == {"child": True, "meanwhile_here": True, "w": [[0, 1, 2], [3, 4, 5]], "torch": False}
+
+
+def test_the_parent_hands_an_array_over_to_the_child_in_shared_memory():
+    assert forked("handover") == {"child": True, "meanwhile_here": True, "w": [[0, 2, 4], [6, 8, 10]],
+                                  "torch": False}
+
+
+def test_a_handover_refuses_more_than_its_buffer_holds():
+    handover = Handover(16)
+    with pytest.raises(IntVitError, match="cannot hand over 24 bytes: the buffer holds 16"):
+        handover.put(np.zeros(3, np.float64))
+    handover.put(np.full((2, 2), 7, np.int32))
+    assert handover.get().tolist() == [[7, 7], [7, 7]]
 
 
 def test_errors_in_the_child_are_raised_here_with_their_type_and_its_traceback():
