@@ -51,6 +51,11 @@ class SpGeometry:
         self.b_words = -(-b_depth // beat_bytes)
         self.acc_words = acc_words
         self.param_words = -(-param_records // cols)
+        # A legal transfer puts every element of a plane inside its memory (docs/isa.md), so a plane
+        # holds at most this many: bytes of an A/B bank, A/B banks (transposed), ACC elements or
+        # PARAM records. The slot map's element arithmetic is this wide, not 32 bits.
+        self.plane_elements = max(self.a_words * beat_bytes, self.b_words * beat_bytes, rows, cols,
+                                  acc_words * cols, self.param_words * cols)
 
 
 def _bits(n: int) -> int:
@@ -138,21 +143,25 @@ class _SlotMap(wiring.Component):
     """``(z, e)`` of each slot of a beat: slot ``j`` is element ``first + j`` of the transfer.
 
     ``start`` loads the plane size ``P = x_count * y_count`` (and its multiples); ``advance``
-    moves the first element on by ``count`` slots. ``z[j]``, ``e[j]`` are combinational.
+    moves the first element on by ``count`` slots. ``z[j]``, ``e[j]`` are combinational. Planes
+    of up to ``plane_elements`` elements (``SpGeometry.plane_elements``) are walked exactly; the
+    arithmetic is no wider than they need (a larger plane is an illegal transfer).
     """
 
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, plane_elements: int):
         self._slots = slots
+        self._e_bits = (plane_elements + slots).bit_length()      # e0 + j, e0 < P <= plane_elements
+        self._m_bits = (plane_elements * slots).bit_length()      # P * k, k <= slots
         super().__init__({"start": In(1), "insn": In(INSTRUCTION_BITS), "advance": In(1),
                           "count": In(range(slots + 1)),
-                          "z": Out(16).array(slots), "e": Out(32).array(slots)})
+                          "z": Out(16).array(slots), "e": Out(self._e_bits).array(slots)})
 
     def elaborate(self, platform):
         m = Module()
         s = self._slots
-        plane = field_slice(self.insn, F, "x_count") * field_slice(self.insn, F, "y_count")
-        multiples = [Signal(33, name=f"plane_x{k}") for k in range(s + 1)]
-        z0, e0 = Signal(16), Signal(32)
+        plane = (field_slice(self.insn, F, "x_count") * field_slice(self.insn, F, "y_count"))[:self._m_bits]
+        multiples = [Signal(self._m_bits, name=f"plane_x{k}") for k in range(s + 1)]
+        z0, e0 = Signal(16), Signal(self._e_bits)
         with m.If(self.start):
             m.d.sync += [multiple.eq(plane * k) for k, multiple in enumerate(multiples)]
             m.d.sync += [z0.eq(0), e0.eq(0)]
@@ -162,7 +171,7 @@ class _SlotMap(wiring.Component):
             wraps = sum((raw >= multiples[k]) for k in range(1, s + 1))
             wrapped = Signal(range(s + 1), name=f"wraps{j}")
             m.d.comb += wrapped.eq(wraps)
-            sub = Signal(33, name=f"sub{j}")
+            sub = Signal(self._m_bits, name=f"sub{j}")
             with m.Switch(wrapped):
                 for k in range(s + 1):
                     with m.Case(k):
@@ -234,7 +243,7 @@ class LoadUnit(wiring.Component):
         with m.If(self.start):        # may come in the completion cycle of the previous one
             m.d.sync += [insn.eq(self.insn), busy.eq(1)]
         runs = m.submodules.runs = _Runs(w, self._max, c)
-        slots = m.submodules.slots = _SlotMap(w)
+        slots = m.submodules.slots = _SlotMap(w, g.plane_elements)
         m.d.comb += [runs.start.eq(self.start), runs.insn.eq(self.insn), runs.base.eq(self.base),
                      slots.start.eq(self.start), slots.insn.eq(self.insn)]
 
@@ -379,7 +388,7 @@ class StoreUnit(wiring.Component):
         with m.If(self.start):        # may come in the completion cycle of the previous one
             m.d.sync += [insn.eq(self.insn), busy.eq(1)]
         runs = m.submodules.runs = _Runs(w, self._max, c)
-        slots = m.submodules.slots = _SlotMap(w)
+        slots = m.submodules.slots = _SlotMap(w, g.plane_elements)
         m.d.comb += [runs.start.eq(self.start), runs.insn.eq(self.insn), runs.base.eq(self.base),
                      slots.start.eq(self.start), slots.insn.eq(self.insn)]
         axi = self.axi
