@@ -25,8 +25,9 @@ port, or (``transparent=False``) for none. How it is built depends on the target
   block RAM words (a 32-bit word with a 2-bit tag fits a 36-bit block RAM word), read with the
   same address, enable and transparency, so data and tags are consistent (without
   transparency, the tags as they were name the bank whose old word was the latest). An ACC
-  lane (256 words, 3 writes, 4 reads) kept its tags in LUT RAM copies for every read port
-  before: 288 16x4 LUT RAMs and 1,175 LUT4, against 96 and ... now.
+  lane (256 words, 3 writes, 4 reads) with a tag copy in LUT RAM for every read port as well
+  took 288 16x4 LUT RAMs and 1,382 LUT4 (``synth_ecp5 -nowidelut``, scan shell included);
+  with the read ports' tags in the banks, 96 and 1,144, and the same 12 block RAMs.
 
 Both give the same values cycle for cycle in simulation (``tests/rtl/test_multiport.py``),
 including when two write ports write one word in the same cycle: the later port's value is
