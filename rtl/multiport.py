@@ -16,26 +16,21 @@ port, or (``transparent=False``) for none. How it is built depends on the target
   memory every write port writes; in flip-flops, an ACC lane (256 words, 3 writes, 4 reads)
   took 4,015 LUT4 after ``synth_ecp5`` (scan shell included): four lanes about 44 % of the
   8x4 System's 36,348 LUT4, which router1 could not route. So the LVT is XOR-coded
-  (after LaForest et al., "Multi-ported memories for FPGAs via XOR", FPGA 2012): each write
-  port ``i`` writes, with its data, a tag of ``ceil(log2(write_ports))`` bits, ``i`` XOR the
-  other ports' tags of its word; the XOR of a word's tags is the index of its last writer.
-  Write port ``i`` reads the other ports' tags of its word combinationally, in the cycle it
-  writes, from a tag memory per port that only that port writes (LUT RAM, whose reads are
-  asynchronous); a read port finds the tags beside the data, in the spare bits of the banks'
-  block RAM words (a 32-bit word with a 2-bit tag fits a 36-bit block RAM word), read with the
-  same address, enable and transparency, so data and tags are consistent (without
-  transparency, the tags as they were name the bank whose old word was the latest). An ACC
-  lane (256 words, 3 writes, 4 reads) with a tag copy in LUT RAM for every read port as well
-  took 288 16x4 LUT RAMs and 1,382 LUT4 (``synth_ecp5 -nowidelut``, scan shell included);
-  with the read ports' tags in the banks, 96 and 1,144, and the same 12 block RAMs.
+  (after LaForest et al., "Multi-ported memories for FPGAs via XOR", FPGA 2012): one tag
+  memory of ``ceil(log2(write_ports))`` bits per write port, written by that port alone, so
+  LUT RAM; the XOR of a word's tags is the index of its last writer. Write port ``i`` writes
+  ``i`` XOR the other ports' tags of its word, read combinationally in that cycle (LUT RAM
+  reads are asynchronous). A read returns the bank that its tags name: banks and tags are read
+  with the same address, enable and transparency, so they are consistent (without transparency,
+  the tags as they were name the bank whose old word was the latest).
 
 Both give the same values cycle for cycle in simulation (``tests/rtl/test_multiport.py``),
 including when two write ports write one word in the same cycle: the later port's value is
 kept and read through, as Amaranth's simulator orders the write ports of one memory. The
-replicated form keeps that order in hardware too (an earlier port's write is held back
+replicated form keeps that order in hardware too (an earlier port's tag write is held back
 when a later port writes the same word); the plain memory's Verilog, like Yosys, leaves such
 a collision undefined. The replicated form costs ``write_ports * read_ports`` copies of the
-data with its tag and ``write_ports * (write_ports - 1)`` copies of the tags.
+data and ``write_ports * (read_ports + write_ports - 1)`` copies of the tags.
 """
 
 from amaranth import Cat, Module, Mux
@@ -150,14 +145,14 @@ class MultiPortMemory(wiring.Component):
         return data
 
     def _replicated(self, m: Module) -> None:
-        # The XOR-coded LVT (module docstring). Holding back an earlier port's write when a later
-        # port writes the same word keeps the later-wins order of the plain memory.
+        # The XOR-coded LVT (module docstring). Holding back an earlier port's tag write when a
+        # later port writes the same word keeps the later-wins order of the plain memory.
         tag_shape = ceil_log2(self._write_ports)
         tags = [Memory(shape=tag_shape, depth=self._depth, init=[], attrs={"ram_style": "distributed"})
                 for _ in range(self._write_ports)]
         for index, tag in enumerate(tags):
             m.submodules[f"tag{index}"] = tag
-        banks = []
+        live = [0] * len(self.read)
         for index, write in enumerate(self.write):
             value = index
             for other, tag in enumerate(tags):
@@ -167,16 +162,15 @@ class MultiPortMemory(wiring.Component):
                     value ^= port.data
             later = [w.en & (w.addr == write.addr) for w in self.write[index + 1:]]
             en = write.en & ~Cat(*later).any() if later else write.en
-            port = tags[index].write_port()
-            m.d.comb += [port.en.eq(en), port.addr.eq(write.addr), port.data.eq(value)]
-            bank = m.submodules[f"bank{index}"] = Memory(shape=self._width + tag_shape, depth=self._depth, init=[],
+            data = self._connect(m, tags[index], [(en, write.addr, value)], self.read)
+            live = [word ^ tag for word, tag in zip(live, data)]
+        banks = []
+        for index, write in enumerate(self.write):
+            bank = m.submodules[f"bank{index}"] = Memory(shape=self._width, depth=self._depth, init=[],
                                                          attrs=self._attrs)
-            banks.append(self._connect(m, bank, [(en, write.addr, Cat(write.data, value))], self.read))
+            banks.append(self._connect(m, bank, [(write.en, write.addr, write.data)], self.read))
         for port, read in enumerate(self.read):
-            live = 0
-            for bank in banks:
-                live ^= bank[port][self._width:]
-            value = banks[0][port][:self._width]
+            value = banks[0][port]
             for index in range(1, self._write_ports):
-                value = Mux(live == index, banks[index][port][:self._width], value)
+                value = Mux(live[port] == index, banks[index][port], value)
             m.d.comb += read.data.eq(value)

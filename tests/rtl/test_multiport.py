@@ -119,7 +119,7 @@ def port_counts(platform) -> list[tuple[int, int]]:
 
 def test_replicated_banks_have_one_write_port():
     assert port_counts(None) == [(3, 4)]
-    # One bank per write port (each word with its writer's 2-bit tag), written by that port alone and
-    # read by every read port; one tag memory per write port, written by it alone and read
+    # One bank per write port, each written by that port alone and read by every read port; one tag
+    # memory (2 bits a word) per write port, written by it alone, read by every read port and
     # (combinationally) by the two other write ports: nothing has more than one write port.
-    assert port_counts(FPGA) == [(1, 2), (1, 2), (1, 2), (1, 4), (1, 4), (1, 4)]
+    assert port_counts(FPGA) == [(1, 4), (1, 4), (1, 4), (1, 6), (1, 6), (1, 6)]

@@ -163,11 +163,10 @@ def test_multiport_memory_through_the_ecp5_flow():
     report = synth_fpga(MultiPortMemory(width=8, depth=32, write_ports=3, read_ports=4), "mp", progress=steps.append)
     assert steps[:3] == ["synth_ecp5", "packing", "placing (HeAP)"] and "timing report" in steps
     assert report["router"] == "router2" and report["fmax_mhz"] > 50
-    # Every memory is LUT RAM of 16 x 4 bits, a copy per read port: 3 banks (8 data and 2 tag bits: 3
-    # cells per 16 words) x 4 reads x 6 cells and 3 tag memories x 2 writes x 2 cells. The live-value
-    # table holds no flip-flop: they are the scan shell's (3 x 14 + 4 x 6 in, 4 x 8 out) and the read
-    # registers (12 x (8 + 2)).
-    assert report["lutrams"] == 3 * 4 * 6 + 3 * 2 * 2 and report["brams"] == 0
+    # Every memory is LUT RAM of 16 x 4 bits, a copy per read port: 3 banks x 4 reads x 4 cells and
+    # 3 tag memories x (4 reads + 2 writes) x 2 cells. The live-value table holds no flip-flop: they
+    # are the scan shell's (3 x 14 + 4 x 6 in, 4 x 8 out) and the read registers (12 x 8 + 12 x 2).
+    assert report["lutrams"] == 3 * 4 * 4 + 3 * 6 * 2 and report["brams"] == 0
     assert report["flipflops"] == (3 * 14 + 4 * 6 + 4 * 8) + (12 * 8 + 12 * 2)
 
 
