@@ -92,12 +92,13 @@ def transfer(rng: random.Random, elem: int, counts: tuple[int, int, int], low: i
             "y_stride": y_stride, "z_stride": z_stride}
 
 
-def random_case(rng: random.Random, shape: tuple[int, int, int] | None = None) -> tuple[Instruction, Instruction]:
+def random_case(rng: random.Random, shape: tuple[int, int, int] | None = None,
+                bytes_only: bool = False) -> tuple[Instruction, Instruction]:
     """A LOAD into ACC and a STORE of the same elements elsewhere (other strides, maybe other element size).
 
     Sources come from the lower half of memory, destinations from the upper, so runs cross
     4 KiB pages and exceed ``MAX_BEATS``; planes start at any ACC word with any spacing. The
-    ``shape`` (x, y, z) is random unless given.
+    ``shape`` (x, y, z) is random unless given; ``bytes_only``: both sides move 1-byte elements.
     """
     shape = shape or rng.choice([(1, 1, 1), (3, 1, 1), (5, 3, 2),
                                  (rng.randint(1, 200), rng.randint(1, 4), rng.randint(1, 3)),
@@ -106,8 +107,8 @@ def random_case(rng: random.Random, shape: tuple[int, int, int] | None = None) -
     sp_stride = plane_words + rng.randint(0, 3)
     sp_addr = rng.randrange(0, ACC_WORDS - sp_stride * (shape[2] - 1) - plane_words + 1)
     acc = dict(mem=Memory.ACC, sp_addr=sp_addr, sp_stride=sp_stride)
-    load_elem = rng.randint(0, 1)
-    store_elem = load_elem if rng.random() < 0.7 else 1 - load_elem
+    load_elem = 0 if bytes_only else rng.randint(0, 1)
+    store_elem = load_elem if bytes_only or rng.random() < 0.7 else 1 - load_elem
     load = Instruction(Opcode.LOAD, **acc, **transfer(rng, load_elem, shape, 0, MEMORY_BYTES // 2))
     store = Instruction(Opcode.STORE, **acc, **transfer(rng, store_elem, shape, MEMORY_BYTES // 2, MEMORY_BYTES))
     return load, store
@@ -116,8 +117,11 @@ def random_case(rng: random.Random, shape: tuple[int, int, int] | None = None) -
 @pytest.mark.parametrize("beat_bytes", [8, pytest.param(4, marks=pytest.mark.slow)])
 def test_random_strided_round_trips_with_stalls(tmp_path, beat_bytes):
     rng = random.Random(beat_bytes)
-    # The first plane fills the ACC: the largest plane the slot map's arithmetic must walk exactly.
-    cases = [random_case(rng, (COLS * ACC_WORDS // 2, 2, 1) if index == 0 else None) for index in range(CASES)]
+    # The first plane fills the ACC: the largest plane the slot map's arithmetic must walk exactly;
+    # the second has 40 planes of 2 bytes, each its own run, so the ACC offset of a plane
+    # (z * sp_stride, a running sum in the slot map) moves on every beat.
+    forced = {0: (COLS * ACC_WORDS // 2, 2, 1), 1: (2, 1, 40)}
+    cases = [random_case(rng, forced.get(index), bytes_only=index == 1) for index in range(CASES)]
     image = bytes(rng.getrandbits(8) for _ in range(MEMORY_BYTES))
     (tmp_path / "image.bin").write_bytes(image)
     dumps = tmp_path / "dumps"
