@@ -56,9 +56,6 @@ class SpGeometry:
         # PARAM records. The slot map's element arithmetic is this wide, not 32 bits.
         self.plane_elements = max(self.a_words * beat_bytes, self.b_words * beat_bytes, rows, cols,
                                   acc_words * cols, self.param_words * cols)
-        # Bits of an ACC word address and of a PARAM record index (lane and word): the low bits of
-        # sp_addr + z * sp_stride + ... that either address uses.
-        self.offset_bits = max(_bits(acc_words), (cols - 1).bit_length() + _bits(self.param_words))
 
 
 def _bits(n: int) -> int:
@@ -148,34 +145,26 @@ class _SlotMap(wiring.Component):
     ``start`` loads the plane size ``P = x_count * y_count`` (and its multiples); ``advance``
     moves the first element on by ``count`` slots. ``z[j]``, ``e[j]`` are combinational. Planes
     of up to ``plane_elements`` elements (``SpGeometry.plane_elements``) are walked exactly; the
-    arithmetic is no wider than they need (a larger plane is an illegal transfer). ``z_offset[j]``
-    is ``z[j] * sp_stride`` modulo ``2 ** offset_bits``, kept as a running sum of precomputed
-    stride multiples (no multiplier between a beat and its ACC or PARAM address): its low bits, all
-    that an address of ``offset_bits`` uses, are the product's.
+    arithmetic is no wider than they need (a larger plane is an illegal transfer).
     """
 
-    def __init__(self, slots: int, plane_elements: int, offset_bits: int):
+    def __init__(self, slots: int, plane_elements: int):
         self._slots = slots
         self._e_bits = (plane_elements + slots).bit_length()      # e0 + j, e0 < P <= plane_elements
         self._m_bits = (plane_elements * slots).bit_length()      # P * k, k <= slots
-        self._offset_bits = offset_bits
         super().__init__({"start": In(1), "insn": In(INSTRUCTION_BITS), "advance": In(1),
                           "count": In(range(slots + 1)),
-                          "z": Out(16).array(slots), "e": Out(self._e_bits).array(slots),
-                          "z_offset": Out(offset_bits).array(slots)})
+                          "z": Out(16).array(slots), "e": Out(self._e_bits).array(slots)})
 
     def elaborate(self, platform):
         m = Module()
         s = self._slots
         plane = (field_slice(self.insn, F, "x_count") * field_slice(self.insn, F, "y_count"))[:self._m_bits]
-        stride = field_slice(self.insn, F, "sp_stride")[:self._offset_bits]
         multiples = [Signal(self._m_bits, name=f"plane_x{k}") for k in range(s + 1)]
-        strides = [Signal(self._offset_bits, name=f"stride_x{k}") for k in range(s + 1)]
-        z0, e0, offset0 = Signal(16), Signal(self._e_bits), Signal(self._offset_bits)
+        z0, e0 = Signal(16), Signal(self._e_bits)
         with m.If(self.start):
             m.d.sync += [multiple.eq(plane * k) for k, multiple in enumerate(multiples)]
-            m.d.sync += [multiple.eq(stride * k) for k, multiple in enumerate(strides)]
-            m.d.sync += [z0.eq(0), e0.eq(0), offset0.eq(0)]
+            m.d.sync += [z0.eq(0), e0.eq(0)]
         places = []
         for j in range(s + 1):
             raw = e0 + j
@@ -183,19 +172,18 @@ class _SlotMap(wiring.Component):
             wrapped = Signal(range(s + 1), name=f"wraps{j}")
             m.d.comb += wrapped.eq(wraps)
             sub = Signal(self._m_bits, name=f"sub{j}")
-            step = Signal(self._offset_bits, name=f"step{j}")
             with m.Switch(wrapped):
                 for k in range(s + 1):
                     with m.Case(k):
-                        m.d.comb += [sub.eq(multiples[k]), step.eq(strides[k])]
-            places.append((z0 + wrapped, raw - sub, offset0 + step))
+                        m.d.comb += sub.eq(multiples[k])
+            places.append((z0 + wrapped, raw - sub))
         for j in range(s):
-            m.d.comb += [self.z[j].eq(places[j][0]), self.e[j].eq(places[j][1]), self.z_offset[j].eq(places[j][2])]
+            m.d.comb += [self.z[j].eq(places[j][0]), self.e[j].eq(places[j][1])]
         with m.If(self.advance & ~self.start):
             with m.Switch(self.count):
                 for n in range(s + 1):
                     with m.Case(n):
-                        m.d.sync += [z0.eq(places[n][0]), e0.eq(places[n][1]), offset0.eq(places[n][2])]
+                        m.d.sync += [z0.eq(places[n][0]), e0.eq(places[n][1])]
         return m
 
 
@@ -255,7 +243,7 @@ class LoadUnit(wiring.Component):
         with m.If(self.start):        # may come in the completion cycle of the previous one
             m.d.sync += [insn.eq(self.insn), busy.eq(1)]
         runs = m.submodules.runs = _Runs(w, self._max, c)
-        slots = m.submodules.slots = _SlotMap(w, g.plane_elements, g.offset_bits)
+        slots = m.submodules.slots = _SlotMap(w, g.plane_elements)
         m.d.comb += [runs.start.eq(self.start), runs.insn.eq(self.insn), runs.base.eq(self.base),
                      slots.start.eq(self.start), slots.insn.eq(self.insn)]
 
@@ -305,7 +293,7 @@ class LoadUnit(wiring.Component):
 
         mem = field_slice(insn, F, "mem")
         transpose = field_slice(insn, F, "transpose")
-        sp_addr, sp_bank = field_slice(insn, F, "sp_addr"), field_slice(insn, F, "sp_bank")
+        sp_addr, sp_bank, sp_stride = (field_slice(insn, F, n) for n in ("sp_addr", "sp_bank", "sp_stride"))
         data_bytes = [axi.rdata[8 * i:8 * i + 8] for i in range(w)]
         start_slot = beat_lo >> eb_shift
         bank_hits = {"a": [], "b": []}
@@ -335,7 +323,7 @@ class LoadUnit(wiring.Component):
             # ACC: word sp_addr + z * sp_stride + e // C, lane e % C.
             cb = c.bit_length() - 1
             acc_word = Signal(24, name=f"slot{j}_acc_word")
-            m.d.comb += acc_word.eq(sp_addr + slots.z_offset[j] + (e >> cb))
+            m.d.comb += acc_word.eq(sp_addr + z * sp_stride + (e >> cb))
             value = Mux(code == 0, byte.as_signed(), word32)
             for lane_c in range(c):
                 with m.If(valid & (mem == Memory.ACC) & (e[:cb] == lane_c)):
@@ -344,7 +332,7 @@ class LoadUnit(wiring.Component):
             # PARAM: record sp_addr + z * sp_stride + e.
             if j < max(w // 16, 1):
                 rec = Signal(24, name=f"slot{j}_record")
-                m.d.comb += rec.eq(sp_addr + slots.z_offset[j] + e)
+                m.d.comb += rec.eq(sp_addr + z * sp_stride + e)
                 rec_data = axi.rdata[128 * j:128 * j + 128] if w >= 16 else Cat(record[8 * w:], axi.rdata)
                 for lane_c in range(c):
                     with m.If(valid & (mem == Memory.PARAM) & (rec[:cb] == lane_c)):
@@ -400,7 +388,7 @@ class StoreUnit(wiring.Component):
         with m.If(self.start):        # may come in the completion cycle of the previous one
             m.d.sync += [insn.eq(self.insn), busy.eq(1)]
         runs = m.submodules.runs = _Runs(w, self._max, c)
-        slots = m.submodules.slots = _SlotMap(w, g.plane_elements, g.offset_bits)
+        slots = m.submodules.slots = _SlotMap(w, g.plane_elements)
         m.d.comb += [runs.start.eq(self.start), runs.insn.eq(self.insn), runs.base.eq(self.base),
                      slots.start.eq(self.start), slots.insn.eq(self.insn)]
         axi = self.axi
@@ -441,11 +429,11 @@ class StoreUnit(wiring.Component):
         with m.If(fetch):
             m.d.sync += [taken.eq(count), beat_lo.eq(next_lo)]
         m.d.comb += [slots.advance.eq(fetch), slots.count.eq(count), self.acc_ren.eq(fetch)]
-        sp_addr = field_slice(insn, F, "sp_addr")
+        sp_addr, sp_stride = field_slice(insn, F, "sp_addr"), field_slice(insn, F, "sp_stride")
         slot_lane = []
         for j in range(w):
-            e = slots.e[j]
-            word = sp_addr + slots.z_offset[j] + (e >> cb)
+            z, e = slots.z[j], slots.e[j]
+            word = sp_addr + z * sp_stride + (e >> cb)
             lane = Signal(cb, name=f"slot{j}_lane")
             m.d.comb += lane.eq(e[:cb])
             for lane_c in range(c):
