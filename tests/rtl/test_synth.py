@@ -255,8 +255,8 @@ def test_default_system_on_nangate45(capsys):
 def test_fpga_system_places_on_ecp5(capsys):
     # The whole System (controller, DMA, array, units, scratchpads) of docs/configs/fpga_4x4.toml,
     # placed and routed; its multi-port memories (ACC lanes, Softmax's row buffer) in block RAM
-    # with LUT-RAM live-value tables (rtl.multiport), not flip-flops. About 3 min of synthesis and
-    # 17-24 min of place and route on the 2-core machine (README, "What it costs").
+    # with LUT-RAM live-value tables (rtl.multiport), not flip-flops. About 2-3 min of synthesis and
+    # 13-17 min of place and route on the 2-core machine (README, "What it costs").
     assert main(["synth", "--config", str(FPGA_ROUTED), "--target", "ecp5", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     params = SystemParams(**report["params"])
@@ -264,11 +264,11 @@ def test_fpga_system_places_on_ecp5(capsys):
     assert report["dsps"] <= 156 and report["brams"] <= 208 and report["luts"] <= 83640
     assert all(bel["used"] <= bel["available"] for bel in report["utilization"].values())
     assert report["brams"] >= 3 * 4 * params.cols                 # ACC: a bank per write port, a copy per read port
-    # 7,928 measured; Softmax's 3 regions of 50 INT32 scores as flip-flops would add 4,800.
+    # 7,808 measured; Softmax's 3 regions of 50 INT32 scores as flip-flops would add 4,800.
     assert report["flipflops"] < 9000
     # The XOR live-value table: 3 tag memories x (4 read + 2 write-side copies) of 16-word LUT RAMs a lane.
     assert report["lutrams"] >= params.cols * 3 * 6 * (params.acc_words // 16)
-    # nextpnr's post-route figure of the routed design (23.88 MHz measured; the DMA's ACC address
+    # nextpnr's post-route figure of the routed design (25.9 MHz measured; the DMA's ACC address
     # into the live-value table's write is the critical path).
     assert report["fmax_mhz"] > 20
 
