@@ -72,7 +72,7 @@ PNR_TIMEOUT_S = 3600
 SRAM_MIN_BITS = 16 * 1024
 ECP5_DEVICE = {"flag": "--85k", "package": "CABGA381", "name": "LFE5U-85F-CABGA381",
                "luts": 83640, "dsps": 156, "brams": 208}
-# nextpnr's clock constraint: near what the System reaches (about 24 MHz), since router2 weighs a
+# nextpnr's clock constraint: near what the System reaches (about 26 MHz), since router2 weighs a
 # net's delay against congestion by its criticality, and at 200 MHz every net of the 8x4 System was
 # critical and router2 did not converge; the 4x4 System routed at 50 MHz (README, "What it costs").
 ECP5_TARGET_MHZ = 50
