@@ -118,8 +118,8 @@ def random_case(rng: random.Random, shape: tuple[int, int, int] | None = None,
 def test_random_strided_round_trips_with_stalls(tmp_path, beat_bytes):
     rng = random.Random(beat_bytes)
     # The first plane fills the ACC: the largest plane the slot map's arithmetic must walk exactly;
-    # the second has 40 planes of 2 bytes, each its own run, so the ACC offset of a plane
-    # (z * sp_stride, a running sum in the slot map) moves on every beat.
+    # the second has 40 planes of 2 bytes, each its own run, so the slot map crosses a plane (and
+    # the ACC word moves on by sp_stride) on every beat.
     forced = {0: (COLS * ACC_WORDS // 2, 2, 1), 1: (2, 1, 40)}
     cases = [random_case(rng, forced.get(index), bytes_only=index == 1) for index in range(CASES)]
     image = bytes(rng.getrandbits(8) for _ in range(MEMORY_BYTES))
