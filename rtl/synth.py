@@ -72,9 +72,10 @@ PNR_TIMEOUT_S = 3600
 SRAM_MIN_BITS = 16 * 1024
 ECP5_DEVICE = {"flag": "--85k", "package": "CABGA381", "name": "LFE5U-85F-CABGA381",
                "luts": 83640, "dsps": 156, "brams": 208}
-# nextpnr's clock constraint: near what the System reaches (about 26 MHz), since router2 weighs a
-# net's delay against congestion by its criticality, and at 200 MHz every net of the 8x4 System was
-# critical and router2 did not converge; the 4x4 System routed at 50 MHz (README, "What it costs").
+# nextpnr's clock constraint: near what the System reaches (about 26 MHz), since a timing-driven
+# router2 weighs a net's delay against congestion by its criticality, and at 200 MHz every net of
+# the 8x4 System was critical and router2 did not converge; the 4x4 System routed at 50 MHz
+# (README, "What it costs"). Without timing-driven place and route it only sets the report's mark.
 ECP5_TARGET_MHZ = 50
 # router2 (negotiated congestion) routes the whole System; router1 left most of its arcs unrouted.
 ECP5_ROUTERS = ("router2", "router1")
@@ -648,7 +649,8 @@ def _pnr_phase(line: str) -> str | None:
 
 
 def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: float = ECP5_TARGET_MHZ,
-               seed: int = 1, router: str = ECP5_ROUTER, progress: Callable[[str], None] | None = None) -> dict:
+               seed: int = 1, router: str = ECP5_ROUTER, timing_driven: bool = False,
+               progress: Callable[[str], None] | None = None) -> dict:
     """``synth_ecp5`` and ``nextpnr-ecp5`` place and route of a component on an LFE5U-85F.
 
     The component runs inside a ``ScanShell`` (five pins). Resource counts come from Yosys's
@@ -661,13 +663,20 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
     name : str
         Name of the component's module in the netlist.
     target_mhz : float
-        Clock constraint given to nextpnr (its timing-driven placement aims at it); the report's
+        Clock constraint given to nextpnr (timing-driven place and route aims at it); the report's
         ``fmax_mhz`` is what the routed design achieves, above or below it.
     seed : int
         nextpnr's placement seed.
     router : str
         nextpnr's router: ``router2`` (default: negotiated congestion, what routes the System)
         or ``router1``.
+    timing_driven : bool
+        nextpnr's timing-driven placement and routing: every connection weighed by its
+        criticality, in the analytical placer, in every move of the annealing refinement and in
+        router2. The 4x4 System of ``docs/configs/fpga_4x4.toml`` then reaches 25.9 MHz instead
+        of 20.8, but its place and route takes about 5 minutes more, most of them in the
+        refinement, and the whole flow over 15 minutes; so by default, off (README, "What it
+        costs").
     progress : callable, optional
         Called with a few words on each change of step (``"synth_ecp5"``, ``"placing (HeAP)"``,
         ``"routing, iteration 3: 1,234 overused wires"`` ...).
@@ -677,7 +686,7 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
     dict
         ``{"device", "luts", "flipflops", "dsps", "brams", "carry", "lutrams", "by_type",
         "utilization": {bel: {"used", "available"}}, "fmax_mhz", "target_mhz", "router",
-        "synth_seconds", "pnr_seconds"}``.
+        "timing_driven", "synth_seconds", "pnr_seconds"}``.
 
     Raises
     ------
@@ -713,6 +722,8 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
         args = [ECP5_DEVICE["flag"], "--package", ECP5_DEVICE["package"], "--json", "design.json",
                 "--report", "report.json", "--freq", str(target_mhz), "--timing-allow-fail",
                 "--lpf-allow-unconstrained", "--router", router, "--seed", str(seed)]
+        if not timing_driven:
+            args.append("--no-tmdriv")
         phase = ["packing"]
 
         def on_line(line: str) -> None:
@@ -740,5 +751,5 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
     fmax = min((clock["achieved"] for clock in clocks.values()), default=None)
     return {"device": ECP5_DEVICE["name"], **counts, "by_type": dict(sorted(by_type.items())),
             "utilization": report.get("utilization", {}), "fmax_mhz": None if fmax is None else round(fmax, 2),
-            "target_mhz": target_mhz, "router": router, "synth_seconds": round(synth_seconds, 2),
+            "target_mhz": target_mhz, "router": router, "timing_driven": timing_driven, "synth_seconds": round(synth_seconds, 2),
             "pnr_seconds": round(pnr_seconds, 2)}

@@ -146,9 +146,26 @@ def test_scan_shell_needs_five_pins():
         ScanShell(3)
 
 
+def _nextpnr_arguments(monkeypatch) -> list:
+    """Record the arguments of every nextpnr run of rtl.synth (which still runs)."""
+    from intvit.rtl import synth
+
+    real_run, seen = synth._run, []
+
+    def run(launcher, args, *rest):
+        if launcher == synth.NEXTPNR_LAUNCHER:
+            seen.append(list(args))
+        return real_run(launcher, args, *rest)
+
+    monkeypatch.setattr(synth, "_run", run)
+    return seen
+
+
 @pytest.mark.slow
-def test_tiny_unit_through_nextpnr():
-    report = synth_fpga(Accumulator(), "acc")
+def test_tiny_unit_through_nextpnr(monkeypatch):
+    seen = _nextpnr_arguments(monkeypatch)
+    report = synth_fpga(Accumulator(), "acc", timing_driven=True)
+    assert report["timing_driven"] and "--no-tmdriv" not in seen[0]
     assert report["device"] == "LFE5U-85F-CABGA381"
     assert report["flipflops"] >= 8 + 8 + 8                  # the sum, the input chain, the output chain
     assert report["luts"] > 0 and report["dsps"] == 0
@@ -156,13 +173,14 @@ def test_tiny_unit_through_nextpnr():
     assert report["utilization"]["TRELLIS_IO"]["used"] == 5   # clk, rst, si, load, so
 
 
-def test_multiport_memory_through_the_ecp5_flow():
+def test_multiport_memory_through_the_ecp5_flow(monkeypatch):
     # The default suite's pass through the whole ECP5 flow (synth_ecp5, nextpnr router2, the timing
     # report), on the FPGA form of an ACC-like memory: 3 writes, 4 reads, 32 words of 8 bits.
-    steps = []
+    steps, seen = [], _nextpnr_arguments(monkeypatch)
     report = synth_fpga(MultiPortMemory(width=8, depth=32, write_ports=3, read_ports=4), "mp", progress=steps.append)
     assert steps[:3] == ["synth_ecp5", "packing", "placing (HeAP)"] and "timing report" in steps
     assert report["router"] == "router2" and report["fmax_mhz"] > 50
+    assert not report["timing_driven"] and "--no-tmdriv" in seen[0]       # the default (README)
     # Every memory is LUT RAM of 16 x 4 bits, a copy per read port: 3 banks x 4 reads x 4 cells and
     # 3 tag memories x (4 reads + 2 writes) x 2 cells. The live-value table holds no flip-flop: they
     # are the scan shell's (3 x 14 + 4 x 6 in, 4 x 8 out) and the read registers (12 x 8 + 12 x 2).
@@ -252,12 +270,14 @@ def test_default_system_on_nangate45(capsys):
 
 
 @pytest.mark.slow
-def test_fpga_system_places_on_ecp5(capsys):
+@pytest.mark.parametrize("timing_driven, fmax_floor", [(False, 18), (True, 24)])
+def test_fpga_system_places_on_ecp5(capsys, timing_driven, fmax_floor):
     # The whole System (controller, DMA, array, units, scratchpads) of docs/configs/fpga_4x4.toml,
     # placed and routed; its multi-port memories (ACC lanes, Softmax's row buffer) in block RAM
-    # with LUT-RAM live-value tables (rtl.multiport), not flip-flops. About 2-3 min of synthesis and
-    # 13-17 min of place and route on the 2-core machine (README, "What it costs").
-    assert main(["synth", "--config", str(FPGA_ROUTED), "--target", "ecp5", "--json"]) == 0
+    # with LUT-RAM live-value tables (rtl.multiport), not flip-flops. About 2 min of synthesis and
+    # 9 min of place and route on the 2-core machine, 13-14 min timing-driven (README, "What it costs").
+    flags = ["--timing-driven"] if timing_driven else []
+    assert main(["synth", "--config", str(FPGA_ROUTED), "--target", "ecp5", *flags, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     params = SystemParams(**report["params"])
     assert (params.rows, params.cols) == (4, 4)
@@ -268,9 +288,9 @@ def test_fpga_system_places_on_ecp5(capsys):
     assert report["flipflops"] < 9000
     # The XOR live-value table: 3 tag memories x (4 read + 2 write-side copies) of 16-word LUT RAMs a lane.
     assert report["lutrams"] >= params.cols * 3 * 6 * (params.acc_words // 16)
-    # nextpnr's post-route figure of the routed design (25.9 MHz measured; the DMA's ACC address
-    # into the live-value table's write is the critical path).
-    assert report["fmax_mhz"] > 20
+    # nextpnr's post-route figure of the routed design (20.8 MHz measured, 25.9 MHz timing-driven;
+    # the DMA's slot map through the ACC address into the live-value table is the critical path).
+    assert report["timing_driven"] is timing_driven and report["fmax_mhz"] > fmax_floor
 
 
 def test_synth_command_ecp5_prints_and_records_the_figures(monkeypatch, capsys, tmp_path):
@@ -282,26 +302,32 @@ def test_synth_command_ecp5_prints_and_records_the_figures(monkeypatch, capsys, 
                 "target_mhz": 200, "router": "router2", "synth_seconds": 469.0, "pnr_seconds": 2400.0}
     steps = []
 
-    def fake(component, name, progress):
+    def fake(component, name, timing_driven, progress):
         progress("routing, iteration 3: 1,234 overused wires")
-        steps.append(name)
-        return measured
+        steps.append((name, timing_driven))
+        return measured | {"timing_driven": timing_driven}
 
     monkeypatch.setattr(synth, "synth_fpga", fake)
     out = tmp_path / "fpga.json"
     assert main(["synth", "--config", str(FPGA), "--target", "ecp5", "--json", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert steps == ["intvit_system"]
+    assert steps == [("intvit_system", False)]
     assert printed[1] == "LUT4 27,893, flip-flops 9,338, DSP 85, block RAM 71, carry 3,990, LUT RAM 2,151"
-    assert printed[2] == ("post-route Fmax: 23.5 MHz (constraint 200 MHz, nextpnr router2); synthesis 469 s, "
-                          "place and route 2400 s")
+    assert printed[2] == ("post-route Fmax: 23.5 MHz (nextpnr router2, not timing-driven, constraint 200 MHz); "
+                          "synthesis 469 s, place and route 2400 s")
     report = json.loads(out.read_text())
     assert report["fmax_mhz"] == 23.47 and report["luts"] == 27893 and report["params"]["rows"] == 8
+    assert report["timing_driven"] is False
+    assert main(["synth", "--config", str(FPGA), "--target", "ecp5", "--timing-driven"]) == 0
+    assert steps[-1] == ("intvit_system", True)
+    assert "(nextpnr router2, timing-driven, constraint 200 MHz)" in capsys.readouterr().out
 
 
 def test_synth_command_errors(capsys):
     assert main(["synth", "--target", "ecp5", "--abc"]) == 2
     assert "error: --abc and --unit apply to --target generic only" in capsys.readouterr().err
+    assert main(["synth", "--target", "nangate45", "--timing-driven"]) == 2
+    assert "error: --timing-driven applies to --target ecp5 only" in capsys.readouterr().err
     assert main(["synth", "--jobs", "0"]) == 2
     assert "error: --jobs must be a positive integer, not 0" in capsys.readouterr().err
 
