@@ -13,7 +13,8 @@ Data move one beat (``W`` bytes) per cycle. A beat holds up to ``W / elem_bytes`
 called *slots*; the ``j``-th element of the transfer in ``(z, y, x)`` order is element
 ``e = y * x_count + x`` of plane ``z``, and its scratchpad place follows the ISA's table. The
 slot map (``_SlotMap``) finds ``(z, e)`` of every slot of a beat from the first one's with
-multiples of the plane size precomputed at issue, so a beat never waits.
+multiples of the plane size precomputed at issue, so a beat never waits, and holds them in
+registers, so the scratchpad addresses built from them start at a register.
 
 Supported: ``W`` of 4 to 32 bytes, external addresses and strides of 4- and 16-byte elements
 aligned to the element (the compiler aligns every region), ``W <= cols`` (a beat of INT8
@@ -143,9 +144,11 @@ class _SlotMap(wiring.Component):
     """``(z, e)`` of each slot of a beat: slot ``j`` is element ``first + j`` of the transfer.
 
     ``start`` loads the plane size ``P = x_count * y_count`` (and its multiples); ``advance``
-    moves the first element on by ``count`` slots. ``z[j]``, ``e[j]`` are combinational. Planes
-    of up to ``plane_elements`` elements (``SpGeometry.plane_elements``) are walked exactly; the
-    arithmetic is no wider than they need (a larger plane is an illegal transfer).
+    moves the first element on by ``count`` slots. ``z[j]``, ``e[j]`` come from registers, valid
+    from the cycle after ``start`` and after each ``advance``: the plane walk ends at a register,
+    so an address built from them (through a stride multiplier) starts at one. Planes of up to
+    ``plane_elements`` elements (``SpGeometry.plane_elements``) are walked exactly; the arithmetic
+    is no wider than they need (a larger plane is an illegal transfer).
     """
 
     def __init__(self, slots: int, plane_elements: int):
@@ -161,29 +164,38 @@ class _SlotMap(wiring.Component):
         s = self._slots
         plane = (field_slice(self.insn, F, "x_count") * field_slice(self.insn, F, "y_count"))[:self._m_bits]
         multiples = [Signal(self._m_bits, name=f"plane_x{k}") for k in range(s + 1)]
-        z0, e0 = Signal(16), Signal(self._e_bits)
+        # Slot j's place for j = 0 .. s: slot s's is where the next beat starts after a full one.
+        places = [(Signal(16, name=f"z{j}"), Signal(self._e_bits, name=f"e{j}")) for j in range(s + 1)]
+        m.d.comb += [out.eq(reg) for j in range(s) for out, reg in zip((self.z[j], self.e[j]), places[j])]
         with m.If(self.start):
             m.d.sync += [multiple.eq(plane * k) for k, multiple in enumerate(multiples)]
-            m.d.sync += [z0.eq(0), e0.eq(0)]
-        places = []
-        for j in range(s + 1):
-            raw = e0 + j
-            wraps = sum((raw >= multiples[k]) for k in range(1, s + 1))
-            wrapped = Signal(range(s + 1), name=f"wraps{j}")
-            m.d.comb += wrapped.eq(wraps)
-            sub = Signal(self._m_bits, name=f"sub{j}")
-            with m.Switch(wrapped):
-                for k in range(s + 1):
-                    with m.Case(k):
-                        m.d.comb += sub.eq(multiples[k])
-            places.append((z0 + wrapped, raw - sub))
-        for j in range(s):
-            m.d.comb += [self.z[j].eq(places[j][0]), self.e[j].eq(places[j][1])]
-        with m.If(self.advance & ~self.start):
+            # Element j <= s of the transfer is j // P, j % P. Against constants, not the plane's
+            # multiples (loaded in this same cycle): j >= k * P exactly when P <= j // k.
+            small = plane[:s.bit_length()]                       # P itself whenever P <= s
+            for j, (z, e) in enumerate(places):
+                wraps = Signal(range(s + 1), name=f"start_wraps{j}")
+                m.d.comb += wraps.eq(sum((plane <= j // k) for k in range(1, j + 1)) if j else 0)
+                m.d.sync += z.eq(wraps)
+                with m.Switch(wraps):
+                    for k in range(j + 1):
+                        with m.Case(k):
+                            m.d.sync += e.eq(j - small * k)
+        with m.Elif(self.advance):
+            first_z, first_e = Signal(16), Signal(self._e_bits)
             with m.Switch(self.count):
                 for n in range(s + 1):
                     with m.Case(n):
-                        m.d.sync += [z0.eq(places[n][0]), e0.eq(places[n][1])]
+                        m.d.comb += [first_z.eq(places[n][0]), first_e.eq(places[n][1])]
+            for j, (z, e) in enumerate(places):
+                raw = first_e + j
+                wraps = Signal(range(s + 1), name=f"wraps{j}")
+                m.d.comb += wraps.eq(sum((raw >= multiples[k]) for k in range(1, s + 1)))
+                sub = Signal(self._m_bits, name=f"sub{j}")
+                with m.Switch(wraps):
+                    for k in range(s + 1):
+                        with m.Case(k):
+                            m.d.comb += sub.eq(multiples[k])
+                m.d.sync += [z.eq(first_z + wraps), e.eq(raw - sub)]
         return m
 
 

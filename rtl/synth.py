@@ -673,8 +673,8 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
     timing_driven : bool
         nextpnr's timing-driven placement and routing: every connection weighed by its
         criticality, in the analytical placer, in every move of the annealing refinement and in
-        router2. The 4x4 System of ``docs/configs/fpga_4x4.toml`` then reaches 25.9 MHz instead
-        of 20.8, but its place and route takes about 5 minutes more, most of them in the
+        router2. The 4x4 System of ``docs/configs/fpga_4x4.toml`` then reaches 26.5 MHz instead
+        of 19.9, but its place and route takes about 5 minutes more, most of them in the
         refinement, and the whole flow over 15 minutes; so by default, off (README, "What it
         costs").
     progress : callable, optional

@@ -74,31 +74,34 @@ class LoadStoreHarness(wiring.Component):
         return m
 
 
-def transfer(rng: random.Random, elem: int, counts: tuple[int, int, int], low: int, high: int) -> dict:
+def transfer(rng: random.Random, elem: int, counts: tuple[int, int, int], low: int, high: int,
+             dense: bool = False) -> dict:
     """DMA fields of a random strided transfer of ``counts`` (x, y, z) elements inside ``[low, high)``.
 
     Rows are dense (1-byte elements at any byte), padded or packed back to back; 4-byte elements
-    stay aligned (the compiler aligns every region, ``rtl.loadstore``'s precondition).
+    stay aligned (the compiler aligns every region, ``rtl.loadstore``'s precondition). ``dense``:
+    rows and planes back to back from a 32-byte aligned address, one run whose first beat is full.
     """
     x, y, z = counts
     size = 4 if elem else 1
     row = x * size
-    y_stride = row if rng.random() < 0.4 else row + size * rng.randint(1, 40)
+    y_stride = row if dense or rng.random() < 0.4 else row + size * rng.randint(1, 40)
     plane = y_stride * (y - 1) + row
-    z_stride = y_stride * y if rng.random() < 0.4 else plane + size * rng.randint(0, 300)
+    z_stride = y_stride * y if dense or rng.random() < 0.4 else plane + size * rng.randint(0, 300)
     span = z_stride * (z - 1) + plane
-    dram_addr = rng.randrange(low, high - span, size)
+    dram_addr = rng.randrange(low, high - span, 32 if dense else size)
     return {"elem": elem, "dram_addr": dram_addr, "x_count": x, "y_count": y, "z_count": z,
             "y_stride": y_stride, "z_stride": z_stride}
 
 
 def random_case(rng: random.Random, shape: tuple[int, int, int] | None = None,
-                bytes_only: bool = False) -> tuple[Instruction, Instruction]:
+                elems: tuple[int, int] | None = None, dense: bool = False) -> tuple[Instruction, Instruction]:
     """A LOAD into ACC and a STORE of the same elements elsewhere (other strides, maybe other element size).
 
     Sources come from the lower half of memory, destinations from the upper, so runs cross
     4 KiB pages and exceed ``MAX_BEATS``; planes start at any ACC word with any spacing. The
-    ``shape`` (x, y, z) is random unless given; ``bytes_only``: both sides move 1-byte elements.
+    ``shape`` (x, y, z) and the element codes of both sides (``elems``, 0: 1 byte, 1: 4 bytes) are
+    random unless given; ``dense``: both are one run (``transfer``).
     """
     shape = shape or rng.choice([(1, 1, 1), (3, 1, 1), (5, 3, 2),
                                  (rng.randint(1, 200), rng.randint(1, 4), rng.randint(1, 3)),
@@ -107,10 +110,12 @@ def random_case(rng: random.Random, shape: tuple[int, int, int] | None = None,
     sp_stride = plane_words + rng.randint(0, 3)
     sp_addr = rng.randrange(0, ACC_WORDS - sp_stride * (shape[2] - 1) - plane_words + 1)
     acc = dict(mem=Memory.ACC, sp_addr=sp_addr, sp_stride=sp_stride)
-    load_elem = 0 if bytes_only else rng.randint(0, 1)
-    store_elem = load_elem if bytes_only or rng.random() < 0.7 else 1 - load_elem
-    load = Instruction(Opcode.LOAD, **acc, **transfer(rng, load_elem, shape, 0, MEMORY_BYTES // 2))
-    store = Instruction(Opcode.STORE, **acc, **transfer(rng, store_elem, shape, MEMORY_BYTES // 2, MEMORY_BYTES))
+    load_elem = rng.randint(0, 1)
+    store_elem = load_elem if rng.random() < 0.7 else 1 - load_elem
+    load_elem, store_elem = elems or (load_elem, store_elem)
+    load = Instruction(Opcode.LOAD, **acc, **transfer(rng, load_elem, shape, 0, MEMORY_BYTES // 2, dense))
+    store = Instruction(Opcode.STORE, **acc, **transfer(rng, store_elem, shape, MEMORY_BYTES // 2, MEMORY_BYTES,
+                                                        dense))
     return load, store
 
 
@@ -119,9 +124,13 @@ def test_random_strided_round_trips_with_stalls(tmp_path, beat_bytes):
     rng = random.Random(beat_bytes)
     # The first plane fills the ACC: the largest plane the slot map's arithmetic must walk exactly;
     # the second has 40 planes of 2 bytes, each its own run, so the slot map crosses a plane (and
-    # the ACC word moves on by sp_stride) on every beat.
-    forced = {0: (COLS * ACC_WORDS // 2, 2, 1), 1: (2, 1, 40)}
-    cases = [random_case(rng, forced.get(index), bytes_only=index == 1) for index in range(CASES)]
+    # the ACC word moves on by sp_stride) on every beat; the third is one run of 16 planes of COLS
+    # bytes, whose first full beat ends on a plane's end (the slot map's places at the start), stored
+    # as 4-byte elements: a round trip whose two sides walk the planes alike would hide a fault
+    # both slot maps share.
+    forced = {0: (COLS * ACC_WORDS // 2, 2, 1), 1: (2, 1, 40), 2: (COLS, 1, 16)}
+    elems = {1: (0, 0), 2: (0, 1)}
+    cases = [random_case(rng, forced.get(index), elems.get(index), dense=index == 2) for index in range(CASES)]
     image = bytes(rng.getrandbits(8) for _ in range(MEMORY_BYTES))
     (tmp_path / "image.bin").write_bytes(image)
     dumps = tmp_path / "dumps"
