@@ -685,7 +685,8 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
     -------
     dict
         ``{"device", "luts", "flipflops", "dsps", "brams", "carry", "lutrams", "by_type",
-        "utilization": {bel: {"used", "available"}}, "fmax_mhz", "target_mhz", "router",
+        "utilization": {bel: {"used", "available"}}, "fmax_mhz", "critical_path": {"from", "to",
+        "ns", "logic_ns", "routing_ns"} (None without a clocked path), "target_mhz", "router",
         "timing_driven", "synth_seconds", "pnr_seconds"}``.
 
     Raises
@@ -751,5 +752,20 @@ def synth_fpga(component: wiring.Component, name: str = "top", *, target_mhz: fl
     fmax = min((clock["achieved"] for clock in clocks.values()), default=None)
     return {"device": ECP5_DEVICE["name"], **counts, "by_type": dict(sorted(by_type.items())),
             "utilization": report.get("utilization", {}), "fmax_mhz": None if fmax is None else round(fmax, 2),
-            "target_mhz": target_mhz, "router": router, "timing_driven": timing_driven, "synth_seconds": round(synth_seconds, 2),
+            "critical_path": _critical_path(report), "target_mhz": target_mhz, "router": router,
+            "timing_driven": timing_driven, "synth_seconds": round(synth_seconds, 2),
             "pnr_seconds": round(pnr_seconds, 2)}
+
+
+def _critical_path(report: dict) -> dict | None:
+    """The slowest register-to-register path of nextpnr's report: its first and last cells and its
+    delay in ns, split into logic (clock-to-output and setup included) and routing."""
+    paths = [path["path"] for path in report.get("critical_paths", [])
+             if path["path"] and "async" not in path["from"] + path["to"]]
+    if not paths:
+        return None
+    steps = max(paths, key=lambda steps: sum(step["delay"] for step in steps))
+    routing = sum(step["delay"] for step in steps if step["type"] == "routing")
+    logic = sum(step["delay"] for step in steps if step["type"] != "routing")
+    return {"from": steps[0]["from"]["cell"], "to": steps[-1]["to"]["cell"], "ns": round(logic + routing, 2),
+            "logic_ns": round(logic, 2), "routing_ns": round(routing, 2)}

@@ -276,6 +276,9 @@ def _ecp5(args, config, params) -> dict:
     driven = "timing-driven" if fpga["timing_driven"] else "not timing-driven"
     print(f"post-route Fmax: {fmax} (nextpnr {fpga['router']}, {driven}, constraint {fpga['target_mhz']} MHz); synthesis "
           f"{fpga['synth_seconds']:.0f} s, place and route {fpga['pnr_seconds']:.0f} s")
+    if path := fpga["critical_path"]:
+        print(f"critical path: {path['ns']:.1f} ns (logic {path['logic_ns']:.1f}, routing {path['routing_ns']:.1f}) "
+              f"from {path['from']} to {path['to']}")
     return report
 
 

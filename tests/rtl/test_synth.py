@@ -181,6 +181,12 @@ def test_multiport_memory_through_the_ecp5_flow(monkeypatch):
     assert steps[:3] == ["synth_ecp5", "packing", "placing (HeAP)"] and "timing report" in steps
     assert report["router"] == "router2" and report["fmax_mhz"] > 50
     assert not report["timing_driven"] and "--no-tmdriv" in seen[0]       # the default (README)
+    # The slowest register-to-register path, as long as the clock's period, between two scan-shell
+    # or read registers of the memory.
+    path = report["critical_path"]
+    assert path["ns"] == pytest.approx(1000 / report["fmax_mhz"], abs=0.05)
+    assert path["ns"] == pytest.approx(path["logic_ns"] + path["routing_ns"], abs=0.02)
+    assert path["from"] != path["to"] and path["logic_ns"] > 0 and path["routing_ns"] > 0
     # Every memory is LUT RAM of 16 x 4 bits, a copy per read port: 3 banks x 4 reads x 4 cells and
     # 3 tag memories x (4 reads + 2 writes) x 2 cells. The live-value table holds no flip-flop: they
     # are the scan shell's (3 x 14 + 4 x 6 in, 4 x 8 out) and the read registers (12 x 8 + 12 x 2).
@@ -291,6 +297,7 @@ def test_fpga_system_places_on_ecp5(capsys, timing_driven, fmax_floor):
     # nextpnr's post-route figure of the routed design (19.9 MHz measured, 26.5 MHz timing-driven;
     # the clock moves by about a MHz with the placement alone).
     assert report["timing_driven"] is timing_driven and report["fmax_mhz"] > fmax_floor
+    assert report["critical_path"]["ns"] == pytest.approx(1000 / report["fmax_mhz"], abs=0.05)
 
 
 def test_synth_command_ecp5_prints_and_records_the_figures(monkeypatch, capsys, tmp_path):
@@ -299,7 +306,9 @@ def test_synth_command_ecp5_prints_and_records_the_figures(monkeypatch, capsys, 
 
     measured = {"device": "LFE5U-85F-CABGA381", "luts": 27893, "flipflops": 9338, "dsps": 85, "brams": 71,
                 "carry": 3990, "lutrams": 2151, "by_type": {}, "utilization": {}, "fmax_mhz": 23.47,
-                "target_mhz": 200, "router": "router2", "synth_seconds": 469.0, "pnr_seconds": 2400.0}
+                "target_mhz": 200, "router": "router2", "synth_seconds": 469.0, "pnr_seconds": 2400.0,
+                "critical_path": {"from": "dut.load.slots.e0_TRELLIS_FF_Q_1", "to": "dut.acc_lane0.tag1_FF",
+                                  "ns": 42.61, "logic_ns": 12.2, "routing_ns": 30.41}}
     steps = []
 
     def fake(component, name, timing_driven, progress):
@@ -315,6 +324,8 @@ def test_synth_command_ecp5_prints_and_records_the_figures(monkeypatch, capsys, 
     assert printed[1] == "LUT4 27,893, flip-flops 9,338, DSP 85, block RAM 71, carry 3,990, LUT RAM 2,151"
     assert printed[2] == ("post-route Fmax: 23.5 MHz (nextpnr router2, not timing-driven, constraint 200 MHz); "
                           "synthesis 469 s, place and route 2400 s")
+    assert printed[3] == ("critical path: 42.6 ns (logic 12.2, routing 30.4) from dut.load.slots.e0_TRELLIS_FF_Q_1 "
+                          "to dut.acc_lane0.tag1_FF")
     report = json.loads(out.read_text())
     assert report["fmax_mhz"] == 23.47 and report["luts"] == 27893 and report["params"]["rows"] == 8
     assert report["timing_driven"] is False
